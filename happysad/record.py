@@ -1,0 +1,114 @@
+"""The record of a trained model: the JSON sidecar saved beside it, and the atomic save of both.
+
+`models/happysad.h5` holds the network; `models/happysad.json` holds everything needed to use and audit it:
+class names in label order, image size, decision threshold, preprocessing, the seed, the exact file lists of
+each partition, the test metrics and the hyper-parameters. A copy of the record also goes into the run's
+TensorBoard folder as `record.json`, so every run can be listed and compared later.
+"""
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Record:
+    class_names: list
+    image_size: int
+    threshold: float = 0.5
+    seed: int = 1337
+    data_dir: str = ""
+    split: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    hyperparameters: dict = field(default_factory=dict)
+    preprocessing: dict = field(default_factory=lambda: {"decode": "tf.io.decode_image RGB",
+                                                          "resize": "bilinear", "scale": "1/255"})
+    run_dir: str = ""
+    created: str = ""
+    model_file: str = ""
+    model_sha256: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def binary(self) -> bool:
+        return len(self.class_names) == 2
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Record":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def sidecar_path(model_path) -> Path:
+    """models/happysad.h5 -> models/happysad.json (also for .keras, .tflite and SavedModel folders)."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name.split(".")[0] + ".json") if model_path.suffix else \
+        model_path.with_name(model_path.name + ".json")
+
+
+def read(model_path) -> Record:
+    path = sidecar_path(model_path)
+    if not path.exists():
+        raise FileNotFoundError(f"no record {path} beside the model {model_path}")
+    return Record.from_dict(json.loads(path.read_text()))
+
+
+def write_json_atomic(path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save(model, model_path, record: Record) -> None:
+    """Write the model and its record so that a crash at any moment leaves the previous pair usable.
+
+    The model goes to a temporary file in the same folder (same filesystem, so the final rename is atomic)
+    and only replaces the old model once it is completely written; the record follows the same way and
+    names the model's sha256, so a model and a record that do not belong together can be told apart.
+    """
+    model_path = Path(model_path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = model_path.with_name(f".{model_path.stem}.tmp-{os.getpid()}{model_path.suffix}")
+    try:
+        legacy_warning = logging.getLogger("absl")
+        level = legacy_warning.level
+        legacy_warning.setLevel(logging.ERROR)  # Keras calls .h5 "legacy"; the design card asks for it.
+        try:
+            model.save(tmp)
+        finally:
+            legacy_warning.setLevel(level)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        record.model_file = model_path.name
+        record.model_sha256 = file_sha256(tmp)
+        os.replace(tmp, model_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_json_atomic(sidecar_path(model_path), record.to_json())
