@@ -12,9 +12,9 @@ SMALL_IMAGE = 48
 
 @pytest.fixture(scope="session")
 def faces_dir(tmp_path_factory):
-    """A clean happy/sad dataset: 40 generated faces per class at 64 px. Treat as read-only."""
+    """A clean happy/sad dataset: 150 generated faces per class at 48 px. Treat as read-only."""
     folder = tmp_path_factory.mktemp("faces") / "data"
-    sample.make_dataset(folder, per_class=40, size=64, seed=7)
+    sample.make_dataset(folder, per_class=150, size=SMALL_IMAGE, seed=7)
     return folder
 
 
@@ -23,7 +23,7 @@ def trained(tmp_path_factory, faces_dir):
     """A model trained on faces_dir at 48 px: {"model": .h5 path, "logdir": ..., "data": ...}. Read-only."""
     root = tmp_path_factory.mktemp("trained")
     model_path = root / "models" / "happysad.h5"
-    train.main(["--data", str(faces_dir), "--epochs", "12", "--image-size", str(SMALL_IMAGE),
+    train.main(["--data", str(faces_dir), "--epochs", "15", "--image-size", str(SMALL_IMAGE),
                 "--batch-size", "16", "--model", str(model_path), "--logdir", str(root / "logs"),
                 "--run-name", "fixture", "--seed", "3"])
     return {"model": model_path, "logdir": root / "logs", "data": faces_dir, "run_dir": root / "logs" / "fixture"}

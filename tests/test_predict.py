@@ -1,0 +1,80 @@
+"""predict uses exactly the training preprocessing and the record's labels."""
+import json
+
+import cv2
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from happysad import classifier, data, predict, record
+
+
+def run_predict(args, capsys):
+    code = 0
+    try:
+        predict.main(args)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_probability_equals_the_model_on_the_pipelines_own_tensor(trained, capsys):
+    saved = record.read(trained["model"])
+    paths = [str(trained["data"] / p) for p in saved.split["test"][:4]]
+    code, out, _ = run_predict([*paths, "--model", str(trained["model"]), "--json"], capsys)
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["path"] for r in rows] == paths
+
+    network = keras.models.load_model(trained["model"], compile=False)
+    files = data.Files(paths, [0] * len(paths))
+    batch, _ = next(iter(data.make_dataset(files, saved.image_size, 8, binary=True)))
+    p_second = network(batch, training=False).numpy().reshape(-1)
+    for row, p in zip(rows, p_second):
+        expected_label = saved.class_names[int(p >= saved.threshold)]
+        assert row["label"] == expected_label
+        assert row["probability"] == pytest.approx(max(p, 1 - p), abs=1e-5)
+        assert row["probabilities"][saved.class_names[1]] == pytest.approx(p, abs=1e-5)
+
+
+def red_minus_blue_model(tmp_path):
+    """A model that says 'red' when the image's red channel outweighs blue: BGR input flips its answer."""
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.layers[-1].set_weights([np.array([[-20.0], [0.0], [20.0]]), np.zeros(1)])
+    path = tmp_path / "colour.h5"
+    record.save(model, path, record.Record(class_names=["red", "blue"], image_size=8))
+    return path
+
+
+def test_rgb_not_bgr(tmp_path, capsys):
+    model_path = red_minus_blue_model(tmp_path)
+    red = np.zeros((20, 20, 3), np.uint8)
+    red[..., 2] = 255  # OpenCV arrays are BGR: this file is pure red
+    cv2.imwrite(str(tmp_path / "red.png"), red)
+    cv2.imwrite(str(tmp_path / "blue.png"), red[..., ::-1])
+    code, out, _ = run_predict([str(tmp_path / "red.png"), str(tmp_path / "blue.png"), "--model",
+                                str(model_path)], capsys)
+    assert code == 0
+    assert out.splitlines()[0].startswith(f"{tmp_path / 'red.png'}: red (p=1.00)")
+    assert out.splitlines()[1].startswith(f"{tmp_path / 'blue.png'}: blue (p=1.00)")
+
+
+def test_unreadable_files_are_reported_and_the_rest_still_predicted(trained, tmp_path, capsys):
+    good = trained["data"] / record.read(trained["model"]).split["test"][0]
+    (tmp_path / "notes.jpg").write_text("not an image")
+    code, out, err = run_predict([str(good), str(tmp_path / "notes.jpg"), str(tmp_path / "missing.jpg"),
+                                  "--model", str(trained["model"])], capsys)
+    assert code == 1
+    assert out.startswith(f"{good}: ")
+    assert "notes.jpg: not an image" in err and "missing.jpg: no such file" in err
+    assert "Traceback" not in err
+
+
+def test_folder_argument_and_missing_model(trained, tmp_path, capsys):
+    code, out, _ = run_predict([str(trained["data"] / "sad"), "--model", str(trained["model"])], capsys)
+    assert code == 0 and len(out.splitlines()) == len(list((trained["data"] / "sad").iterdir()))
+    code, _, _ = run_predict([str(tmp_path), "--model", str(tmp_path / "none.h5")], capsys)
+    assert "not found" in str(code) and "happysad.train" in str(code)

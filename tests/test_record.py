@@ -1,0 +1,55 @@
+"""The model and its record are saved atomically and load back identical."""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from happysad import classifier, model as models, record
+
+
+def small_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return models.compile_model(models.build_cnn(2, 24), 2)
+
+
+def test_h5_round_trip_gives_identical_predictions(tmp_path):
+    network = small_model()
+    path = tmp_path / "m" / "happysad.h5"
+    record.save(network, path, record.Record(class_names=["happy", "sad"], image_size=24))
+    images = np.random.default_rng(0).random((5, 24, 24, 3)).astype("float32")
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(network.predict(images, verbose=0), loaded.predict(images, verbose=0))
+    saved = json.loads((tmp_path / "m" / "happysad.json").read_text())
+    assert saved["class_names"] == ["happy", "sad"]
+    assert saved["model_sha256"] == record.file_sha256(path)
+    assert classifier.load(path).class_names == ["happy", "sad"]
+
+
+def test_failed_save_keeps_the_previous_model(tmp_path, monkeypatch):
+    path = tmp_path / "happysad.h5"
+    first = small_model(1)
+    record.save(first, path, record.Record(class_names=["a", "b"], image_size=24))
+    before = path.read_bytes(), record.sidecar_path(path).read_text()
+
+    second = small_model(2)
+    real_save = keras.Model.save
+
+    def crash_halfway(self, filepath, *args, **kwargs):
+        real_save(self, filepath, *args, **kwargs)
+        with open(filepath, "r+b") as f:
+            f.truncate(100)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save", crash_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        record.save(second, path, record.Record(class_names=["x", "y"], image_size=24))
+    assert (path.read_bytes(), record.sidecar_path(path).read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["happysad.h5", "happysad.json"]
+
+
+def test_sidecar_path_and_unknown_keys():
+    assert record.sidecar_path("models/happysad.h5").as_posix() == "models/happysad.json"
+    assert record.sidecar_path("out/model.tflite").as_posix() == "out/model.json"
+    restored = record.Record.from_dict({"class_names": ["a", "b"], "image_size": 8, "from_the_future": 1})
+    assert restored.binary and restored.image_size == 8
