@@ -1,0 +1,478 @@
+"""Move the files that would break training, or silently poison it, out of the class folders. Deletes nothing.
+
+    python -m happysad.clean data              # check data/<class>/..., quarantine the bad files
+    python -m happysad.clean data --dry-run    # only report
+    python -m happysad.clean data --restore    # put every quarantined file back
+
+Every file a class folder holds (recursively, skipping hidden names like the training loader) is read once and
+decoded twice: by happysad.images.decode, the very decoder training uses, so nothing that passes can crash an
+epoch halfway, and by OpenCV, which reads the formats TensorFlow cannot and so makes converting them
+possible. Decoders differ in what they forgive (some OpenCV versions open a truncated JPEG that TensorFlow
+rejects), so an image either one rejects counts as damaged. A file leaves its folder for one of these reasons:
+
+    empty           zero bytes
+    not-image       no image signature, and neither decoder reads it (text, HTML, SVG...)
+    corrupt         an image that a decoder rejects: truncated or damaged
+    too-small       smallest side under --min-size pixels
+    mis-extended    its content disagrees with its extension, or its format is one training skips (WebP,
+                    TIFF, AVIF, no extension...). A readable copy is written next to it first: the same bytes
+                    under the right extension where TensorFlow reads them, else a lossless PNG re-encoded by
+                    OpenCV (8-bit colour, as training sees it)
+    duplicate       the same bytes as another file of the same class (the first in sorted order stays,
+                    preferring a file that needs no conversion); it would also leak across the splits
+    label-conflict  the same bytes filed under two classes: no way to know which label is right, so all
+                    copies go
+
+"The same bytes" compares what training would read: the file itself, or the PNG copy it would get.
+
+Quarantine: DATA_DIR/.quarantine/<reason>/<class>/<file>. It stays beside the data so moves are atomic renames
+on one filesystem, and training never sees it because class folders are the non-hidden subfolders.
+DATA_DIR/.quarantine/manifest.jsonl gets one JSON line per file, flushed to disk *before* the file is touched,
+recording where it came from, where it goes, why, its sha256 and any converted copy; if a run is
+interrupted every file is still either in place or in quarantine, and --restore reads the manifest to put
+quarantined files back (never over an existing file) and remove the converted copies it wrote, only while
+they are byte-identical to what it wrote.
+
+Python's imghdr, which the classic tutorial uses to filter images, returns None for valid JPEGs whose first
+marker is not JFIF, Exif or a quantisation table (Adobe APP14, an ICC profile, a comment...), so the tutorial
+deletes good photos. Here any file starting with the JPEG start-of-image bytes FF D8 FF counts as a JPEG.
+"""
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from happysad import images
+from happysad.gpu import enable_memory_growth
+
+with warnings.catch_warnings():
+    # Python 3.11 and 3.12 warn that imghdr leaves the standard library in 3.13 (the standard-imghdr package
+    # provides it from then on).
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import imghdr
+
+QUARANTINE = ".quarantine"
+MANIFEST = "manifest.jsonl"
+REASONS = ("empty", "not-image", "corrupt", "too-small", "mis-extended", "duplicate", "label-conflict")
+# The formats training reads and the extensions each may carry (images.TRAINABLE_EXTENSIONS); the first one
+# names a converted copy.
+EXTENSIONS = {"jpeg": (".jpg", ".jpeg"), "png": (".png",), "gif": (".gif",), "bmp": (".bmp",)}
+DECODE_CHECK_SIZE = 8  # images.decode resizes; a tiny target keeps the check cheap, the full decode still runs
+
+
+class DataDirError(Exception):
+    """A problem with the folder the user named, reported as one line."""
+
+
+@dataclass
+class Finding:
+    """A file that leaves its class folder. Paths are relative to DATA_DIR with "/" separators."""
+
+    path: str
+    label: str
+    reason: str
+    detail: str
+    sha256: str
+    convert_to: str = ""  # mis-extended only: extension of the readable copy to write
+    quarantine: str = ""  # filled in when the file has been moved
+    converted: str = ""  # filled in when the readable copy has been written
+
+
+@dataclass
+class Summary:
+    data_dir: str
+    dry_run: bool
+    min_size: int
+    files: dict  # class -> number of files checked
+    findings: list
+    seconds: float
+
+
+@dataclass
+class Restored:
+    restored: list = field(default_factory=list)  # original paths put back
+    removed: list = field(default_factory=list)  # converted copies removed
+    skipped: list = field(default_factory=list)  # "path: why" for what was left alone
+
+
+def class_folders(data_dir) -> list:
+    """The class names: every non-hidden subfolder, sorted, as the training loader finds them."""
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise DataDirError(f"data folder {data_dir} does not exist")
+    if not data_dir.is_dir():
+        raise DataDirError(f"{data_dir} is not a folder")
+    classes = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataDirError(f"{data_dir} has no class folders (expected {data_dir}/<class>/<images>)")
+    return classes
+
+
+def list_files(data_dir) -> dict:
+    """{class: [relative paths]} of every non-hidden file under each class folder, recursively, sorted."""
+    data_dir = Path(data_dir)
+    files = {}
+    for label in class_folders(data_dir):
+        found = []
+        for root, dirs, names in os.walk(data_dir / label):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found += [Path(root, name).relative_to(data_dir).as_posix()
+                      for name in names if not name.startswith(".")]
+        files[label] = sorted(found)
+    return files
+
+
+def sniff(data: bytes):
+    """The image format named by the first bytes ("jpeg", "png", "webp", "tiff"...), or None.
+
+    imghdr, except that every JPEG is found: imghdr only knows JPEGs that open with JFIF, Exif or a
+    quantisation table, while all JPEGs start with SOI (FF D8) followed by the FF of their first marker.
+    """
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    return imghdr.what(None, h=data)
+
+
+def decodes_for_training(data: bytes) -> bool:
+    try:
+        images.decode(data, DECODE_CHECK_SIZE)
+    except tf.errors.OpError:
+        return False
+    return True
+
+
+def readable_copy(data: bytes, pixels=None) -> bytes:
+    """The bytes to train on: the file itself if TensorFlow reads its format, else a PNG re-encoded by OpenCV.
+
+    OpenCV decodes to BGR and its encoder expects BGR, so the colours in the PNG are right.
+    """
+    if sniff(data) in EXTENSIONS:
+        return data
+    if pixels is None:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    ok, encoded = cv2.imencode(".png", pixels)
+    assert ok, "OpenCV failed to encode a PNG"
+    return encoded.tobytes()
+
+
+def check_file(data_dir: Path, path: str, label: str, min_size: int) -> tuple:
+    """Check one file: (its Finding or None if it trains as it is, sha256 of the bytes training would read).
+
+    The second value is "" for files that cannot be used at all; it is what duplicates are compared on.
+    """
+    data = (data_dir / path).read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+
+    def finding(reason, detail, convert_to=""):
+        return Finding(path, label, reason, detail, sha256, convert_to)
+
+    if not data:
+        return finding("empty", "zero bytes"), ""
+    kind = sniff(data)
+    trains = decodes_for_training(data)
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    name = kind.upper() if kind else "image"
+    if kind in EXTENSIONS and not (trains and pixels is not None):
+        failed = " and ".join(d for d, ok in (("TensorFlow", trains), ("OpenCV", pixels is not None)) if not ok)
+        return finding("corrupt", f"{name} that {failed} cannot decode (truncated or damaged)"), ""
+    if pixels is None:
+        if kind is None and not trains:
+            return finding("not-image", "no image signature, and no decoder reads it"), ""
+        return finding("corrupt", f"{name} that OpenCV cannot decode, so it cannot be converted"), ""
+    height, width = pixels.shape[:2]
+    if min(height, width) < min_size:
+        return finding("too-small", f"{width}x{height} pixels, under --min-size {min_size}"), ""
+    extension = Path(path).suffix.lower()
+    named = f"named {extension}" if extension else "without an extension"
+    if kind in EXTENSIONS:
+        if extension in EXTENSIONS[kind]:
+            return None, sha256
+        return finding("mis-extended", f"{name} {named}", EXTENSIONS[kind][0]), sha256
+    copy = readable_copy(data, pixels)
+    why = f"{name} {named}, a format training skips" if kind else f"image {named} that training cannot read"
+    return finding("mis-extended", why, ".png"), hashlib.sha256(copy).hexdigest()
+
+
+def scan(data_dir, min_size: int = 32, progress: bool = False) -> list:
+    """Every file that has to leave its class folder, as Findings sorted by path. Reads, never writes."""
+    data_dir = Path(data_dir)
+    files = [(path, label) for label, paths in list_files(data_dir).items() for path in paths]
+    show_progress = progress and (sys.stderr.isatty() or len(files) >= 2000)
+    every = 50 if sys.stderr.isatty() else max(1, len(files) // 10)
+    results = []
+    # TensorFlow's and OpenCV's decoders release the GIL, so threads keep every core busy.
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        checks = pool.map(lambda item: check_file(data_dir, item[0], item[1], min_size), files)
+        for done, result in enumerate(checks, 1):
+            results.append(result)
+            if show_progress and (done % every == 0 or done == len(files)):
+                end = "\r" if sys.stderr.isatty() and done < len(files) else "\n"
+                print(f"happysad.clean: checked {done}/{len(files)} files", end=end, file=sys.stderr, flush=True)
+
+    findings = [found for found, _ in results if found]
+    usable = defaultdict(list)  # sha256 of the bytes training would read -> [(path, label, finding or None)]
+    for (path, label), (found, key) in zip(files, results):
+        if key:
+            usable[key].append((path, label, found))
+    for key, group in usable.items():
+        if len({label for _, label, _ in group}) > 1:
+            for path, label, found in group:
+                others = ", ".join(other for other, _, _ in group if other != path)
+                mark(findings, found, path, label, key, "label-conflict", f"same image also in {others}")
+        elif len(group) > 1:
+            (kept, _, _), *copies = sorted(group, key=lambda item: (item[2] is not None, item[0]))
+            for path, label, found in copies:
+                mark(findings, found, path, label, key, "duplicate", f"same image as {kept}")
+    return sorted(findings, key=lambda found: found.path)
+
+
+def mark(findings: list, found, path: str, label: str, key: str, reason: str, detail: str):
+    """Give a usable file a duplicate/conflict reason: update its mis-extended Finding, or add a new one.
+
+    A file with no Finding yet trains as it is, so key (the hash of what training reads) is its own sha256.
+    """
+    if found is None:
+        found = Finding(path, label, reason, detail, key)
+        findings.append(found)
+    found.reason, found.detail, found.convert_to = reason, detail, ""
+
+
+def append_record(manifest, record: dict):
+    """One JSON line, on disk before the move it describes: an interrupted run can always be undone."""
+    manifest.write(json.dumps(record) + "\n")
+    manifest.flush()
+    os.fsync(manifest.fileno())
+
+
+def free_path(path: Path) -> Path:
+    """path, or path-1, path-2... with the same extension: the first name no file has yet."""
+    candidate, number = path, 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate
+
+
+def write_atomically(path: Path, data: bytes):
+    """Write a hidden temp file beside path, then rename it into place: path never holds a partial file.
+
+    Only a killed run can leave the hidden temp file behind; training and this scan both ignore it.
+    """
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".happysad-tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:  # including Ctrl-C: the temp file is ours and holds nothing the user had
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def quarantine(data_dir: Path, found: Finding, manifest):
+    """Write the readable copy (if any), then move the file into quarantine; records both in the manifest."""
+    source = data_dir / found.path
+    target = free_path(data_dir / QUARANTINE / found.reason / found.path)
+    copy_data = copy_path = None
+    if found.convert_to:
+        copy_data = readable_copy(source.read_bytes())
+        copy_path = free_path(source.with_suffix(found.convert_to))
+    append_record(manifest, {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "original": found.path,
+        "quarantine": target.relative_to(data_dir).as_posix(), "reason": found.reason, "detail": found.detail,
+        "sha256": found.sha256, "converted": copy_path and copy_path.relative_to(data_dir).as_posix(),
+        "converted_sha256": copy_data and hashlib.sha256(copy_data).hexdigest()})
+    if copy_path:
+        write_atomically(copy_path, copy_data)
+        found.converted = copy_path.relative_to(data_dir).as_posix()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
+    found.quarantine = target.relative_to(data_dir).as_posix()
+
+
+def clean(data_dir, min_size: int = 32, dry_run: bool = False, progress: bool = False) -> Summary:
+    """Scan DATA_DIR and, unless dry_run, quarantine every finding (writing readable copies first)."""
+    started = time.perf_counter()
+    data_dir = Path(data_dir)
+    files = {label: len(paths) for label, paths in list_files(data_dir).items()}
+    findings = scan(data_dir, min_size, progress)
+    if findings and not dry_run:
+        manifest_path = data_dir / QUARANTINE / MANIFEST
+        manifest_path.parent.mkdir(exist_ok=True)
+        with open(manifest_path, "a", encoding="utf-8") as manifest:
+            if manifest.tell() and not manifest_path.read_bytes().endswith(b"\n"):
+                manifest.write("\n")  # end a line torn by a killed run, so it cannot swallow the next record
+            for found in findings:
+                quarantine(data_dir, found, manifest)
+    return Summary(str(data_dir), dry_run, min_size, files, findings, time.perf_counter() - started)
+
+
+def read_manifest(path: Path) -> list:
+    """The manifest's records; a torn last line (a run killed while writing it) was never acted on."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"happysad.clean: ignoring an unreadable manifest line: {line[:80]!r}", file=sys.stderr)
+    return records
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def restore(data_dir, dry_run: bool = False) -> Restored:
+    """Undo clean: move quarantined files back and remove the converted copies it wrote, newest first.
+
+    Never overwrites: a file now at an original path is left alone and its record kept for a later try.
+    A converted copy is removed only once its original is back and only while it still has the exact bytes
+    clean wrote. Records that are fully done leave the manifest; an empty quarantine folder is removed.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataDirError(f"data folder {data_dir} does not exist or is not a folder")
+    manifest = data_dir / QUARANTINE / MANIFEST
+    result = Restored()
+    if not manifest.exists():
+        return result
+    remaining = []
+    for record in reversed(read_manifest(manifest)):
+        original, moved = data_dir / record["original"], data_dir / record["quarantine"]
+        if moved.exists() and original.exists():
+            result.skipped.append(f"{record['original']}: a file exists there now; left at {record['quarantine']}")
+            remaining.append(record)
+            continue
+        if moved.exists():
+            back = moved  # where the original's bytes are (still, in a dry run)
+            if not dry_run:
+                original.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(moved, original)
+                back = original
+            result.restored.append(record["original"])
+        elif original.exists():
+            back = original  # never moved (the run stopped first) or already put back by a newer record
+        else:
+            result.skipped.append(f"{record['original']}: missing from {record['quarantine']}")
+            remaining.append(record)
+            continue
+        converted = record["converted"] and data_dir / record["converted"]
+        if converted and converted.exists():
+            if sha256_of(back) == record["sha256"] and sha256_of(converted) == record["converted_sha256"]:
+                if not dry_run:
+                    converted.unlink()
+                result.removed.append(record["converted"])
+            else:
+                result.skipped.append(f"{record['converted']}: it or its original changed since clean; kept")
+    if dry_run:
+        return result
+    if remaining:
+        temp = manifest.with_name(MANIFEST + ".tmp")
+        temp.write_text("".join(json.dumps(record) + "\n" for record in reversed(remaining)), encoding="utf-8")
+        os.replace(temp, manifest)
+    else:
+        manifest.unlink()
+        for root, _, _ in sorted(os.walk(data_dir / QUARANTINE), key=lambda item: -len(item[0])):
+            if not os.listdir(root):
+                os.rmdir(root)
+    return result
+
+
+def counts(summary: Summary) -> tuple:
+    """({class: row}, totals row); a row counts "files", "kept" (untouched), each reason and "converted"."""
+    table = {label: {"files": n, "kept": n, **dict.fromkeys(REASONS, 0), "converted": 0}
+             for label, n in summary.files.items()}
+    for found in summary.findings:
+        row = table[found.label]
+        row["kept"] -= 1
+        row[found.reason] += 1
+        row["converted"] += bool(found.convert_to)
+    totals = {key: sum(row[key] for row in table.values()) for key in ("files", "kept", *REASONS, "converted")}
+    return table, totals
+
+
+def report(summary: Summary) -> str:
+    """The human-readable summary: one line per finding, then a class x reason table."""
+    lines = []
+    for found in summary.findings:
+        action = f"; readable copy {found.converted or 'as ' + found.convert_to}" if found.convert_to else ""
+        lines.append(f"  {found.path}: {found.reason}: {found.detail}{action}")
+    table, totals = counts(summary)
+    columns = ["files", "kept"] + [reason for reason in REASONS if totals[reason]] + ["converted"]
+    rows = [*table.items(), ("total", totals)]
+    width = max(len(label) for label, _ in rows)
+    lines.append(f"{'class':<{width}}  " + "  ".join(f"{c:>6}" for c in columns))
+    for label, row in rows:
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{row[c]:>{max(6, len(c))}}" for c in columns))
+    total = sum(summary.files.values())
+    moved = len(summary.findings)
+    rate = total / max(summary.seconds, 1e-9)
+    lines.append(f"checked {total} files in {summary.seconds:.1f} s ({rate:.0f} files/s)")
+    quarantine_dir = Path(summary.data_dir) / QUARANTINE
+    if not moved:
+        lines.append("nothing to clean")
+    elif summary.dry_run:
+        lines.append(f"dry run: {moved} files would move to {quarantine_dir}; nothing was changed")
+    else:
+        lines.append(f"moved {moved} files to {quarantine_dir} (undo: python -m happysad.clean "
+                     f"{summary.data_dir} --restore)")
+    return "\n".join(lines)
+
+
+def as_json(summary: Summary) -> dict:
+    table, totals = counts(summary)
+    return {"data_dir": summary.data_dir, "quarantine": str(Path(summary.data_dir) / QUARANTINE),
+            "dry_run": summary.dry_run, "min_size": summary.min_size, "seconds": round(summary.seconds, 3),
+            "classes": table, "totals": totals, "findings": [asdict(found) for found in summary.findings]}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m happysad.clean", description=__doc__.split("\n")[0])
+    parser.add_argument("data_dir", type=Path, help="folder with one subfolder of images per class")
+    parser.add_argument("--min-size", type=int, default=32,
+                        help="quarantine images whose smallest side is under this many pixels (default 32)")
+    parser.add_argument("--dry-run", action="store_true", help="report what would happen; change nothing")
+    parser.add_argument("--restore", action="store_true",
+                        help="put every quarantined file back and remove the converted copies")
+    parser.add_argument("--json", metavar="PATH", help="also write the summary as JSON to PATH ('-': stdout only)")
+    args = parser.parse_args(argv)
+    if args.min_size < 1:
+        parser.error(f"--min-size must be at least 1, got {args.min_size}")
+    enable_memory_growth()
+
+    try:
+        if args.restore:
+            result = restore(args.data_dir, args.dry_run)
+            data = asdict(result)
+            text = (f"{'would restore' if args.dry_run else 'restored'} {len(result.restored)} files, "
+                    f"{'would remove' if args.dry_run else 'removed'} {len(result.removed)} converted copies"
+                    + "".join(f"\n  skipped {line}" for line in result.skipped))
+        else:
+            summary = clean(args.data_dir, args.min_size, args.dry_run, progress=True)
+            data, text = as_json(summary), report(summary)
+    except DataDirError as error:
+        raise SystemExit(f"happysad.clean: error: {error}") from None
+
+    if args.json == "-":
+        print(json.dumps(data, indent=2))
+        return
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

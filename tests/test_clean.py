@@ -1,0 +1,231 @@
+"""happysad.clean: quarantines what would break training, converts what it can, deletes nothing."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from happysad import clean, images, sample
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import imghdr
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """(data_dir, {reason: [paths]}): 4 faces per class plus one broken or tricky file of each kind."""
+    data = tmp_path / "data"
+    sample.make_dataset(data, per_class=4, size=48, seed=2)
+    return data, sample.write_broken_files(data, seed=2, size=48)
+
+
+def tree(folder: Path) -> dict:
+    """{relative path: sha256} of every file under folder, hidden ones and the quarantine included."""
+    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in folder.rglob("*") if path.is_file()}
+
+
+def expected_reasons(data: Path, broken: dict) -> dict:
+    return {path.relative_to(data).as_posix(): reason
+            for reason, paths in broken.items() if reason != "keep" for path in paths}
+
+
+def test_every_broken_kind_is_quarantined_for_its_reason(dataset):
+    data, broken = dataset
+    summary = clean.clean(data)
+
+    assert {found.path: found.reason for found in summary.findings} == expected_reasons(data, broken)
+    for found in summary.findings:
+        assert not (data / found.path).exists()
+        assert found.quarantine == f".quarantine/{found.reason}/{found.path}"
+        assert hashlib.sha256((data / found.quarantine).read_bytes()).hexdigest() == found.sha256
+    records = [json.loads(line) for line in (data / ".quarantine" / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(record["original"] for record in records) == sorted(f.path for f in summary.findings)
+    # The generated faces and the odd-but-valid files all stay.
+    assert all(path.exists() for path in broken["keep"])
+    assert len(list((data / "happy").glob("happy_*.jpg"))) == len(list((data / "sad").glob("sad_*.jpg"))) == 4
+
+
+def test_valid_jpegs_that_imghdr_misses_and_odd_pngs_are_kept(dataset):
+    data, broken = dataset
+    jpegs = [path for path in broken["keep"] if path.suffix == ".jpg" and "copy" not in path.name]
+    assert len(jpegs) == 3
+    assert all(imghdr.what(path) is None for path in jpegs)  # the tutorial's filter would delete these
+    assert all(clean.sniff(path.read_bytes()) == "jpeg" for path in jpegs)
+
+    clean.clean(data)
+    for path in broken["keep"]:
+        assert path.exists()
+        assert images.load(str(path), 24).shape == (24, 24, 3)
+
+
+def colour_file(bgr, extension: str, size) -> bytes:
+    return cv2.imencode(extension, np.full((*size, 3), bgr, np.uint8))[1].tobytes()
+
+
+def test_conversions_are_readable_have_the_right_colours_and_overwrite_nothing(tmp_path):
+    data = tmp_path / "data"
+    folder = data / "colours"
+    folder.mkdir(parents=True)
+    red = (0, 0, 255)  # BGR, as OpenCV writes it
+    originals = {  # different sizes, so no two are duplicates of each other
+        "red.webp": colour_file(red, ".webp", (40, 50)),
+        "red.tiff": colour_file(red, ".tiff", (41, 50)),
+        "red.jpg": colour_file(red, ".png", (42, 50)),  # PNG bytes named .jpg
+        "red": colour_file(red, ".jpg", (43, 50)),  # a JPEG without an extension
+        "red.png": colour_file((255, 0, 0), ".png", (44, 50)),  # an unrelated blue image holding the name
+    }
+    for name, data_bytes in originals.items():
+        (folder / name).write_bytes(data_bytes)
+
+    summary = clean.clean(data)
+
+    assert sorted(found.path for found in summary.findings) == ["colours/red", "colours/red.jpg",
+                                                                "colours/red.tiff", "colours/red.webp"]
+    assert (folder / "red.png").read_bytes() == originals["red.png"]
+    converted = [data / found.converted for found in summary.findings]
+    assert len(set(converted)) == 4 and all(images.is_trainable_name(path.name) for path in converted)
+    for path in converted:
+        r, g, b = images.load(str(path), 8).numpy().mean(axis=(0, 1))
+        assert r > 0.9 and g < 0.1 and b < 0.1, path
+    renamed = {found.path: data / found.converted for found in summary.findings}
+    assert renamed["colours/red.jpg"].read_bytes() == originals["red.jpg"]  # lossless: the same bytes
+    assert renamed["colours/red.jpg"].suffix == ".png" and renamed["colours/red"].suffix == ".jpg"
+
+
+def test_nothing_is_deleted_and_restore_gives_back_the_exact_tree(dataset):
+    data, _ = dataset
+    before = tree(data)
+
+    clean.clean(data)
+    after = tree(data)
+    assert not Counter(before.values()) - Counter(after.values())
+    assert after != before
+
+    result = clean.restore(data)
+    assert len(result.restored) == len(expected_reasons(data, dataset[1]))
+    assert len(result.removed) == 4 and not result.skipped
+    assert tree(data) == before
+    assert not (data / ".quarantine").exists()
+
+
+def test_restore_never_overwrites_and_keeps_copies_that_changed(dataset):
+    data, _ = dataset
+    clean.clean(data)
+    (data / "happy" / "truncated.jpg").write_bytes(b"a new file the user put here")
+    (data / "happy" / "face.png").write_bytes(b"the user edited the converted copy")
+
+    result = clean.restore(data)
+
+    assert (data / "happy" / "truncated.jpg").read_bytes() == b"a new file the user put here"
+    assert (data / ".quarantine" / "corrupt" / "happy" / "truncated.jpg").exists()
+    assert (data / "happy" / "face.tiff").exists()  # its original came back...
+    assert (data / "happy" / "face.png").read_bytes() == b"the user edited the converted copy"  # ...the edit stays
+    assert len(result.skipped) == 2
+    manifest = (data / ".quarantine" / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(line)["original"] for line in manifest] == ["happy/truncated.jpg"]
+
+
+def test_second_run_finds_nothing(dataset):
+    data, _ = dataset
+    clean.clean(data)
+    settled = tree(data)
+    assert clean.clean(data).findings == []
+    assert tree(data) == settled
+
+
+def test_dry_run_changes_nothing(dataset):
+    data, broken = dataset
+    before = tree(data)
+    summary = clean.clean(data, dry_run=True)
+    assert tree(data) == before
+    assert {found.path: found.reason for found in summary.findings} == expected_reasons(data, broken)
+    assert all(found.quarantine == "" and found.converted == "" for found in summary.findings)
+
+
+@pytest.mark.parametrize("stop_at", [1, 2, 3, 6, 7])
+def test_an_interrupted_run_loses_nothing_and_can_be_finished_or_undone(dataset, monkeypatch, stop_at):
+    data, _ = dataset
+    before = tree(data)
+    real_replace, calls = os.replace, []
+
+    def interrupted_replace(source, target):
+        calls.append(target)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        clean.clean(data)
+    monkeypatch.undo()
+    assert not Counter(before.values()) - Counter(tree(data).values())
+    assert not [name for name in tree(data) if name.endswith(".happysad-tmp")]
+    with open(data / ".quarantine" / "manifest.jsonl", "a") as manifest:
+        manifest.write('{"original": "happy/')  # as if killed while writing a record: ignored, never harmful
+
+    clean.clean(data)  # finishing the job, then undoing both runs, gives back the original tree
+    assert clean.clean(data).findings == []
+    clean.restore(data)
+    assert tree(data) == before
+
+
+def test_min_size(dataset):
+    data, _ = dataset
+    summary = clean.clean(data, min_size=49, dry_run=True)  # the generated faces are 48 px
+    reasons = {found.path: found.reason for found in summary.findings}
+    assert reasons["happy/happy_000.jpg"] == reasons["sad/sad_003.jpg"] == "too-small"
+
+
+def test_json_summary(dataset, tmp_path, capsys):
+    data, broken = dataset
+    clean.main([str(data), "--dry-run", "--json", "-"])
+    report = json.loads(capsys.readouterr().out)
+
+    assert report["dry_run"] is True and report["min_size"] == 32
+    assert set(report["classes"]) == {"happy", "sad"}
+    assert report["totals"]["files"] == len(tree(data))
+    for row in [*report["classes"].values(), report["totals"]]:
+        assert row["kept"] + sum(row[reason] for reason in clean.REASONS) == row["files"]
+    assert report["totals"]["mis-extended"] == report["totals"]["converted"] == 4
+    assert report["classes"]["sad"]["empty"] == 1 and report["classes"]["happy"]["corrupt"] == 1
+    assert {finding["path"]: finding["reason"] for finding in report["findings"]} == expected_reasons(data, broken)
+
+    clean.main([str(data), "--json", str(tmp_path / "summary.json")])
+    printed = capsys.readouterr().out
+    assert "label-conflict" in printed and "moved 11 files" in printed
+    assert json.loads((tmp_path / "summary.json").read_text())["totals"]["kept"] == report["totals"]["kept"]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "no-classes").mkdir()
+    for folder, message in (("missing", "does not exist"), ("a-file", "is not a folder"),
+                            ("no-classes", "has no class folders")):
+        with pytest.raises(SystemExit) as exit_info:
+            clean.main([str(tmp_path / folder)])
+        error = str(exit_info.value.code)
+        assert error.startswith("happysad.clean: error: ") and message in error and "\n" not in error
+
+    with pytest.raises(SystemExit) as exit_info:
+        clean.main([str(tmp_path), "--min-size", "0"])
+    assert exit_info.value.code == 2 and "--min-size" in capsys.readouterr().err
+
+
+def test_cli_error_from_the_shell_has_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "happysad.clean", str(tmp_path / "missing")], cwd=REPO,
+                            capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if "happysad" in line] == [
+        f"happysad.clean: error: data folder {tmp_path / 'missing'} does not exist"]
