@@ -7,7 +7,7 @@
 A fresh clone can run clean -> train -> predict on it without downloading photos. Everything about a face
 varies except its expression (shape, skin tone, position, size, rotation, background, eyes, noise, JPEG
 quality), so a model has to look at the mouth and the eyebrows to tell the classes apart; some smiles and
-frowns are subtle and the eyebrows are noisy, so the task is learnable but not trivial.
+frowns are small next to the clutter and the eyebrows are noisy, so the task is learnable but not trivial.
 
 Expressions by class name: happy smiles, sad frowns (with inner brow ends raised), neutral has a flat mouth.
 Any other class name gets a wavy mouth whose number of waves depends on the class's position in --classes,

@@ -1,11 +1,7 @@
 """Shared fixtures: tiny generated datasets and one small trained model, built once per test session."""
-import os
-
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from happysad import sample, train  # noqa: E402
+from happysad import sample, train
 
 SMALL_IMAGE = 48
 
