@@ -76,7 +76,7 @@ def test_undecodable_file_is_named_with_a_pointer_to_clean(tmp_path, faces_dir, 
             (folder / name / path.name).write_bytes(path.read_bytes())
     broken = folder / "sad" / "broken.jpg"
     broken.write_bytes((faces_dir / "sad").iterdir().__next__().read_bytes()[:200])
-    message = run_train(["--data", str(folder), "--epochs", "1", "--image-size", "16",
+    message = run_train(["--data", str(folder), "--epochs", "1", "--image-size", "32",
                          "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs")], capsys)
     assert "broken.jpg" in message and "happysad.clean" in message
     assert not (tmp_path / "m.h5").exists()

@@ -1,0 +1,389 @@
+"""python -m happysad.evaluate: measure a trained model on its held-out test images or on any labelled folder.
+
+By default the model's own test partition (the file list its record kept, never used in training) is scored;
+`--data DIR` scores a folder laid out like the training data (DIR/<class>/...). Every image is decoded once
+(happysad.images, in parallel with tf.data) and scored in batches; files that cannot be decoded are skipped
+and listed. The report (report.json, PNG pictures, a self-contained index.html) goes to
+reports/<model>-<partition or folder>/, a table to the terminal, and scalars and pictures to the run's
+TensorBoard folder when it still exists.
+
+For two classes, `--store-threshold best-f1` (or a number) sets the decision threshold predict uses: picked
+on the validation partition, never on the images being evaluated, and written into the model's record.
+"""
+import argparse
+import datetime
+import html
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from happysad import classifier, data, gpu, images, metrics, record, reports, tensorboard
+
+
+class EvaluateError(Exception):
+    """A problem with the model, its record or the images, reported as one line."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m happysad.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/happysad.h5")
+    parser.add_argument("--data", help="a labelled folder DIR/<class>/... to score instead of the model's "
+                                       "own partition; its class folders must match the model's classes")
+    parser.add_argument("--partition", default="test", choices=data.PARTITIONS,
+                        help="which of the model's own partitions to score when --data is not given")
+    parser.add_argument("--out", help="report folder (default: reports/<model>-<partition or folder>)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--store-threshold", metavar="best-f1|T",
+                        help="two classes only: store a decision threshold in the model's record, either "
+                             "the one with the best macro F1 on the validation partition or the number T")
+    parser.add_argument("--mistakes", type=int, default=16, help="how many worst mistakes to picture")
+    parser.add_argument("--no-tensorboard", action="store_true", help="do not log to the run's folder")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if args.store_threshold not in (None, "best-f1"):
+        try:
+            value = float(args.store_threshold)
+        except ValueError:
+            parser.error(f"--store-threshold must be best-f1 or a number, got {args.store_threshold!r}")
+        if not 0 < value < 1:
+            parser.error(f"--store-threshold must be between 0 and 1, got {value}")
+    return args
+
+
+@dataclass
+class Target:
+    """The images to score: where they come from, their paths and labels, and files already left out."""
+
+    name: str
+    files: data.Files
+    skipped: list = field(default_factory=list)
+
+
+@dataclass
+class Mistake:
+    path: str
+    true: int
+    predicted: int
+    probability: float
+    loss: float
+    pixels: np.ndarray
+
+
+@dataclass
+class Scores:
+    paths: list
+    labels: np.ndarray
+    probabilities: np.ndarray
+    skipped: list
+    mistakes: list
+
+
+def partition_target(model_record: record.Record, partition: str) -> Target:
+    """The files of one of the model's own partitions, labelled by their class folder."""
+    relative_paths = model_record.split.get(partition)
+    if not relative_paths:
+        raise EvaluateError(f"the model's record lists no {partition} images; pass --data DIR")
+    data_dir = Path(model_record.data_dir)
+    if not data_dir.is_dir():
+        raise EvaluateError(f"the model's data folder {data_dir} is gone; pass --data DIR")
+    index = {name: i for i, name in enumerate(model_record.class_names)}
+    paths, labels, skipped = [], [], []
+    for relative_path in relative_paths:
+        path = data_dir / relative_path
+        if path.is_file():
+            paths.append(str(path))
+            labels.append(index[relative_path.split("/")[0]])
+        else:
+            skipped.append((str(path), "no such file (removed since training)"))
+    return Target(partition, data.Files(paths, labels), skipped)
+
+
+def folder_target(folder, class_names) -> Target:
+    """Every image under folder/<class>/, the class folders exactly the model's classes."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvaluateError(f"{folder} is not a folder")
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    expected = ", ".join(class_names)
+    if not found:
+        raise EvaluateError(f"{folder} has no class folders; expected one per class of the model: {expected}")
+    if set(found) != set(class_names):
+        raise EvaluateError(f"class folders in {folder} ({', '.join(found)}) do not match the model's "
+                            f"classes ({expected})")
+    try:
+        files, other = data.list_images(folder, class_names)
+    except data.DataError as error:
+        raise EvaluateError(str(error)) from None
+    skipped = [(path, "not an image type training reads (run happysad.clean)") for path in other]
+    return Target(folder.resolve().name, files, skipped)
+
+
+class Progress:
+    """'scored N/M images' on stderr for large folders: rewritten in place on a terminal, else every 10%."""
+
+    def __init__(self, total: int, minimum: int = 500):
+        self.total = total
+        self.enabled = total >= minimum
+        self.tty = sys.stderr.isatty()
+        self.tenths = 0
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            print(f"\rscored {done}/{self.total} images", end="", file=sys.stderr, flush=True)
+        elif done * 10 // self.total > self.tenths:
+            self.tenths = done * 10 // self.total
+            print(f"scored {done}/{self.total} images", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+def score(model: classifier.Classifier, files: data.Files, batch_size: int, keep_mistakes: int = 0) -> Scores:
+    """Decode every file once (in parallel), score in batches, keep the worst `keep_mistakes` mistakes.
+
+    Files TensorFlow cannot decode are dropped from the stream and listed with the decoder's reason.
+    """
+    threshold = model.record.threshold
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(files.paths, tf.string), tf.range(len(files))))
+    dataset = dataset.map(lambda path, i: (images.load(path, model.image_size, model.faces), i),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    labels_all = np.asarray(files.labels, dtype=int)
+    kept, probabilities, mistakes = [], [], []
+    progress = Progress(len(files))
+    for pixels, indices in dataset:
+        pixels, indices = pixels.numpy(), indices.numpy()
+        batch = model.probabilities(pixels, batch_size)
+        kept.extend(indices.tolist())
+        probabilities.append(batch)
+        labels = labels_all[indices]
+        predicted = metrics.predicted_labels(batch, threshold)
+        losses = -np.log(np.clip(batch[np.arange(len(labels)), labels], 1e-7, 1.0))
+        for row in np.flatnonzero(predicted != labels):
+            mistakes.append(Mistake(files.paths[indices[row]], int(labels[row]), int(predicted[row]),
+                                    float(batch[row, predicted[row]]), float(losses[row]), pixels[row].copy()))
+        mistakes = sorted(mistakes, key=lambda m: m.loss, reverse=True)[:keep_mistakes]
+        progress.update(len(kept))
+    progress.close()
+    lost = [files.paths[i] for i in sorted(set(range(len(files))) - set(kept))]
+    reasons = dict(data.find_undecodable(lost, model.image_size))
+    skipped = [(path, reasons.get(path, "could not be prepared for the model")) for path in lost]
+    num_columns = model.record.num_classes
+    return Scores([files.paths[i] for i in kept], labels_all[kept],
+                  np.concatenate(probabilities) if probabilities else np.zeros((0, num_columns)),
+                  skipped, mistakes)
+
+
+def store_threshold(model_path, model: classifier.Classifier, setting: str, batch_size: int) -> dict:
+    """Pick (on validation) or take the threshold, write it into the model's record, return how it was set."""
+    if not model.record.binary:
+        raise EvaluateError("--store-threshold needs a two-class model; "
+                            f"this one has {model.record.num_classes} classes and uses the arg-max")
+    if setting == "best-f1":
+        target = partition_target(model.record, "validation")
+        scores = score(model, target.files, batch_size)
+        if len(scores.labels) == 0:
+            raise EvaluateError("none of the validation images could be scored")
+        sweep = metrics.threshold_sweep(scores.labels, scores.probabilities[:, 1])
+        value = metrics.best_threshold(sweep)
+        chosen = next(row for row in sweep if row["threshold"] == value)
+        how = {"threshold": value, "method": "best macro F1 on the validation partition",
+               "validation_images": len(scores.labels), "validation_macro_f1": chosen["macro_f1"]}
+    else:
+        value = float(setting)
+        how = {"threshold": value, "method": "given on the command line"}
+    sidecar = record.sidecar_path(model_path)
+    values = json.loads(sidecar.read_text())
+    values["threshold"] = value
+    record.write_json_atomic(sidecar, json.dumps(values, indent=2))
+    model.record.threshold = value
+    return how
+
+
+def build_figures(target_name: str, scores: Scores, model: classifier.Classifier, summary: dict,
+                  sweep: list, history: dict) -> dict:
+    """The report's pictures by name, as matplotlib figures."""
+    names = model.class_names
+    figures = {"confusion_matrix": reports.confusion_matrix_figure(
+        summary["confusion_matrix"], names, f"{target_name}: {summary['count']} images")}
+    if model.record.binary and summary["count"]:
+        positive = names[1]
+        is_positive = (scores.labels == 1).astype(int)
+        fpr, tpr, _ = metrics.roc_curve(is_positive, scores.probabilities[:, 1])
+        figures["roc"] = reports.roc_figure(fpr, tpr, summary["roc_auc"], positive)
+        precision, recall, _ = metrics.pr_curve(is_positive, scores.probabilities[:, 1])
+        figures["pr"] = reports.pr_figure(precision, recall, summary["pr_auc"], positive,
+                                          float(is_positive.mean()))
+        figures["thresholds"] = reports.threshold_figure(sweep, positive, model.record.threshold)
+    if scores.mistakes:
+        figures["mistakes"] = reports.image_grid_figure(
+            [m.pixels for m in scores.mistakes],
+            [f"{Path(m.path).name[:24]}\ntrue {names[m.true]}, said {names[m.predicted]}\n"
+             f"p({names[m.predicted]})={m.probability:.2f}" for m in scores.mistakes],
+            colors=["firebrick"] * len(scores.mistakes), title="worst mistakes (highest loss first)")
+    if history.get("loss"):
+        figures["training_curves"] = reports.curves_figure(history)
+    return figures
+
+
+def default_out(model_path, target_name: str) -> Path:
+    return Path("reports") / f"{Path(model_path).name.split('.')[0]}-{target_name}"
+
+
+def evaluate(args) -> dict:
+    try:
+        model = classifier.load(args.model)
+    except classifier.ModelError as error:
+        raise EvaluateError(str(error)) from None
+    threshold_info = store_threshold(args.model, model, args.store_threshold, args.batch_size) \
+        if args.store_threshold else None
+    target = folder_target(args.data, model.class_names) if args.data else partition_target(
+        model.record, args.partition)
+    if args.store_threshold == "best-f1" and not args.data and args.partition == "validation":
+        print("note: the threshold was chosen on these same validation images, so these scores are optimistic",
+              file=sys.stderr)
+    if len(target.files) == 0:
+        raise EvaluateError(f"no images to score in {target.name}")
+    scores = score(model, target.files, args.batch_size, args.mistakes)
+    skipped = target.skipped + scores.skipped
+    if len(scores.labels) == 0:
+        raise EvaluateError(f"none of the {len(target.files)} images in {target.name} could be decoded "
+                            f"(e.g. {skipped[0][0]}: {skipped[0][1]})")
+    summary = metrics.summarize(scores.labels, scores.probabilities, model.class_names, model.record.threshold)
+    sweep = metrics.threshold_sweep(scores.labels, scores.probabilities[:, 1]) if model.record.binary else []
+    run_dir = Path(model.record.run_dir) if model.record.run_dir else None
+    history = tensorboard.read_history(run_dir) if run_dir and run_dir.is_dir() else {}
+    pictures = {name: reports.png_bytes(figure)
+                for name, figure in build_figures(target.name, scores, model, summary, sweep, history).items()}
+
+    out = Path(args.out) if args.out else default_out(args.model, target.name)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, png in pictures.items():
+        (out / f"{name}.png").write_bytes(png)
+    report = {
+        "model": str(args.model),
+        "model_sha256": model.record.model_sha256,
+        "evaluated": target.name,
+        "source": str(Path(args.data).resolve()) if args.data else f"{args.partition} partition of "
+                                                                   f"{model.record.data_dir}",
+        "class_names": model.class_names,
+        "threshold": model.record.threshold if model.record.binary else None,
+        "stored_threshold": threshold_info,
+        "scored": int(len(scores.labels)),
+        "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
+        "metrics": summary,
+        "threshold_sweep": sweep,
+        "worst_mistakes": [{"path": m.path, "true": model.class_names[m.true],
+                            "predicted": model.class_names[m.predicted], "probability": m.probability,
+                            "loss": m.loss} for m in scores.mistakes],
+        "figures": [f"{name}.png" for name in pictures],
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "report_dir": str(out),
+        "tensorboard": None,
+    }
+    if run_dir and run_dir.is_dir() and not args.no_tensorboard:
+        log_dir = run_dir / ("evaluate" if target.name == "test" and not args.data else f"evaluate-{target.name}")
+        tensorboard.write_evaluation(log_dir, summary, pictures, scores.labels, scores.probabilities,
+                                     model.class_names)
+        report["tensorboard"] = str(log_dir)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_page(out / "index.html", report, pictures)
+    return report
+
+
+def metric_rows(report: dict) -> list:
+    """(name, precision, recall, f1, accuracy, support) per class and for the macro average."""
+    summary = report["metrics"]
+    rows = [(name, c["precision"], c["recall"], c["f1"], c["accuracy"], c["support"])
+            for name, c in summary["per_class"].items()]
+    rows.append(("macro", summary["precision"], summary["recall"], summary["f1"], summary["accuracy"],
+                 summary["count"]))
+    return rows
+
+
+def headline(report: dict) -> str:
+    summary = report["metrics"]
+    parts = [f"accuracy {summary['accuracy']:.3f}", f"log loss {summary['log_loss']:.3f}"]
+    for key, label in (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC")):
+        if summary.get(key) is not None:
+            parts.append(f"{label} {summary[key]:.3f}")
+    if report["threshold"] is not None:
+        parts.append(f"threshold {report['threshold']:.2f}")
+    return "  ".join(parts)
+
+
+def write_page(path, report: dict, pictures: dict) -> None:
+    names = report["class_names"]
+    matrix = report["metrics"]["confusion_matrix"]
+    sections = [
+        ("Summary", f"<p>{report['scored']} images scored, {len(report['skipped'])} skipped, from "
+                    f"{html.escape(report['source'])}.<br>{html.escape(headline(report))}</p>"),
+        ("Per class", reports.table_html(
+            ["class", "precision", "recall", "f1", "accuracy", "images"],
+            [(n, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", f"{a:.3f}", s) for n, p, r, f, a, s in metric_rows(report)])),
+        ("Confusion matrix (rows: true class, columns: predicted)",
+         reports.table_html(["true \\ predicted", *names], [(n, *row) for n, row in zip(names, matrix)])),
+    ]
+    if report["stored_threshold"]:
+        sections.append(("Stored threshold", reports.table_html(
+            ["setting", "value"], list(report["stored_threshold"].items()))))
+    sections.append(("Pictures", '<div class="figures">' + "".join(
+        reports.image_html(png, name) for name, png in pictures.items()) + "</div>"))
+    if report["worst_mistakes"]:
+        sections.append(("Worst mistakes", reports.table_html(
+            ["file", "true", "predicted", "probability", "loss"],
+            [(m["path"], m["true"], m["predicted"], f"{m['probability']:.3f}", f"{m['loss']:.3f}")
+             for m in report["worst_mistakes"]])))
+    if report["skipped"]:
+        sections.append(("Skipped files", reports.table_html(
+            ["file", "reason"], [(s["path"], s["reason"]) for s in report["skipped"]])))
+    reports.write_page(path, f"{report['model']} on {report['evaluated']}", sections)
+
+
+def print_table(report: dict) -> None:
+    names = report["class_names"]
+    print(f"{report['model']} on {report['evaluated']}: {report['scored']} images scored, "
+          f"{len(report['skipped'])} skipped")
+    if report["stored_threshold"]:
+        info = report["stored_threshold"]
+        print(f"stored threshold {info['threshold']:.2f} in the model's record ({info['method']})")
+    width = max(8, *(len(n) for n in names))
+    print(f"{'class':<{width}}  precision  recall     f1  accuracy  images")
+    for name, p, r, f, a, s in metric_rows(report):
+        print(f"{name:<{width}}  {p:9.3f}  {r:6.3f}  {f:5.3f}  {a:8.3f}  {s:6d}")
+    print(headline(report))
+    print("confusion matrix (rows: true, columns: predicted)")
+    cell = max(6, *(len(n) for n in names))
+    print(" " * width + "  " + " ".join(f"{n:>{cell}}" for n in names))
+    for name, row in zip(names, report["metrics"]["confusion_matrix"]):
+        print(f"{name:<{width}}  " + " ".join(f"{v:>{cell}d}" for v in row))
+    for item in report["skipped"]:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    print(f"report: {Path(report['report_dir']) / 'index.html'}" +
+          (f"; TensorBoard: {report['tensorboard']}" if report.get("tensorboard") else ""))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    gpu.enable_memory_growth()
+    try:
+        report = evaluate(args)
+    except EvaluateError as error:
+        sys.exit(f"happysad.evaluate: error: {error}")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+
+
+if __name__ == "__main__":
+    main()

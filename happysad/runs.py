@@ -1,0 +1,208 @@
+"""python -m happysad.runs: list the training runs under logs/, newest first, or compare two of them.
+
+Every finished run folder holds the `record.json` train wrote (hyper-parameters, final-epoch metrics, test
+metrics, timing); that is all this reads, so it needs neither TensorFlow nor TensorBoard and answers at once.
+The best run is marked by test accuracy when every listed run has one, otherwise by validation accuracy.
+"""
+import argparse
+import datetime
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from happysad import record
+
+KEY_HYPERPARAMETERS = ("arch", "epochs", "batch_size", "image_size", "learning_rate", "seed")
+COMPARED_METRICS = (
+    ("test accuracy", ("test", "accuracy")), ("test precision", ("test", "precision")),
+    ("test recall", ("test", "recall")), ("test f1", ("test", "f1")), ("test log loss", ("test", "log_loss")),
+    ("test ROC-AUC", ("test", "roc_auc")), ("test PR-AUC", ("test", "pr_auc")),
+    ("val accuracy", ("final_epoch", "val_accuracy")), ("val loss", ("final_epoch", "val_loss")),
+    ("train accuracy", ("final_epoch", "accuracy")), ("train loss", ("final_epoch", "loss")),
+)
+
+
+class RunsError(Exception):
+    """A problem with the logs folder or a run name, reported as one line."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m happysad.runs", description=__doc__.splitlines()[0])
+    parser.add_argument("--logdir", default="logs", help="the folder train wrote its runs into")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                        help="two run names (or run folders) to show side by side")
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Run:
+    name: str
+    folder: Path
+    record: record.Record
+
+    @property
+    def finished(self) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(self.record.created)
+
+    @property
+    def seconds(self):
+        return self.record.metrics.get("train_seconds")
+
+    @property
+    def started(self) -> datetime.datetime:
+        """The record is written when training ends; the start is that minus the training time."""
+        return self.finished - datetime.timedelta(seconds=self.seconds or 0)
+
+    def metric(self, group: str, name: str):
+        return self.record.metrics.get(group, {}).get(name)
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "folder": str(self.folder),
+            "started": self.started.isoformat(timespec="seconds"),
+            "seconds": self.seconds,
+            "epochs_run": len(self.record.metrics.get("epoch_seconds", [])),
+            "classes": self.record.class_names,
+            "hyperparameters": self.record.hyperparameters,
+            "validation": {key[4:]: value for key, value in self.record.metrics.get("final_epoch", {}).items()
+                           if key.startswith("val_")},
+            "test": {key: value for key, value in self.record.metrics.get("test", {}).items()
+                     if not isinstance(value, (dict, list))},
+            "model_file": self.record.model_file,
+        }
+
+
+def read_run(folder: Path) -> Run:
+    path = folder / "record.json"
+    try:
+        return Run(folder.name, folder, record.Record.from_dict(json.loads(path.read_text())))
+    except (OSError, ValueError, TypeError) as error:
+        raise RunsError(f"cannot read {path}: {error}") from None
+
+
+def find_runs(logdir) -> tuple:
+    """(runs with a record, newest first; names of folders without one: unfinished or crashed runs)."""
+    logdir = Path(logdir)
+    if not logdir.is_dir():
+        raise RunsError(f"logs folder {logdir} does not exist: train a model first "
+                        "(python -m happysad.train --logdir ...)")
+    runs, unfinished = [], []
+    for folder in sorted(p for p in logdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (folder / "record.json").is_file():
+            runs.append(read_run(folder))
+        else:
+            unfinished.append(folder.name)
+    runs.sort(key=lambda run: run.finished, reverse=True)
+    return runs, unfinished
+
+
+def best_run(runs: list) -> tuple:
+    """(the best run, the metric it was chosen by): test accuracy if every run has one, else validation."""
+    if not runs:
+        return None, None
+    if all(run.metric("test", "accuracy") is not None for run in runs):
+        return max(runs, key=lambda run: run.metric("test", "accuracy")), "test accuracy"
+    scored = [run for run in runs if run.metric("final_epoch", "val_accuracy") is not None]
+    if not scored:
+        return None, None
+    return max(scored, key=lambda run: run.metric("final_epoch", "val_accuracy")), "validation accuracy"
+
+
+def resolve(logdir, name: str) -> Run:
+    """A run by its name under logdir, or by its folder's path."""
+    for folder in (Path(logdir) / name, Path(name)):
+        if (folder / "record.json").is_file():
+            return read_run(folder)
+    raise RunsError(f"no run {name!r} in {logdir} (a run folder holds the record.json train writes)")
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-2 and value else f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_table(rows: list) -> None:
+    """rows[0] is the header; columns are padded to their widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def list_runs(args) -> None:
+    runs, unfinished = find_runs(args.logdir)
+    best, criterion = best_run(runs)
+    command = f"tensorboard --logdir {shlex.quote(str(args.logdir))}"
+    if args.json:
+        print(json.dumps({"logdir": str(args.logdir), "best": best.name if best else None,
+                          "best_by": criterion, "runs": [run.summary() for run in runs],
+                          "unfinished": unfinished, "tensorboard": command}, indent=2))
+        return
+    if not runs:
+        print(f"no finished runs in {args.logdir}" + (f" ({len(unfinished)} without a record.json)"
+                                                         if unfinished else ""))
+        return
+    rows = [["", "run", "started", "minutes", *KEY_HYPERPARAMETERS, "val acc", "val loss", "test acc", "test f1"]]
+    for run in runs:
+        hyper = run.record.hyperparameters
+        rows.append(["*" if run is best else "", run.name, run.started.strftime("%Y-%m-%d %H:%M"),
+                     fmt(run.seconds / 60 if run.seconds is not None else None, 1),
+                     *(fmt(hyper.get(key)) for key in KEY_HYPERPARAMETERS),
+                     fmt(run.metric("final_epoch", "val_accuracy")), fmt(run.metric("final_epoch", "val_loss")),
+                     fmt(run.metric("test", "accuracy")), fmt(run.metric("test", "f1"))])
+    print_table(rows)
+    if best:
+        print(f"* best by {criterion}: {best.name}")
+    if unfinished:
+        print(f"{len(unfinished)} folder(s) without a record.json (unfinished or failed): {', '.join(unfinished)}")
+    print(f"view them: {command}")
+
+
+def comparison(run_a: Run, run_b: Run) -> dict:
+    metrics = {label: [run_a.metric(*key), run_b.metric(*key)] for label, key in COMPARED_METRICS}
+    metrics["train minutes"] = [None if run.seconds is None else run.seconds / 60 for run in (run_a, run_b)]
+    hyper_a, hyper_b = run_a.record.hyperparameters, run_b.record.hyperparameters
+    differing = {key: [hyper_a.get(key), hyper_b.get(key)] for key in sorted(set(hyper_a) | set(hyper_b))
+                 if hyper_a.get(key) != hyper_b.get(key)}
+    for name in ("class_names", "data_dir", "image_size"):
+        if getattr(run_a.record, name) != getattr(run_b.record, name) and name not in differing:
+            differing[name] = [getattr(run_a.record, name), getattr(run_b.record, name)]
+    return {"runs": [run_a.name, run_b.name], "metrics": metrics, "differing_hyperparameters": differing}
+
+
+def compare(args) -> None:
+    run_a, run_b = (resolve(args.logdir, name) for name in args.compare)
+    result = comparison(run_a, run_b)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    rows = [["metric", run_a.name, run_b.name]]
+    rows += [[label, fmt(a), fmt(b)] for label, (a, b) in result["metrics"].items() if (a, b) != (None, None)]
+    print_table(rows)
+    print()
+    if result["differing_hyperparameters"]:
+        print_table([["hyper-parameter", run_a.name, run_b.name]] + [
+            [key, fmt(a), fmt(b)] for key, (a, b) in result["differing_hyperparameters"].items()])
+    else:
+        print("same hyper-parameters")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        if args.compare:
+            compare(args)
+        else:
+            list_runs(args)
+    except RunsError as error:
+        sys.exit(f"happysad.runs: error: {error}")
+
+
+if __name__ == "__main__":
+    main()
