@@ -27,6 +27,11 @@ class Prediction:
         ranked = sorted(self.probabilities.items(), key=lambda item: item[1], reverse=True)
         return [{"label": label, "probability": p} for label, p in ranked[:k]]
 
+    def to_json(self, path) -> dict:
+        """The object `predict --json` prints and `serve`'s POST /predict returns, one per image."""
+        return {"path": str(path), "label": self.label, "probability": round(self.probability, 6),
+                "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()}}
+
 
 @dataclass
 class Classifier:
@@ -41,11 +46,16 @@ class Classifier:
     def image_size(self) -> int:
         return self.record.image_size
 
+    @property
+    def faces(self) -> bool:
+        """Whether the model was trained on face crops (--faces): its images are cropped the same way."""
+        return bool(self.record.preprocessing.get("faces", False))
+
     def load_image(self, path) -> np.ndarray:
-        return images.load(str(path), self.image_size).numpy()
+        return images.load(str(path), self.image_size, self.faces).numpy()
 
     def decode(self, encoded: bytes) -> np.ndarray:
-        return images.decode(tf.constant(encoded), self.image_size).numpy()
+        return images.decode(tf.constant(encoded), self.image_size, self.faces).numpy()
 
     def probabilities(self, batch: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """(n, size, size, 3) images in [0, 1] -> (n, num_classes) probabilities."""
@@ -74,9 +84,60 @@ class Classifier:
         return [self.label(row) for row in self.probabilities(batch)]
 
 
-def load(model_path) -> Classifier:
+class ServingSignature:
+    """An exported model's serving signature, called like a Keras model: one image batch in, one batch out.
+
+    SavedModel (TF Serving's format) and TFLite both name their inputs and outputs; a happysad model has one
+    of each whatever its architecture, so the names are read from the signature rather than assumed.
+    A TFLite interpreter is not thread-safe: callers that share one across threads serialize the calls.
+    """
+
+    def __init__(self, signature, input_name: str, output_name: str, owner=None):
+        self.signature = signature
+        self.input_name = input_name
+        self.output_name = output_name
+        self.owner = owner  # a SavedModel's variables live only as long as the object it was loaded into
+
+    def __call__(self, batch, training=False):
+        return self.signature(**{self.input_name: np.asarray(batch, np.float32)})[self.output_name]
+
+
+def load_saved_model(path) -> ServingSignature:
+    loaded = tf.saved_model.load(str(path))
+    signature = loaded.signatures["serving_default"]
+    (input_name,) = signature.structured_input_signature[1]
+    (output_name,) = signature.structured_outputs
+    return ServingSignature(signature, input_name, output_name, owner=loaded)
+
+
+def load_tflite(path) -> ServingSignature:
+    """Through LiteRT (ai-edge-litert), the successor of the deprecated tf.lite.Interpreter."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    ((key, names),) = interpreter.get_signature_list().items()
+    (input_name,), (output_name,) = names["inputs"], names["outputs"]
+    return ServingSignature(interpreter.get_signature_runner(key), input_name, output_name, owner=interpreter)
+
+
+def load_network(model_path):
+    """The network alone, from any format train or export writes: .h5 or .keras through Keras, a .tflite
+    file through LiteRT, a SavedModel folder through its serving signature. Callable as network(batch)."""
     import keras
 
+    model_path = Path(model_path)
+    try:
+        if model_path.is_dir():
+            return load_saved_model(model_path)
+        if model_path.suffix == ".tflite":
+            return load_tflite(model_path)
+        return keras.models.load_model(model_path, compile=False)
+    except (OSError, ValueError, RuntimeError, tf.errors.OpError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelError(f"cannot load model {model_path}: {message}") from None
+
+
+def load(model_path) -> Classifier:
     model_path = Path(model_path)
     if not model_path.exists():
         raise ModelError(f"model {model_path} not found: train one with `python -m happysad.train`")
@@ -84,8 +145,4 @@ def load(model_path) -> Classifier:
         model_record = record.read(model_path)
     except FileNotFoundError as error:
         raise ModelError(str(error)) from None
-    try:
-        model = keras.models.load_model(model_path, compile=False)
-    except (OSError, ValueError) as error:
-        raise ModelError(f"cannot load model {model_path}: {str(error).splitlines()[0]}") from None
-    return Classifier(model, model_record)
+    return Classifier(load_network(model_path), model_record)

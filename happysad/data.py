@@ -22,6 +22,9 @@ import tensorflow as tf
 from happysad import images
 
 PARTITIONS = ("train", "validation", "test")
+DEFAULT_CACHE_DIR = ".cache/happysad"
+# Shuffle buffer of a disk-cached partition (a memory-cached one shuffles all of it at no extra cost).
+SHUFFLE_BUFFER_BYTES = 1024**3
 
 
 class DataError(Exception):
@@ -130,29 +133,130 @@ def cache_key(files: Files, image_size: int, preprocessing: str = "") -> str:
     return digest.hexdigest()[:16]
 
 
+def image_bytes(image_size: int) -> int:
+    """Memory of one decoded image: float32 RGB."""
+    return image_size * image_size * 3 * 4
+
+
 def decoded_bytes(files: Files, image_size: int) -> int:
-    return len(files) * image_size * image_size * 3 * 4
+    return len(files) * image_bytes(image_size)
+
+
+def available_memory() -> int:
+    """Bytes of RAM that new allocations can get now (Linux MemAvailable, counting reclaimable page cache)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError):
+        return 4 * 1024**3
+
+
+def memory_cache_budget() -> int:
+    """Half the available RAM: the rest is for TensorFlow, the model, prefetched batches and everyone else."""
+    return available_memory() // 2
+
+
+def choose_caches(setting: str, partitions: dict, image_size: int, preprocessing: str, budget: int = None,
+                  folder=DEFAULT_CACHE_DIR) -> dict:
+    """How each partition keeps its decoded images between epochs: "memory", a disk cache prefix, or None.
+
+    setting: "auto", "memory", "disk", "disk:PATH" or "none". auto keeps every partition in memory when all
+    of them together fit in `budget` (default: half the available RAM), else on disk, so a dataset larger
+    than memory trains instead of crashing. The test partition is read once and is never cached.
+    """
+    if setting not in ("auto", "memory", "disk", "none") and not setting.startswith("disk:"):
+        raise DataError(f"--cache must be auto, memory, disk[:PATH] or none, got {setting!r}")
+    cached = {name: files for name, files in partitions.items() if name != "test"}
+    if setting == "auto":
+        total = sum(decoded_bytes(files, image_size) for files in cached.values())
+        setting = "memory" if total <= (memory_cache_budget() if budget is None else budget) else "disk"
+    caches = {name: None for name in partitions}
+    for name, files in cached.items():
+        if setting == "memory":
+            caches[name] = "memory"
+        elif setting.startswith("disk"):
+            caches[name] = disk_cache(Path(setting[5:] or folder), cache_key(files, image_size, preprocessing))
+    return caches
+
+
+_LOCKS = {}
+
+
+def disk_cache(folder, key: str):
+    """A tf.data cache file prefix in `folder` for `key`, safe against crashed and concurrent runs; or None.
+
+    tf.data writes <prefix>_0.lockfile and temporary data files while it fills a cache, and <prefix>.index
+    once complete. A run that died mid-write leaves the lockfile behind, and every later run would fail with
+    "There appears to be a concurrent caching iterator running". So a run that will write a cache holds an
+    exclusive flock on <prefix>.lock for as long as it lives (the OS drops it when the process dies, however
+    it dies): whoever gets the lock of an incomplete cache knows its leftovers are from a dead run and
+    removes them. If another live run holds it (it is writing that cache right now), returns None: this run
+    decodes every epoch instead of waiting. A complete cache is read without a lock, by any number of runs.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = folder / f"images-{key}"
+    if Path(f"{prefix}.index").exists():
+        return str(prefix)
+    if str(prefix) not in _LOCKS:
+        lock = open(f"{prefix}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            print(f"note: another training run is writing the cache {prefix}; not caching this run")
+            return None
+        _LOCKS[str(prefix)] = lock
+    for leftover in [*folder.glob(f"{prefix.name}_*"), *folder.glob(f"{prefix.name}.data-*")]:
+        leftover.unlink(missing_ok=True)
+    return str(prefix)
 
 
 def make_dataset(files: Files, image_size: int, batch_size: int, *, binary: bool, shuffle_seed=None,
-                 cache=None) -> tf.data.Dataset:
+                 cache=None, faces: bool = False, drop_remainder: bool = False) -> tf.data.Dataset:
     """(image, label) batches for one partition.
 
-    cache: None (decode every epoch), "memory", or a file path prefix for tf.data's on-disk cache.
+    cache: None (decode every epoch), "memory", or a file path prefix for tf.data's on-disk cache (see
+    choose_caches). Memory use: the whole partition for "memory", SHUFFLE_BUFFER_BYTES for a disk cache,
+    a few batches for None.
     shuffle_seed: shuffle every epoch (training); None keeps the file order (validation, test).
+    faces: crop the largest face first (see happysad.images); the cache then holds the crops.
+    drop_remainder: only full batches (training on several replicas, see happysad.distribute).
     """
     label_dtype = tf.float32 if binary else tf.int32
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(files.paths, tf.string), tf.constant(files.labels, label_dtype)))
-    dataset = dataset.map(lambda path, label: (images.load(path, image_size), label),
+    paths, labels = files.paths, files.labels
+    if shuffle_seed is not None:
+        # Mix the classes up front: the split lists files class by class, and a disk cache replays its first
+        # pass in order, so the bounded shuffle below would see one class at a time. A fixed permutation,
+        # so the order a cache holds depends only on its file list (its key).
+        order = np.random.default_rng(0).permutation(len(paths))
+        paths, labels = [paths[i] for i in order], [labels[i] for i in order]
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels, label_dtype)))
+    if shuffle_seed is not None and cache is None:
+        # Nothing cached: shuffle the file names (bytes each), not the decoded images (size²×12 bytes each).
+        dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(lambda path, label: (images.load(path, image_size, faces), label),
                           num_parallel_calls=tf.data.AUTOTUNE)
     if cache == "memory":
         dataset = dataset.cache()
     elif cache:
         dataset = dataset.cache(str(cache))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    if shuffle_seed is not None and cache == "memory":
+        # The buffer holds the cached tensors themselves (shared, not copied): a full shuffle costs no memory.
+        dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    elif shuffle_seed is not None and cache:
+        # Images read back from disk are fresh copies: bound the buffer so a dataset larger than memory fits.
+        buffer = max(1, min(len(paths), SHUFFLE_BUFFER_BYTES // image_bytes(image_size)))
+        dataset = dataset.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
 def find_undecodable(paths, image_size: int) -> list:

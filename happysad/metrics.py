@@ -26,8 +26,112 @@ def _safe_divide(numerator, denominator):
     return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
 
 
+def class_probabilities(outputs) -> np.ndarray:
+    """A model's outputs as one column per class: a single sigmoid column p becomes [1 - p, p]."""
+    outputs = np.asarray(outputs, dtype=float)
+    if outputs.ndim == 1 or outputs.shape[1] == 1:
+        p = outputs.reshape(-1)
+        return np.stack([1.0 - p, p], axis=1)
+    return outputs
+
+
+def normalize_rows(matrix) -> np.ndarray:
+    """Each row of a confusion matrix divided by its total: the share of each true class per prediction."""
+    matrix = np.asarray(matrix, dtype=float)
+    return _safe_divide(matrix, np.broadcast_to(matrix.sum(axis=1, keepdims=True), matrix.shape))
+
+
+def _counts_by_threshold(y_true, scores) -> tuple:
+    """True and false positives when every distinct score, from high to low, is used as the threshold."""
+    y_true = np.asarray(y_true, dtype=int)
+    scores = np.asarray(scores, dtype=float)
+    order = np.argsort(-scores, kind="mergesort")
+    scores, y_true = scores[order], y_true[order]
+    ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    true_positives = np.cumsum(y_true)[ends]
+    false_positives = ends + 1 - true_positives
+    return true_positives, false_positives, scores[ends]
+
+
+def roc_curve(y_true, scores) -> tuple:
+    """(false positive rate, true positive rate, thresholds) for 'positive when score >= threshold'.
+
+    y_true holds 1 for the positive class. Starts at (0, 0) with an infinite threshold.
+    """
+    tp, fp, thresholds = _counts_by_threshold(y_true, scores)
+    positives, negatives = tp[-1], fp[-1]
+    tpr = np.r_[0.0, _safe_divide(tp, np.full(len(tp), positives))]
+    fpr = np.r_[0.0, _safe_divide(fp, np.full(len(fp), negatives))]
+    return fpr, tpr, np.r_[np.inf, thresholds]
+
+
+def roc_auc(y_true, scores):
+    """Area under the ROC curve, or None when only one class is present (the area is undefined)."""
+    y_true = np.asarray(y_true, dtype=int)
+    if len(y_true) == 0 or y_true.min() == y_true.max():
+        return None
+    fpr, tpr, _ = roc_curve(y_true, scores)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def pr_curve(y_true, scores) -> tuple:
+    """(precision, recall, thresholds) of the positive class, from the highest threshold down.
+
+    Starts at recall 0, precision 1 (nothing predicted positive), as scikit-learn's curve does.
+    """
+    tp, fp, thresholds = _counts_by_threshold(y_true, scores)
+    precision = _safe_divide(tp, tp + fp)
+    recall = _safe_divide(tp, np.full(len(tp), tp[-1]))
+    return np.r_[1.0, precision], np.r_[0.0, recall], np.r_[np.inf, thresholds]
+
+
+def average_precision(y_true, scores):
+    """Area under the precision-recall curve as average precision: sum over thresholds of
+    (recall gained) x (precision there). None when there are no positives."""
+    y_true = np.asarray(y_true, dtype=int)
+    if len(y_true) == 0 or y_true.max() == 0:
+        return None
+    precision, recall, _ = pr_curve(y_true, scores)
+    return float(np.sum(np.diff(recall) * precision[1:]))
+
+
+def threshold_sweep(y_true, scores, thresholds=None) -> list:
+    """Accuracy, the positive class's precision / recall / F1 and the macro F1 at each threshold.
+
+    Default thresholds: 0.01, 0.02, ..., 0.99.
+    """
+    y_true = np.asarray(y_true, dtype=int)
+    scores = np.asarray(scores, dtype=float)
+    if thresholds is None:
+        thresholds = np.round(np.linspace(0.01, 0.99, 99), 2)
+    rows = []
+    for threshold in thresholds:
+        matrix = confusion_matrix(y_true, (scores >= threshold).astype(int), 2)
+        precision = _safe_divide(np.diag(matrix), matrix.sum(axis=0))
+        recall = _safe_divide(np.diag(matrix), matrix.sum(axis=1))
+        f1 = _safe_divide(2 * precision * recall, precision + recall)
+        rows.append({"threshold": float(threshold),
+                     "accuracy": float(np.trace(matrix) / max(1, len(y_true))),
+                     "precision": float(precision[1]), "recall": float(recall[1]), "f1": float(f1[1]),
+                     "macro_f1": float(f1.mean())})
+    return rows
+
+
+def best_threshold(sweep: list, key: str = "macro_f1") -> float:
+    """The threshold with the highest `key`; of several equally good ones, the middle one, so the choice
+    sits inside the best plateau rather than on its edge."""
+    best = max(row[key] for row in sweep)
+    winners = [row["threshold"] for row in sweep if row[key] >= best - 1e-12]
+    return winners[len(winners) // 2]
+
+
 def summarize(y_true, probabilities, class_names, threshold: float = 0.5) -> dict:
-    """Accuracy, per-class and macro precision / recall / F1, confusion matrix and log loss."""
+    """Accuracy, per-class and macro precision / recall / F1, per-class accuracy, confusion matrix (counts
+    and normalised by true class) and log loss; for two classes also ROC-AUC and PR-AUC (average precision)
+    of the second class, whose probability the model's sigmoid outputs.
+
+    Per-class accuracy is the share of that class's images labelled correctly (equal to its recall).
+    """
     y_true = np.asarray(y_true, dtype=int)
     probabilities = np.asarray(probabilities, dtype=float)
     num_classes = len(class_names)
@@ -39,7 +143,7 @@ def summarize(y_true, probabilities, class_names, threshold: float = 0.5) -> dic
     f1 = _safe_divide(2 * precision * recall, precision + recall)
     eps = 1e-7
     picked = np.clip(probabilities[np.arange(len(y_true)), y_true], eps, 1.0) if len(y_true) else []
-    return {
+    summary = {
         "count": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
         "precision": float(precision.mean()),
@@ -48,8 +152,14 @@ def summarize(y_true, probabilities, class_names, threshold: float = 0.5) -> dic
         "log_loss": float(-np.mean(np.log(picked))) if len(y_true) else 0.0,
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                   "support": int(matrix[i].sum())}
+                   "accuracy": float(recall[i]), "support": int(matrix[i].sum())}
             for i, name in enumerate(class_names)
         },
         "confusion_matrix": matrix.tolist(),
+        "confusion_matrix_normalized": normalize_rows(matrix).tolist(),
     }
+    if num_classes == 2:
+        summary["threshold"] = float(threshold)
+        summary["roc_auc"] = roc_auc(y_true, probabilities[:, 1])
+        summary["pr_auc"] = average_precision(y_true, probabilities[:, 1])
+    return summary

@@ -1,10 +1,23 @@
 """The classifier networks and how they are compiled.
 
 Every model takes RGB images scaled to [0, 1] (see `happysad.images`) and ends in one sigmoid unit for two
-classes (the probability of the second class) or a softmax over the classes for more.
+classes (the probability of the second class) or a softmax over the classes for more. Whatever a model does
+between those two ends is a layer inside it: the augmentation (`augment`, active only while training) and
+each ImageNet backbone's own input conversion. So a saved model (.h5 or .keras) predicts with no extra code,
+and only built-in Keras layers are used, because a Lambda layer does not load back safely.
 """
+from dataclasses import dataclass
+from pathlib import Path
+
 import keras
+import numpy as np
 from keras import layers
+
+BACKBONE_NAME = "backbone"
+
+
+class BuildError(Exception):
+    """A network that cannot be built as asked (weights that cannot be had, an image too small), as one line."""
 
 
 def is_binary(num_classes: int) -> bool:
@@ -18,11 +31,30 @@ def head(num_classes: int, name: str = "prediction") -> layers.Layer:
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name=name)
 
 
-def build_cnn(num_classes: int, image_size: int) -> keras.Model:
-    """The design card's network: three Conv2D blocks (16, 32, 16 filters), Dense 256, one output layer."""
+def augmentation() -> keras.Sequential:
+    """Random flips, turns, zooms, shifts and contrast changes: active in training, a no-op when predicting."""
     return keras.Sequential(
         [
-            keras.Input((image_size, image_size, 3), name="image"),
+            layers.RandomFlip("horizontal"),
+            layers.RandomRotation(0.1),
+            layers.RandomZoom(0.1),
+            layers.RandomTranslation(0.1, 0.1),
+            layers.RandomContrast(0.2, value_range=(0, 1)),
+        ],
+        name="augment",
+    )
+
+
+def build_cnn(num_classes: int, image_size: int, augment: bool = False, dropout: float = 0.0) -> keras.Model:
+    """The design card's network: three Conv2D blocks (16, 32, 16 filters), Dense 256, one output layer.
+
+    With augment=False and dropout=0 it is exactly the card's model; otherwise the augmentation comes first
+    and the dropout sits before the output layer.
+    """
+    return keras.Sequential(
+        [keras.Input((image_size, image_size, 3), name="image")]
+        + ([augmentation()] if augment else [])
+        + [
             layers.Conv2D(16, 3, activation="relu"),
             layers.MaxPooling2D(),
             layers.Conv2D(32, 3, activation="relu"),
@@ -31,10 +63,134 @@ def build_cnn(num_classes: int, image_size: int) -> keras.Model:
             layers.MaxPooling2D(),
             layers.Flatten(),
             layers.Dense(256, activation="relu"),
-            head(num_classes),
-        ],
+        ]
+        + ([layers.Dropout(dropout)] if dropout else [])
+        + [head(num_classes)],
         name="cnn",
     )
+
+
+def caffe_input() -> layers.Conv2D:
+    """keras.applications' "caffe" preprocess_input (ResNet50, VGG16) for [0, 1] RGB input, as one layer.
+
+    Those backbones want BGR pixels in [0, 255] minus the ImageNet mean. No built-in layer reverses the
+    channels, so a frozen 1×1 convolution does it: weight 255 from input channel 2 - i to output channel i,
+    bias minus the mean. Its weights are set (and saved) with the model, see `build_backbone`.
+    """
+    return layers.Conv2D(3, 1, trainable=False, name="caffe_input")
+
+
+def caffe_weights() -> list:
+    kernel = np.zeros((1, 1, 3, 3), np.float32)
+    for channel in range(3):
+        kernel[0, 0, 2 - channel, channel] = 255.0
+    return [kernel, -np.array([103.939, 116.779, 123.68], np.float32)]
+
+
+@dataclass(frozen=True)
+class Backbone:
+    application: str  # constructor in keras.applications
+    input_layers: object  # () -> the layers that turn [0, 1] RGB into the input the backbone was trained on
+    weights_file: str  # what Keras downloads for weights="imagenet" (to ~/.keras/models/)
+
+
+BACKBONES = {
+    # preprocess_input "tf": [-1, 1].
+    "mobilenetv2": Backbone("MobileNetV2", lambda: [layers.Rescaling(2.0, offset=-1.0, name="to_pm1")],
+                            "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+    # EfficientNet scales and normalises inside itself; it wants [0, 255].
+    "efficientnetb0": Backbone("EfficientNetB0", lambda: [layers.Rescaling(255.0, name="to_255")],
+                               "efficientnetb0_notop.h5"),
+    "resnet50": Backbone("ResNet50", lambda: [caffe_input()],
+                         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "vgg16": Backbone("VGG16", lambda: [caffe_input()], "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    # preprocess_input "torch": [0, 1] minus the ImageNet mean, divided by its standard deviation.
+    "densenet121": Backbone("DenseNet121", lambda: [layers.Normalization(
+        mean=[0.485, 0.456, 0.406], variance=[0.229 ** 2, 0.224 ** 2, 0.225 ** 2], name="imagenet_norm")],
+        "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+}
+ARCHITECTURES = ("cnn",) + tuple(BACKBONES)
+MIN_IMAGE_SIZE = 32  # the smallest input keras.applications accepts for these backbones
+
+
+def backbone_weights(arch: str, weights: str):
+    """--weights imagenet|none|PATH -> what keras.applications takes ("imagenet", None or the path)."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if not Path(weights).is_file():
+        raise BuildError(f"weights file {weights} not found (expected Keras' {BACKBONES[arch].weights_file} "
+                           "or another *_notop.h5 file for this backbone)")
+    return weights
+
+
+def build_backbone(arch: str, num_classes: int, image_size: int, *, augment: bool = False,
+                   dropout: float = 0.0, weights: str = "imagenet") -> keras.Model:
+    """A Keras Applications backbone under a new head: input conversion, backbone, average pool, dropout, head.
+
+    With pretrained weights the backbone is frozen and runs in inference mode (its BatchNorm statistics stay
+    those it learnt on ImageNet, also when `unfreeze_top` later opens its top layers). With weights "none"
+    there is nothing to keep, so it trains from scratch like any other network.
+    """
+    spec = BACKBONES[arch]
+    pretrained = backbone_weights(arch, weights)
+    if image_size < MIN_IMAGE_SIZE:
+        raise BuildError(f"--arch {arch} needs --image-size {MIN_IMAGE_SIZE} or more, got {image_size}")
+    try:
+        base = getattr(keras.applications, spec.application)(
+            include_top=False, weights=pretrained, input_shape=(image_size, image_size, 3), name=BACKBONE_NAME)
+    except Exception as error:  # keras.utils.get_file raises a bare Exception when it cannot download
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if pretrained == "imagenet":
+            raise BuildError(
+                f"cannot get the ImageNet weights for {arch} ({reason}); without network access, fetch "
+                f"{spec.weights_file} where there is one and pass --weights PATH_TO_IT "
+                "(or put it in ~/.keras/models/), or train from scratch with --weights none") from None
+        raise BuildError(f"cannot build {arch} with weights {weights}: {reason}") from None
+
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = augmentation()(inputs) if augment else inputs
+    converters = spec.input_layers()
+    for layer in converters:
+        x = layer(x)
+    if pretrained:
+        base.trainable = False
+        x = base(x, training=False)
+    else:
+        x = base(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    model = keras.Model(inputs, head(num_classes)(x), name=arch)
+    for layer in converters:
+        if layer.name == "caffe_input":
+            layer.set_weights(caffe_weights())
+    return model
+
+
+def build(arch: str, num_classes: int, image_size: int, *, augment: bool = False, dropout: float = 0.0,
+          weights: str = "imagenet") -> keras.Model:
+    if arch == "cnn":
+        return build_cnn(num_classes, image_size, augment, dropout)
+    if arch not in BACKBONES:
+        raise BuildError(f"unknown --arch {arch}; choose one of {', '.join(ARCHITECTURES)}")
+    return build_backbone(arch, num_classes, image_size, augment=augment, dropout=dropout, weights=weights)
+
+
+def unfreeze_top(model: keras.Model, count: int) -> int:
+    """Make the top `count` layers of the backbone trainable, BatchNormalization excepted; returns how many.
+
+    Compile the model again afterwards (with a lower learning rate) for the change to take effect.
+    """
+    base = model.get_layer(BACKBONE_NAME)
+    base.trainable = True
+    opened = 0
+    for index, layer in enumerate(base.layers):
+        layer.trainable = (index >= len(base.layers) - count
+                           and not isinstance(layer, layers.BatchNormalization) and bool(layer.weights))
+        opened += layer.trainable
+    return opened
 
 
 def compile_model(model: keras.Model, num_classes: int, learning_rate: float = 1e-3) -> keras.Model:

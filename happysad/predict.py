@@ -17,10 +17,28 @@ from happysad import classifier, gpu, images
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m happysad.predict", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="image files, or folders searched recursively")
-    parser.add_argument("--model", default="models/happysad.h5")
+    parser.add_argument("--model", default="models/happysad.h5",
+                        help=".h5 or .keras, or an export: .tflite or a SavedModel folder (happysad.export)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--batch-size", type=int, default=32)
-    return parser.parse_args(argv)
+    parser.add_argument("--top-k", type=int, metavar="K", help="also list the K most likely classes")
+    parser.add_argument("--category-names", metavar="JSON",
+                        help='a JSON file mapping class folder names to display names, e.g. {"happy": "Happy"}')
+    args = parser.parse_args(argv)
+    if args.top_k is not None and args.top_k < 1:
+        parser.error(f"--top-k must be at least 1, got {args.top_k}")
+    return args
+
+
+def read_category_names(path) -> dict:
+    """{folder name: display name} from a JSON object; a class it does not name keeps its folder name."""
+    try:
+        names = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read --category-names {path}: {error}") from None
+    if not isinstance(names, dict) or not all(isinstance(v, str) for v in names.values()):
+        raise ValueError(f"--category-names {path} must hold one JSON object of folder name -> display name")
+    return names
 
 
 def expand(paths) -> list:
@@ -34,7 +52,7 @@ def expand(paths) -> list:
     return found
 
 
-def load_images(paths, image_size: int):
+def load_images(paths, model: classifier.Classifier):
     """Decode each file once; returns (paths that decoded, their pixels, [(path, reason)] for the rest)."""
     good, pixels, failed = [], [], []
     for path in paths:
@@ -42,7 +60,7 @@ def load_images(paths, image_size: int):
             failed.append((path, "no such file"))
             continue
         try:
-            pixels.append(images.load(str(path), image_size).numpy())
+            pixels.append(model.load_image(path))
             good.append(path)
         except tf.errors.OpError as error:
             failed.append((path, f"not an image TensorFlow can decode ({images.error_reason(error)})"))
@@ -54,20 +72,24 @@ def main(argv=None) -> None:
     gpu.enable_memory_growth()
     try:
         model = classifier.load(args.model)
-    except classifier.ModelError as error:
+        names = read_category_names(args.category_names) if args.category_names else {}
+    except (classifier.ModelError, ValueError) as error:
         sys.exit(f"happysad.predict: error: {error}")
     paths = expand(args.paths)
     if not paths:
         sys.exit("happysad.predict: error: no images found in " + " ".join(args.paths))
-    good, pixels, failed = load_images(paths, model.image_size)
+    good, pixels, failed = load_images(paths, model)
     predictions = model.predict(np.stack(pixels)) if pixels else []
     for path, prediction in zip(good, predictions):
+        top = [{"label": entry["label"], "name": names.get(entry["label"], entry["label"]),
+                "probability": round(entry["probability"], 6)} for entry in prediction.top(args.top_k or 0)]
         if args.json:
-            print(json.dumps({"path": str(path), "label": prediction.label,
-                              "probability": round(prediction.probability, 6),
-                              "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()}}))
+            row = {**prediction.to_json(path), "name": names.get(prediction.label, prediction.label)}
+            print(json.dumps({**row, "top_k": top} if top else row))
+        elif top:
+            print(f"{path}: " + ", ".join(f"{entry['name']} {entry['probability']:.2f}" for entry in top))
         else:
-            print(f"{path}: {prediction.label} (p={prediction.probability:.2f})")
+            print(f"{path}: {names.get(prediction.label, prediction.label)} (p={prediction.probability:.2f})")
     for path, reason in failed:
         print(f"happysad.predict: error: {path}: {reason}", file=sys.stderr)
     if failed:

@@ -1,6 +1,10 @@
 """The split is leak-free: disjoint, complete, stratified, and the same on every epoch and every run."""
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from happysad import data, images
 
@@ -89,3 +93,114 @@ def test_skipped_formats_are_reported_and_hidden_folders_ignored(tmp_path):
     assert classes == ["happy", "sad"]
     assert [p.endswith("x.webp") for p in skipped] == [True]
     assert np.bincount(files.labels).tolist() == [3, 3]
+
+
+# Decoded-image caches: memory or disk by size, crash-safe disk caches, and shuffling that fits in memory.
+
+def copy_partition(faces_dir, folder, per_class=12):
+    """A small partition of copies of the session's faces (so a test may touch or delete them)."""
+    import shutil
+
+    files, _ = data.list_images(faces_dir, data.find_classes(faces_dir))
+    paths, labels = [], []
+    for label in sorted(set(files.labels)):
+        members = [p for p, lab in zip(files.paths, files.labels) if lab == label][:per_class]
+        for path in members:
+            target = folder / str(label) / os.path.basename(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            paths.append(str(target))
+            labels.append(label)
+    return data.Files(paths, labels)
+
+
+def epoch_items(dataset):
+    """One pass as a list of (label, image bytes)."""
+    return [(float(label), image.tobytes()) for batch, labels in dataset
+            for image, label in zip(batch.numpy(), labels.numpy())]
+
+
+def test_auto_cache_is_memory_within_budget_else_disk_and_test_is_never_cached(faces_dir, tmp_path):
+    files, _ = data.list_images(faces_dir, data.find_classes(faces_dir))
+    parts = data.split(files, seed=1)
+    needed = data.decoded_bytes(parts["train"], 16) + data.decoded_bytes(parts["validation"], 16)
+    fits = data.choose_caches("auto", parts, 16, "v1", budget=needed, folder=tmp_path)
+    assert fits == {"train": "memory", "validation": "memory", "test": None}
+    too_big = data.choose_caches("auto", parts, 16, "v1", budget=needed - 1, folder=tmp_path)
+    assert too_big["test"] is None and too_big["train"] != too_big["validation"]
+    assert all(too_big[name].startswith(str(tmp_path / "images-")) for name in ("train", "validation"))
+    assert data.choose_caches("none", parts, 16, "v1") == {name: None for name in data.PARTITIONS}
+    elsewhere = data.choose_caches(f"disk:{tmp_path / 'other'}", parts, 16, "v1")
+    assert elsewhere["train"].startswith(str(tmp_path / "other" / "images-"))
+    assert 0 < data.memory_cache_budget() < data.available_memory()
+    with pytest.raises(data.DataError, match="--cache must be"):
+        data.choose_caches("ram", parts, 16, "v1")
+
+
+def test_cache_key_changes_with_the_data_the_size_and_the_preprocessing(faces_dir, tmp_path):
+    part = copy_partition(faces_dir, tmp_path, per_class=3)
+    key = data.cache_key(part, 16, "v1")
+    assert data.cache_key(part, 16, "v1") == key
+    assert len({key, data.cache_key(part, 24, "v1"), data.cache_key(part, 16, "v1-faces")}) == 3
+    fewer = data.Files(part.paths[1:], part.labels[1:])
+    assert data.cache_key(fewer, 16, "v1") != key
+    os.utime(part.paths[0], ns=(0, 0))  # the same file, edited (new modification time)
+    assert data.cache_key(part, 16, "v1") != key
+
+
+def test_disk_cache_recovers_from_a_crashed_writer_then_is_reused(faces_dir, tmp_path):
+    part = copy_partition(faces_dir, tmp_path / "images")
+    key = data.cache_key(part, 16, "v1")
+    prefix = tmp_path / "cache" / f"images-{key}"
+    prefix.parent.mkdir()
+
+    def leave_crash_debris():
+        """What tf.data leaves when the process writing a cache is killed (seen with tensorflow 2.21)."""
+        Path(f"{prefix}_0.lockfile").write_text("Created at: 1700000000")
+        Path(f"{prefix}_0.data-00000-of-00001.tempstate42").write_bytes(b"")
+
+    leave_crash_debris()
+    with pytest.raises(tf.errors.AlreadyExistsError):  # what every later run got before disk_cache
+        epoch_items(data.make_dataset(part, 16, 8, binary=True, cache=str(prefix)))
+    leave_crash_debris()
+    cache = data.choose_caches("disk", {"train": part}, 16, "v1", folder=prefix.parent)["train"]
+    assert cache == str(prefix)
+    assert not list(prefix.parent.glob(f"{prefix.name}_*"))
+    dataset = data.make_dataset(part, 16, 8, binary=True, cache=cache)
+    first = epoch_items(dataset)
+    assert Path(f"{prefix}.index").exists()
+    assert first == epoch_items(data.make_dataset(part, 16, 8, binary=True, cache=None))
+    for path in part.paths:  # a complete cache is read back, nothing is decoded again
+        os.remove(path)
+    assert data.disk_cache(prefix.parent, key) == cache
+    assert epoch_items(data.make_dataset(part, 16, 8, binary=True, cache=cache)) == first
+
+
+def test_disk_cache_being_written_by_a_live_run_is_left_alone(tmp_path):
+    import fcntl
+
+    prefix = tmp_path / "images-0123456789abcdef"
+    Path(f"{prefix}_0.lockfile").write_text("Created at: 1700000000")
+    with open(f"{prefix}.lock", "w") as other_run:
+        fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert data.disk_cache(tmp_path, "0123456789abcdef") is None
+        assert Path(f"{prefix}_0.lockfile").exists()
+    # That run has ended (its lock is gone): what it left is debris, and the cache is ours to write.
+    assert data.disk_cache(tmp_path, "0123456789abcdef") == str(prefix)
+    assert not Path(f"{prefix}_0.lockfile").exists()
+
+
+@pytest.mark.parametrize("cache", [None, "memory", "disk"])
+def test_training_order_mixes_classes_and_changes_every_epoch(faces_dir, tmp_path, monkeypatch, cache):
+    """Every epoch sees every image once, in a new order, classes mixed from the first batch, even when the
+    disk cache's shuffle buffer is far smaller than the partition (a dataset larger than memory)."""
+    monkeypatch.setattr(data, "SHUFFLE_BUFFER_BYTES", 4 * data.image_bytes(16))
+    part = copy_partition(faces_dir, tmp_path / "images")
+    cache = str(tmp_path / "images-cache") if cache == "disk" else cache
+    dataset = data.make_dataset(part, 16, 6, binary=True, shuffle_seed=3, cache=cache)
+    epochs = [epoch_items(dataset) for _ in range(3)]
+    everything = sorted(epoch_items(data.make_dataset(part, 16, 6, binary=True)))
+    for items in epochs:
+        assert sorted(items) == everything
+        assert {label for label, _ in items[:6]} == {0.0, 1.0}
+    assert epochs[0] != epochs[1] != epochs[2]
