@@ -48,12 +48,14 @@ def matmul(options) -> dict:
 
     n = options["matmul_size"]
     a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(6):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         tf.linalg.matmul(a, b).numpy()
         rates.append(2 * n**3 / (time.perf_counter() - started) / 1e9)
-    return {"gflops": max(rates[1:]), "gflops_median": statistics.median(rates[1:])}
+        cpu_rates.append(2 * n**3 / (time.process_time() - cpu) / 1e9)
+    return {"gflops": max(rates[1:]), "gflops_median": statistics.median(rates[1:]),
+            "gflops_per_cpu_second": max(cpu_rates[1:])}
 
 
 def model_flops(model) -> int:
@@ -73,7 +75,9 @@ def model_flops(model) -> int:
 
 
 class EpochClock:
-    """Wall-clock seconds of each epoch, validation included (a Keras callback built on demand)."""
+    """Wall-clock and CPU seconds (all of the process's threads) of each epoch, validation included: a Keras
+    callback, built on demand. CPU seconds / (wall seconds × cores) shows how much of the machine a run got
+    (the machine is shared), and work per CPU-second does not depend on what the neighbours do."""
 
     def __new__(cls):
         import keras
@@ -81,24 +85,28 @@ class EpochClock:
         class Clock(keras.callbacks.Callback):
             def __init__(self):
                 super().__init__()
-                self.seconds = []
+                self.seconds, self.cpu_seconds = [], []
 
             def on_epoch_begin(self, epoch, logs=None):
-                self.started = time.perf_counter()
+                self.started, self.cpu = time.perf_counter(), time.process_time()
 
             def on_epoch_end(self, epoch, logs=None):
                 self.seconds.append(time.perf_counter() - self.started)
+                self.cpu_seconds.append(time.process_time() - self.cpu)
 
         return Clock()
 
 
-def epoch_summary(seconds, train_images, forward_flops, validation_images) -> dict:
-    steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+def epoch_summary(clock, train_images, forward_flops, validation_images) -> dict:
+    steady_epochs = range(1, len(clock.seconds)) if len(clock.seconds) > 1 else range(1)
+    steady = statistics.median(clock.seconds[i] for i in steady_epochs)
+    steady_cpu = statistics.median(clock.cpu_seconds[i] for i in steady_epochs)
     work = 3 * forward_flops * train_images + forward_flops * validation_images
-    return {"epoch_seconds": seconds, "first_epoch": seconds[0], "steady_epoch": steady,
+    return {"epoch_seconds": clock.seconds, "epoch_cpu_seconds": clock.cpu_seconds, "first_epoch": clock.seconds[0],
+            "steady_epoch": steady, "steady_epoch_cpu": steady_cpu, "cpu_share": steady_cpu / steady / os.cpu_count(),
             "train_images": train_images, "validation_images": validation_images,
             "train_images_per_second": train_images / steady, "achieved_gflops": work / steady / 1e9,
-            "forward_flops": forward_flops}
+            "gflops_per_cpu_second": work / steady_cpu / 1e9, "forward_flops": forward_flops}
 
 
 def tutorial_train(options) -> dict:
@@ -133,7 +141,7 @@ def tutorial_train(options) -> dict:
     model.fit(train, epochs=options["epochs"], validation_data=val, callbacks=[clock], verbose=0)
     model.save(options["save"])
     # Only the dataset's last batch is partial, and it falls in the test part: the others are full.
-    return epoch_summary(clock.seconds, train_size * 32, model_flops(model), val_size * 32)
+    return epoch_summary(clock, train_size * 32, model_flops(model), val_size * 32)
 
 
 def happysad_train(options) -> dict:
@@ -159,7 +167,7 @@ def happysad_train(options) -> dict:
     network.fit(datasets["train"], validation_data=datasets["validation"], epochs=options["epochs"],
                 callbacks=[clock], shuffle=False, verbose=0)
     record.save(network, options["save"], record.Record(class_names, size))
-    result = epoch_summary(clock.seconds, len(parts["train"]), model_flops(network), len(parts["validation"]))
+    result = epoch_summary(clock, len(parts["train"]), model_flops(network), len(parts["validation"]))
     result["cache"] = caches["train"] if caches["train"] in (None, "memory") else "disk"
     return result
 
@@ -307,6 +315,9 @@ def report(results: dict, options: dict) -> str:
              ratio(hap["train_images_per_second"], tut["train_images_per_second"])),
             ("achieved GFLOP/s", f"{tut['achieved_gflops']:.1f}", f"{hap['achieved_gflops']:.1f}",
              ratio(hap["achieved_gflops"], tut["achieved_gflops"])),
+            ("GFLOP per CPU-second", f"{tut['gflops_per_cpu_second']:.1f}", f"{hap['gflops_per_cpu_second']:.1f}",
+             ratio(hap["gflops_per_cpu_second"], tut["gflops_per_cpu_second"])),
+            ("CPU share in steady epochs", f"{tut['cpu_share']:.0%}", f"{hap['cpu_share']:.0%}", ""),
             ("train peak RSS (MB)", f"{tut['peak_rss_mb']:.0f}", f"{hap['peak_rss_mb']:.0f}",
              ratio(hap["peak_rss_mb"], tut["peak_rss_mb"])),
         ]
@@ -344,13 +355,16 @@ def report(results: dict, options: dict) -> str:
     if "matmul" in results:
         rate = results["matmul"]["gflops"]
         notes.append(f"float32 matmul ({options['matmul_size']}²): {rate:.1f} GFLOP/s best, "
-                     f"{results['matmul']['gflops_median']:.1f} median")
+                     f"{results['matmul']['gflops_median']:.1f} median, "
+                     f"{results['matmul']['gflops_per_cpu_second']:.1f} GFLOP per CPU-second")
         if "train" in results:
             hap = results["train"][1]
             allowed = rate * 1e9 / (3 * hap["forward_flops"])
             notes.append(f"happysad training: {hap['train_images_per_second']:.1f} images/s = "
                          f"{hap['train_images_per_second'] / allowed:.0%} of the {allowed:.1f} images/s the matmul "
-                         f"rate allows; {hap['achieved_gflops'] / rate:.0%} of matmul GFLOP/s counting validation")
+                         f"rate allows; {hap['achieved_gflops'] / rate:.0%} of matmul GFLOP/s counting validation; "
+                         f"per CPU-second (independent of the load): "
+                         f"{hap['gflops_per_cpu_second'] / results['matmul']['gflops_per_cpu_second']:.0%}")
     return "\n".join(lines + [""] + notes)
 
 
