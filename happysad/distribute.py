@@ -184,16 +184,22 @@ def distribute(setup: Setup, per_replica_batch: int, images: int, make_dataset):
 
 
 def fit(model: keras.Model, setup: Setup, train, validation, *, epochs: int, callbacks: list,
-        verbose: int = 2, class_weight: dict = None) -> keras.callbacks.History:
-    """model.fit, or for several workers the same epochs, metrics and callbacks in a loop that works there."""
+        verbose: int = 2, class_weight: dict = None, initial_epoch: int = 0) -> keras.callbacks.History:
+    """model.fit, or for several workers the same epochs, metrics and callbacks in a loop that works there.
+
+    Trains `epochs` epochs numbered from `initial_epoch`, so a second stage (fine-tuning) continues the
+    first one's epoch count in TensorBoard instead of drawing over it.
+    """
     if setup.num_workers == 1:
-        return model.fit(train, validation_data=validation, epochs=epochs, callbacks=callbacks, shuffle=False,
-                         verbose=verbose, class_weight=class_weight)
+        return model.fit(train, validation_data=validation, epochs=initial_epoch + epochs,
+                         initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False, verbose=verbose,
+                         class_weight=class_weight)
     return _fit_multiworker(model, setup.strategy, train, validation, epochs, callbacks,
-                            verbose if setup.is_chief else 0, class_weight)
+                            verbose if setup.is_chief else 0, class_weight, initial_epoch)
 
 
-def _fit_multiworker(model, strategy, train, validation, epochs, callbacks, verbose, class_weight):
+def _fit_multiworker(model, strategy, train, validation, epochs, callbacks, verbose, class_weight,
+                     initial_epoch=0):
     with strategy.scope():
         model.optimizer.build(model.trainable_variables)
     weights = None if class_weight is None else tf.constant(
@@ -221,11 +227,11 @@ def _fit_multiworker(model, strategy, train, validation, epochs, callbacks, verb
         validation = strategy.experimental_distribute_dataset(validation.with_options(options))
 
     callback_list = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0,
-                                                 verbose=verbose, epochs=epochs, steps=None, model=model)
+                                                 verbose=verbose, epochs=initial_epoch + epochs, steps=None, model=model)
     model.stop_training = False
     callback_list.on_train_begin()
     logs = {}
-    for epoch in range(epochs):
+    for epoch in range(initial_epoch, initial_epoch + epochs):
         model.reset_metrics()
         callback_list.on_epoch_begin(epoch)
         for step, batch in enumerate(train):  # no early exit: every worker must take every step

@@ -178,7 +178,8 @@ def train(args) -> dict:
             print(f"fine-tuning the top {opened} layers of {args.arch} at learning rate "
                   f"{args.learning_rate / 10:g}")
             tuned = distribute.fit(network, setup, datasets["train"], datasets["validation"],
-                                   epochs=args.fine_tune_epochs, callbacks=callbacks, class_weight=class_weight)
+                                   epochs=args.fine_tune_epochs, callbacks=callbacks, class_weight=class_weight,
+                                   initial_epoch=len(history.history["loss"]))
             for key, values in tuned.history.items():
                 history.history.setdefault(key, []).extend(values)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:

@@ -80,3 +80,21 @@ def test_undecodable_file_is_named_with_a_pointer_to_clean(tmp_path, faces_dir, 
                          "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs")], capsys)
     assert "broken.jpg" in message and "happysad.clean" in message
     assert not (tmp_path / "m.h5").exists()
+
+
+def test_fine_tune_stage_continues_the_epoch_count(tmp_path, faces_dir):
+    """The second stage's epochs follow the first's in the record and in TensorBoard (steps 0, 1, 2)."""
+    import keras
+
+    weights = tmp_path / "mobilenet_v2_notop.weights.h5"  # stands in for Keras' downloaded ImageNet file
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+    train.main(["--data", str(faces_dir), "--arch", "mobilenetv2", "--weights", str(weights), "--epochs", "1",
+                "--fine-tune", "4", "--fine-tune-epochs", "2", "--image-size", "32", "--batch-size", "64",
+                "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--run-name", "ft"])
+    assert len(record.read(tmp_path / "m.h5").metrics["epoch_seconds"]) == 3
+    steps = set()
+    for event_file in (tmp_path / "logs" / "ft" / "train").rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            if any(value.tag == "epoch_loss" for value in event.summary.value):
+                steps.add(event.step)
+    assert steps == {0, 1, 2}
