@@ -55,6 +55,7 @@ import numpy as np
 import tensorflow as tf
 
 from happysad import images
+from happysad.data import DataError, class_folders as subfolders
 from happysad.gpu import enable_memory_growth
 
 with warnings.catch_warnings():
@@ -70,10 +71,6 @@ REASONS = ("empty", "not-image", "corrupt", "too-small", "mis-extended", "duplic
 # names a converted copy.
 EXTENSIONS = {"jpeg": (".jpg", ".jpeg"), "png": (".png",), "gif": (".gif",), "bmp": (".bmp",)}
 DECODE_CHECK_SIZE = 8  # images.decode resizes; a tiny target keeps the check cheap, the full decode still runs
-
-
-class DataDirError(Exception):
-    """A problem with the folder the user named, reported as one line."""
 
 
 @dataclass
@@ -108,15 +105,10 @@ class Restored:
 
 
 def class_folders(data_dir) -> list:
-    """The class names: every non-hidden subfolder, sorted, as the training loader finds them."""
-    data_dir = Path(data_dir)
-    if not data_dir.exists():
-        raise DataDirError(f"data folder {data_dir} does not exist")
-    if not data_dir.is_dir():
-        raise DataDirError(f"{data_dir} is not a folder")
-    classes = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The class names, found as the training loader finds them (happysad.data); at least one."""
+    classes = subfolders(data_dir)
     if not classes:
-        raise DataDirError(f"{data_dir} has no class folders (expected {data_dir}/<class>/<images>)")
+        raise DataError(f"{data_dir} has no class folders (expected {data_dir}/<class>/<images>)")
     return classes
 
 
@@ -344,7 +336,7 @@ def restore(data_dir, dry_run: bool = False) -> Restored:
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataDirError(f"data folder {data_dir} does not exist or is not a folder")
+        raise DataError(f"data folder {data_dir} does not exist or is not a folder")
     manifest = data_dir / QUARANTINE / MANIFEST
     result = Restored()
     if not manifest.exists():
@@ -463,7 +455,7 @@ def main(argv=None):
         else:
             summary = clean(args.data_dir, args.min_size, args.dry_run, progress=True)
             data, text = as_json(summary), report(summary)
-    except DataDirError as error:
+    except DataError as error:
         raise SystemExit(f"happysad.clean: error: {error}") from None
 
     if args.json == "-":

@@ -45,13 +45,19 @@ class Files:
         return np.bincount(np.asarray(self.labels, dtype=int), minlength=num_classes).tolist()
 
 
-def find_classes(data_dir) -> list:
+def class_folders(data_dir) -> list:
+    """Every non-hidden subfolder of data_dir, sorted: the classes, as the cleaner and the loader see them."""
     data_dir = Path(data_dir)
     if not data_dir.exists():
         raise DataError(f"data folder {data_dir} does not exist")
     if not data_dir.is_dir():
         raise DataError(f"{data_dir} is not a folder")
-    classes = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def find_classes(data_dir) -> list:
+    """The class names in label order; training needs at least two."""
+    classes = class_folders(data_dir)
     if len(classes) < 2:
         found = ", ".join(classes) or "none"
         raise DataError(f"{data_dir} needs at least two class folders (one per label), found: {found}")
