@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from happysad import images, record
+from happysad import images, metrics, record
 
 
 class ModelError(Exception):
@@ -73,10 +73,7 @@ class Classifier:
             outputs.append(np.asarray(self.forward(chunk), dtype=np.float64))
         out = np.concatenate(outputs) if outputs else np.zeros((0, 1 if self.record.binary else
                                                                     self.record.num_classes))
-        if self.record.binary:
-            p = out.reshape(-1)
-            return np.stack([1.0 - p, p], axis=1)
-        return out
+        return metrics.class_probabilities(out)
 
     def label(self, probabilities: np.ndarray) -> Prediction:
         """One row of probabilities -> the predicted label, using the record's threshold for two classes."""

@@ -182,7 +182,7 @@ def train(args) -> dict:
                                    initial_epoch=len(history.history["loss"]))
             for key, values in tuned.history.items():
                 history.history.setdefault(key, []).extend(values)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
         bad = data.find_undecodable(files.paths, args.image_size)
         if not bad:
             raise
@@ -192,9 +192,7 @@ def train(args) -> dict:
                              f"run `python -m happysad.clean {args.data}` first") from None
     train_seconds = time.time() - started
 
-    test_probabilities = network.predict(datasets["test"], verbose=0)
-    if binary:
-        test_probabilities = np.concatenate([1 - test_probabilities, test_probabilities], axis=1)
+    test_probabilities = metrics.class_probabilities(network.predict(datasets["test"], verbose=0))
     test_metrics = metrics.summarize(parts["test"].labels, test_probabilities, class_names)
     print(f"test ({test_metrics['count']} images never used in training): "
           f"accuracy {test_metrics['accuracy']:.3f}  precision {test_metrics['precision']:.3f}  "
