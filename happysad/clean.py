@@ -4,11 +4,12 @@
     python -m happysad.clean data --dry-run    # only report
     python -m happysad.clean data --restore    # put every quarantined file back
 
-Every file a class folder holds (recursively, skipping hidden names like the training loader) is read once and
-decoded twice: by happysad.images.decode, the very decoder training uses, so nothing that passes can crash an
-epoch halfway, and by OpenCV, which reads the formats TensorFlow cannot and so makes converting them
-possible. Decoders differ in what they forgive (some OpenCV versions open a truncated JPEG that TensorFlow
-rejects), so an image either one rejects counts as damaged. A file leaves its folder for one of these reasons:
+Every file a class folder holds (recursively, skipping hidden names like the training loader) is read and
+decoded once, on every core. A file in a format training reads (JPEG, PNG, GIF, BMP) is decoded by
+happysad.images.decode_pixels, the very decoder training uses, so nothing that passes can crash an epoch
+halfway (OpenCV forgives more: it opens truncated JPEGs that TensorFlow rejects). Any other file is decoded by
+OpenCV, which reads the formats TensorFlow cannot and so makes converting them possible. A file leaves its
+folder for one of these reasons:
 
     empty           zero bytes
     not-image       no image signature, and neither decoder reads it (text, HTML, SVG...)
@@ -70,7 +71,6 @@ REASONS = ("empty", "not-image", "corrupt", "too-small", "mis-extended", "duplic
 # The formats training reads and the extensions each may carry (images.TRAINABLE_EXTENSIONS); the first one
 # names a converted copy.
 EXTENSIONS = {"jpeg": (".jpg", ".jpeg"), "png": (".png",), "gif": (".gif",), "bmp": (".bmp",)}
-DECODE_CHECK_SIZE = 8  # images.decode resizes; a tiny target keeps the check cheap, the full decode still runs
 
 
 @dataclass
@@ -137,12 +137,16 @@ def sniff(data: bytes):
     return imghdr.what(None, h=data)
 
 
-def decodes_for_training(data: bytes) -> bool:
+def training_size(data: bytes):
+    """(height, width) as training's decoder (happysad.images) sees the bytes, or None if it rejects them.
+
+    One eager op: it runs without the GIL, and costs less to call than a traced tf.function.
+    """
     try:
-        images.decode(data, DECODE_CHECK_SIZE)
+        height, width = images.decode_pixels(data).shape[:2]
     except tf.errors.OpError:
-        return False
-    return True
+        return None
+    return height, width
 
 
 def readable_copy(data: bytes, pixels=None) -> bytes:
@@ -173,17 +177,20 @@ def check_file(data_dir: Path, path: str, label: str, min_size: int) -> tuple:
     if not data:
         return finding("empty", "zero bytes"), ""
     kind = sniff(data)
-    trains = decodes_for_training(data)
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     name = kind.upper() if kind else "image"
-    if kind in EXTENSIONS and not (trains and pixels is not None):
-        failed = " and ".join(d for d, ok in (("TensorFlow", trains), ("OpenCV", pixels is not None)) if not ok)
-        return finding("corrupt", f"{name} that {failed} cannot decode (truncated or damaged)"), ""
-    if pixels is None:
-        if kind is None and not trains:
-            return finding("not-image", "no image signature, and no decoder reads it"), ""
-        return finding("corrupt", f"{name} that OpenCV cannot decode, so it cannot be converted"), ""
-    height, width = pixels.shape[:2]
+    pixels = None
+    if kind in EXTENSIONS:
+        size = training_size(data)
+        if size is None:
+            return finding("corrupt", f"{name} that TensorFlow cannot decode (truncated or damaged)"), ""
+    else:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if pixels is None and kind is None:
+            return finding("not-image", "no image signature, and OpenCV cannot read it"), ""
+        if pixels is None:
+            return finding("corrupt", f"{name} that OpenCV cannot decode, so it cannot be converted"), ""
+        size = pixels.shape[:2]
+    height, width = size
     if min(height, width) < min_size:
         return finding("too-small", f"{width}x{height} pixels, under --min-size {min_size}"), ""
     extension = Path(path).suffix.lower()

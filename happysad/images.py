@@ -16,9 +16,14 @@ from happysad import faces as face_detector
 TRAINABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
+def decode_pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """Encoded image bytes -> uint8 RGB tensor at the file's own size (the first frame of a GIF)."""
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+
 def decode(encoded: tf.Tensor, image_size: int, faces: bool = False) -> tf.Tensor:
     """Encoded image bytes -> float32 RGB tensor of shape (image_size, image_size, 3) in [0, 1]."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image = decode_pixels(encoded)
     if faces:
         image = crop_face(image)
     image = tf.image.resize(image, (image_size, image_size), method="bilinear")
