@@ -13,6 +13,7 @@ The files are found the way `image_dataset_from_directory` finds them: every non
 """
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from happysad import images
 
 PARTITIONS = ("train", "validation", "test")
 DEFAULT_CACHE_DIR = ".cache/happysad"
+# A disk cache nobody has used for this long is removed when a run opens the folder: every change of data,
+# image size or preprocessing makes a new cache, and the old ones would otherwise fill the disk.
+CACHE_MAX_AGE_DAYS = 14
 # Shuffle buffer of a disk-cached partition (a memory-cached one shuffles all of it at no extra cost).
 SHUFFLE_BUFFER_BYTES = 1024**3
 
@@ -210,7 +214,10 @@ def disk_cache(folder, key: str):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     prefix = folder / f"images-{key}"
-    if Path(f"{prefix}.index").exists():
+    prune_disk_caches(folder, keep=prefix.name)
+    index = Path(f"{prefix}.index")
+    if index.exists():
+        os.utime(index)  # a use: the age prune_disk_caches goes by
         return str(prefix)
     if str(prefix) not in _LOCKS:
         lock = open(f"{prefix}.lock", "w")
@@ -224,6 +231,35 @@ def disk_cache(folder, key: str):
     for leftover in [*folder.glob(f"{prefix.name}_*"), *folder.glob(f"{prefix.name}.data-*")]:
         leftover.unlink(missing_ok=True)
     return str(prefix)
+
+
+def prune_disk_caches(folder, keep: str = "", max_age_days: float = CACHE_MAX_AGE_DAYS) -> list:
+    """Remove the caches in `folder` last used more than max_age_days ago (all their files); returns their names.
+
+    A cache's age is its index file's time, renewed on every use (see disk_cache); an incomplete cache, its
+    lock file's. A cache whose lock a live run holds is being written and is left alone, as is `keep`.
+    """
+    import fcntl
+
+    cutoff = time.time() - max_age_days * 86400
+    removed = []
+    for marker in sorted([*Path(folder).glob("images-*.index"), *Path(folder).glob("images-*.lock")]):
+        name = marker.name.rsplit(".", 1)[0]
+        if name == keep or name in removed or not marker.exists() or marker.stat().st_mtime > cutoff:
+            continue
+        if Path(folder, f"{name}.index").exists() and marker.suffix == ".lock":
+            continue  # a complete cache: its index's age decides
+        if f"{Path(folder, name)}" in _LOCKS:
+            continue
+        with open(Path(folder, f"{name}.lock"), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live run is writing it
+            for path in Path(folder).glob(f"{name}[._]*"):
+                path.unlink(missing_ok=True)
+        removed.append(name)
+    return removed
 
 
 def make_dataset(files: Files, image_size: int, batch_size: int, *, binary: bool, shuffle_seed=None,

@@ -1,5 +1,6 @@
 """The split is leak-free: disjoint, complete, stratified, and the same on every epoch and every run."""
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,39 @@ def test_training_order_mixes_classes_and_changes_every_epoch(faces_dir, tmp_pat
         assert sorted(items) == everything
         assert {label for label, _ in items[:6]} == {0.0, 1.0}
     assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_caches_unused_for_weeks_are_pruned_and_live_or_recent_ones_kept(tmp_path):
+    import fcntl
+
+    old = time.time() - (data.CACHE_MAX_AGE_DAYS + 1) * 86400
+
+    def cache(key, complete=True, age=old):
+        prefix = tmp_path / f"images-{key}"
+        files = [Path(f"{prefix}.lock")]
+        if complete:
+            files += [Path(f"{prefix}.index"), Path(f"{prefix}.data-00000-of-00001")]
+        else:
+            files += [Path(f"{prefix}_0.lockfile"), Path(f"{prefix}_0.data-00000-of-00001.tempstate1")]
+        for path in files:
+            path.write_bytes(b"x")
+            os.utime(path, (age, age))
+        return files
+
+    stale, writing, recent, crashed, wanted = (f"{n:016x}" for n in range(5))
+    stale_files, crashed_files = cache(stale), cache(crashed, complete=False)
+    writing_files, recent_files = cache(writing, complete=False), cache(recent, age=time.time())
+    unrelated = tmp_path / "notes.txt"
+    unrelated.write_text("not a cache")
+    os.utime(unrelated, (old, old))
+    with open(tmp_path / f"images-{writing}.lock", "a") as live_run:
+        fcntl.flock(live_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert data.disk_cache(tmp_path, wanted) == str(tmp_path / f"images-{wanted}")
+
+    assert not any(path.exists() for path in stale_files + crashed_files)
+    assert all(path.exists() for path in writing_files + recent_files) and unrelated.exists()
+    # Using a cache renews it: a complete cache read today is not pruned in two weeks' time.
+    index = tmp_path / f"images-{recent}.index"
+    os.utime(index, (old, old))
+    data.disk_cache(tmp_path, recent)
+    assert time.time() - index.stat().st_mtime < 60
