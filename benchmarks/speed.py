@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 # The environment before happysad is imported (importing it sets TF_ENABLE_ONEDNN_OPTS): the tutorial runs
 # in it, with TensorFlow's defaults, as it would on this machine.
 USER_ENV = dict(os.environ)
-MEASUREMENTS = ("matmul", "train", "clean", "predict")
+MEASUREMENTS = ("matmul", "layers", "train", "clean", "predict")
 
 
 # ---- measurements, each run in a fresh process (python speed.py --worker NAME JSON) ----
@@ -58,20 +58,73 @@ def matmul(options) -> dict:
             "gflops_per_cpu_second": max(cpu_rates[1:])}
 
 
+def layers(options) -> dict:
+    """Each block of happysad's network alone: one training step (forward and backward) on a batch, timed.
+
+    Shows where an epoch goes and how close each kind of layer gets to the matmul rate: a convolution with
+    few channels moves more memory than it computes. The first block needs no gradient for its input.
+    """
+    import keras
+    import tensorflow as tf
+
+    from happysad import model as models
+
+    size, batch = options["image_size"], options["batch_size"]
+    network = models.build_cnn(2, size)
+    rows, shape = [], (batch, size, size, 3)
+    blocks = [network.layers[i:i + 2] for i in (0, 2, 4)] + [network.layers[6:8], network.layers[8:]]
+    for number, block in enumerate(blocks):
+        inputs = tf.random.uniform(shape)
+        step = training_step(block, input_gradient=number > 0)
+        step(inputs)
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            [gradient.numpy() for gradient in step(inputs)]
+            times.append(time.perf_counter() - started)
+        forward = sum(layer_flops(layer) for layer in block) * batch
+        work = forward * (2 if number == 0 else 3)
+        rows.append({"block": " + ".join(type(layer).__name__ for layer in block), "input": list(shape[1:]),
+                     "ms": 1000 * min(times), "gflops": work / min(times) / 1e9})
+        shape = (batch, *block[-1].output.shape[1:])
+    keras.backend.clear_session()
+    return {"blocks": rows, "batch_size": batch}
+
+
+def training_step(block: list, input_gradient: bool):
+    """A traced forward + backward pass through `block` (a list of layers), returning the gradients."""
+    import tensorflow as tf
+
+    variables = [v for layer in block for v in layer.trainable_variables]
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = x
+            for layer in block:
+                y = layer(y)
+            total = tf.reduce_sum(y)
+        return tape.gradient(total, variables + [x] if input_gradient else variables)
+
+    return step
+
+
+def layer_flops(layer) -> int:
+    """Forward FLOPs per image of one Conv2D or Dense layer (2 per multiply-add); 0 for the others."""
+    kernel = getattr(layer, "kernel", None)
+    if kernel is None:
+        return 0
+    if len(kernel.shape) == 4:  # Conv2D: each output value is a k×k×C_in dot product
+        _, height, width, _ = layer.output.shape
+        return 2 * height * width * int(kernel.shape[0] * kernel.shape[1] * kernel.shape[2] * kernel.shape[3])
+    return 2 * int(kernel.shape[0] * kernel.shape[1])
+
+
 def model_flops(model) -> int:
-    """Forward FLOPs per image from the layer shapes: convolutions and dense layers (2 per multiply-add);
-    pooling, activations and the loss are a fraction of a percent of it and left out."""
-    total = 0
-    for layer in model.layers:
-        kernel = getattr(layer, "kernel", None)
-        if kernel is None:
-            continue
-        if len(kernel.shape) == 4:  # Conv2D: each output value is a k×k×C_in dot product
-            _, height, width, _ = layer.output.shape
-            total += 2 * height * width * int(kernel.shape[0] * kernel.shape[1] * kernel.shape[2] * kernel.shape[3])
-        else:
-            total += 2 * int(kernel.shape[0] * kernel.shape[1])
-    return total
+    """Forward FLOPs per image from the layer shapes: convolutions and dense layers; pooling, activations and
+    the loss are a fraction of a percent of it and left out."""
+    return sum(layer_flops(layer) for layer in model.layers)
 
 
 class EpochClock:
@@ -257,7 +310,7 @@ def happysad_predict(options) -> dict:
             "latency_ms": 1000 * statistics.median(latencies)}
 
 
-WORKERS = {f.__name__: f for f in (matmul, tutorial_train, happysad_train, tutorial_clean, happysad_clean,
+WORKERS = {f.__name__: f for f in (matmul, layers, tutorial_train, happysad_train, tutorial_clean, happysad_clean,
                                    tutorial_predict, happysad_predict)}
 
 
@@ -365,6 +418,13 @@ def report(results: dict, options: dict) -> str:
                          f"rate allows; {hap['achieved_gflops'] / rate:.0%} of matmul GFLOP/s counting validation; "
                          f"per CPU-second (independent of the load): "
                          f"{hap['gflops_per_cpu_second'] / results['matmul']['gflops_per_cpu_second']:.0%}")
+    if "layers" in results:
+        blocks = results["layers"]["blocks"]
+        notes.append(f"happysad's network block by block, one training step on a batch of "
+                     f"{results['layers']['batch_size']} (forward + backward), total "
+                     f"{sum(b['ms'] for b in blocks):.0f} ms:")
+        notes += [f"  {b['block']} on {'x'.join(map(str, b['input']))}: {b['ms']:.1f} ms, {b['gflops']:.1f} GFLOP/s"
+                  for b in blocks]
     return "\n".join(lines + [""] + notes)
 
 
@@ -404,6 +464,8 @@ def main(argv=None) -> None:
         results = {}
         if "matmul" in wanted:
             results["matmul"] = measure("matmul", options)
+        if "layers" in wanted:
+            results["layers"] = measure("layers", options)
         if "train" in wanted or "predict" in wanted:
             results["train"] = (measure("tutorial_train", {**options, "save": str(scratch / "tutorial.h5")}),
                                 measure("happysad_train", {**options, "save": str(scratch / "happysad.h5")}))

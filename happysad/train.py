@@ -20,9 +20,9 @@ from happysad import data, distribute, gpu, metrics, model as models, record, re
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m happysad.train", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data", help="folder with one subfolder of images per class")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=60, help="at most this many (see --patience)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=256, help="images are resized to N×N")
+    parser.add_argument("--image-size", type=int, default=128, help="images are resized to N×N")
     parser.add_argument("--seed", type=int, default=1337, help="same seed and data: same split and init")
     parser.add_argument("--split", default="0.7,0.2,0.1", help="train,validation,test fractions")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -35,12 +35,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="after training the head, unfreeze the backbone's top N layers (BatchNorm stays "
                              "frozen) and train again at a tenth of the learning rate")
     parser.add_argument("--fine-tune-epochs", type=int, default=10)
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                         help="random flips, rotations, zooms, shifts and contrast while training")
-    parser.add_argument("--dropout", type=float, default=0.0, help="dropout rate before the output layer")
+    parser.add_argument("--dropout", type=float, default=0.5, help="dropout rate before the output layer")
     parser.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=True,
                         help="weigh each class by n_images / (n_classes * its count) in the training partition")
-    parser.add_argument("--patience", type=int, default=0,
+    parser.add_argument("--patience", type=int, default=10,
                         help="stop after N epochs without a lower validation loss and keep the best epoch's "
                              "weights; the learning rate drops 5x after N/2 such epochs (0: off)")
     parser.add_argument("--checkpoint", action="store_true",

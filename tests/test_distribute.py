@@ -122,7 +122,9 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from happysad import train
 data, out, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-common = ["--data", data, "--epochs", "2", "--image-size", "%s", "--seed", "5", "--logdir", out + "/logs"]
+# No augmentation or dropout: their random draws differ between one device and two replicas.
+common = ["--data", data, "--epochs", "2", "--image-size", "%s", "--seed", "5", "--logdir", out + "/logs",
+          "--no-augment", "--dropout", "0"]
 train.main(common + ["--strategy", "default", "--batch-size", str(batch), "--model", out + "/default.h5"])
 train.main(common + ["--strategy", "mirrored", "--batch-size", str(batch // 2), "--model", out + "/mirrored.h5"])
 """ % SIZE

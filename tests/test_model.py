@@ -47,7 +47,9 @@ def test_each_arch_trains_a_step_and_predicts_the_same_after_save_and_load(arch,
     saved = tmp_path / f"{arch}.h5"
     record.save(network, saved, record.Record(class_names=["happy", "sad"], image_size=SIZE))
     loaded = classifier.load(saved)
-    np.testing.assert_allclose(loaded.probabilities(batch)[:, 1], expected.reshape(-1), atol=1e-6)
+    # The classifier scores through a traced graph, whose fused kernels round differently from eager calls
+    # (up to ~2e-6 through ResNet50's 50 layers); one wrong weight would move the outputs far more.
+    np.testing.assert_allclose(loaded.probabilities(batch)[:, 1], expected.reshape(-1), atol=1e-5)
     network.save(tmp_path / f"{arch}.keras")
     again = keras.models.load_model(tmp_path / f"{arch}.keras", compile=False)
     np.testing.assert_allclose(again(batch, training=False).numpy(), expected, atol=1e-6)
