@@ -49,13 +49,20 @@ def matmul(options) -> dict:
     n = options["matmul_size"]
     a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
     rates, cpu_rates = [], []
-    for _ in range(6):
+    for _ in range(12):
         started, cpu = time.perf_counter(), time.process_time()
         tf.linalg.matmul(a, b).numpy()
         rates.append(2 * n**3 / (time.perf_counter() - started) / 1e9)
         cpu_rates.append(2 * n**3 / (time.process_time() - cpu) / 1e9)
     return {"gflops": max(rates[1:]), "gflops_median": statistics.median(rates[1:]),
             "gflops_per_cpu_second": max(cpu_rates[1:])}
+
+
+def faster_matmul(first: dict, second: dict) -> dict:
+    """The better of two matmul measurements, both kept under "runs"."""
+    best = max(first, second, key=lambda result: result["gflops"])
+    return {**best, "gflops_per_cpu_second": max(first["gflops_per_cpu_second"], second["gflops_per_cpu_second"]),
+            "runs": [first, second]}
 
 
 def layers(options) -> dict:
@@ -407,8 +414,10 @@ def report(results: dict, options: dict) -> str:
                      f"{ratio(steady, results['train'][1]['steady_epoch'])} faster than that")
     if "matmul" in results:
         rate = results["matmul"]["gflops"]
-        notes.append(f"float32 matmul ({options['matmul_size']}²): {rate:.1f} GFLOP/s best, "
-                     f"{results['matmul']['gflops_median']:.1f} median, "
+        runs = ", ".join(f"{run['gflops']:.1f} / {run['gflops_median']:.1f}"
+                         for run in results["matmul"].get("runs", [results["matmul"]]))
+        notes.append(f"float32 matmul ({options['matmul_size']}²): {rate:.1f} GFLOP/s best "
+                     f"(best / median of each measurement: {runs}), "
                      f"{results['matmul']['gflops_per_cpu_second']:.1f} GFLOP per CPU-second")
         if "train" in results:
             hap = results["train"][1]
@@ -472,6 +481,10 @@ def main(argv=None) -> None:
             if args.tutorial_onednn:
                 results["tutorial_onednn"] = measure("tutorial_train", {**options, "save": str(scratch / "t1.h5")},
                                                      env={"TF_ENABLE_ONEDNN_OPTS": "1"})
+            if "matmul" in wanted:
+                # Measured again after the training runs: the cores' speed drifts on a shared machine, and
+                # the faster of the two is the fairer (stricter) ceiling.
+                results["matmul"] = faster_matmul(results["matmul"], measure("matmul", options))
         if "clean" in wanted:
             copies = []
             for name in ("tutorial", "happysad"):
