@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from happysad import classifier, data, metrics, model as models, predict, record, sample, train
+from happysad import classifier, metrics, model as models, predict, record, sample, train
 
 SIZE = models.MIN_IMAGE_SIZE
 # keras.applications' own preprocess_input for each backbone: the layers inside our models must match them.

@@ -5,9 +5,8 @@ import cv2
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from happysad import classifier, data, predict, record
+from happysad import data, predict, record
 
 
 def run_predict(args, capsys):
