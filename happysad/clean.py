@@ -12,7 +12,7 @@ OpenCV, which reads the formats TensorFlow cannot and so makes converting them p
 folder for one of these reasons:
 
     empty           zero bytes
-    not-image       no image signature, and neither decoder reads it (text, HTML, SVG...)
+    not-image       no image signature, and OpenCV cannot read it (text, HTML, SVG...)
     corrupt         an image that a decoder rejects: truncated or damaged
     too-small       smallest side under --min-size pixels
     mis-extended    its content disagrees with its extension, or its format is one training skips (WebP,

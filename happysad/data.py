@@ -249,7 +249,7 @@ def prune_disk_caches(folder, keep: str = "", max_age_days: float = CACHE_MAX_AG
             continue
         if Path(folder, f"{name}.index").exists() and marker.suffix == ".lock":
             continue  # a complete cache: its index's age decides
-        if f"{Path(folder, name)}" in _LOCKS:
+        if str(Path(folder, name)) in _LOCKS:  # this process is writing it
             continue
         with open(Path(folder, f"{name}.lock"), "a") as lock:
             try:
