@@ -29,6 +29,8 @@ CONFIGS = {
     # train's defaults: the card's network with augmentation and dropout, at 128 px, early stopping.
     "default": ["--arch", "cnn", "--image-size", "128", "--epochs", "60", "--augment", "--dropout", "0.5",
                 "--class-weights", "--patience", "10"],
+    "patience-15": ["--arch", "cnn", "--image-size", "128", "--epochs", "80", "--augment", "--dropout", "0.5",
+                    "--class-weights", "--patience", "15"],
     "card-128": ["--arch", "cnn", "--image-size", "128", "--epochs", "20", *PLAIN],
     "tuned-128": ["--arch", "cnn", "--image-size", "128", "--epochs", "40", *TUNED],
     "tuned-64": ["--arch", "cnn", "--image-size", "64", "--epochs", "40", *TUNED],
