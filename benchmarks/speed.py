@@ -268,7 +268,7 @@ def happysad_clean(options) -> dict:
     started = time.perf_counter()
     summary = clean.clean(options["data"])
     seconds = time.perf_counter() - started
-    images = sum(len(paths) for paths in clean.list_files(Path(options["data"])).values()) + len(summary.findings)
+    images = sum(summary.files.values())  # checked, before cleaning added any converted copy
     return {"images": images, "seconds": seconds, "images_per_second": images / seconds,
             "flagged": len(summary.findings)}
 

@@ -204,10 +204,13 @@ def check_file(data_dir: Path, path: str, label: str, min_size: int) -> tuple:
     return finding("mis-extended", why, ".png"), hashlib.sha256(copy).hexdigest()
 
 
-def scan(data_dir, min_size: int = 32, progress: bool = False) -> list:
-    """Every file that has to leave its class folder, as Findings sorted by path. Reads, never writes."""
+def scan(data_dir, listing: dict, min_size: int = 32, progress: bool = False) -> list:
+    """Every file of `listing` (list_files) that has to leave its class folder, as Findings sorted by path.
+
+    Reads, never writes.
+    """
     data_dir = Path(data_dir)
-    files = [(path, label) for label, paths in list_files(data_dir).items() for path in paths]
+    files = [(path, label) for label, paths in listing.items() for path in paths]
     show_progress = progress and (sys.stderr.isatty() or len(files) >= 2000)
     every = 50 if sys.stderr.isatty() else max(1, len(files) // 10)
     results = []
@@ -306,8 +309,9 @@ def clean(data_dir, min_size: int = 32, dry_run: bool = False, progress: bool = 
     """Scan DATA_DIR and, unless dry_run, quarantine every finding (writing readable copies first)."""
     started = time.perf_counter()
     data_dir = Path(data_dir)
-    files = {label: len(paths) for label, paths in list_files(data_dir).items()}
-    findings = scan(data_dir, min_size, progress)
+    listing = list_files(data_dir)
+    files = {label: len(paths) for label, paths in listing.items()}
+    findings = scan(data_dir, listing, min_size, progress)
     if findings and not dry_run:
         manifest_path = data_dir / QUARANTINE / MANIFEST
         manifest_path.parent.mkdir(exist_ok=True)
