@@ -46,32 +46,35 @@ def confusion_matrix_figure(matrix, class_names, title: str = "confusion matrix"
     return figure
 
 
-def roc_figure(fpr, tpr, auc, positive: str) -> Figure:
+def rate_axes(title: str, xlabel: str, ylabel: str) -> tuple:
+    """(figure, axis) for a curve of two rates: square, both axes from 0 to 1."""
     figure = Figure(figsize=(4.5, 4.5))
     axis = figure.subplots()
-    axis.plot(fpr, tpr, drawstyle="default", label=f"AUC {auc:.3f}" if auc is not None else "AUC n/a")
-    axis.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
-    axis.set_xlabel(f"false positive rate (not {positive}, called {positive})")
-    axis.set_ylabel(f"true positive rate ({positive} found)")
-    axis.set_title(f"ROC, positive class: {positive}")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1.02)
+    return figure, axis
+
+
+def roc_figure(fpr, tpr, auc, positive: str) -> Figure:
+    figure, axis = rate_axes(f"ROC, positive class: {positive}",
+                             f"false positive rate (not {positive}, called {positive})",
+                             f"true positive rate ({positive} found)")
+    axis.plot(fpr, tpr, drawstyle="default", label=f"AUC {auc:.3f}" if auc is not None else "AUC n/a")
+    axis.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
     axis.legend(loc="lower right")
     figure.tight_layout()
     return figure
 
 
 def pr_figure(precision, recall, average_precision, positive: str, prevalence: float) -> Figure:
-    figure = Figure(figsize=(4.5, 4.5))
-    axis = figure.subplots()
+    figure, axis = rate_axes(f"precision-recall, positive class: {positive}", f"recall ({positive})",
+                             f"precision ({positive})")
     label = f"AP {average_precision:.3f}" if average_precision is not None else "AP n/a"
     axis.plot(recall, precision, drawstyle="steps-post", label=label)
     axis.axhline(prevalence, linestyle=":", color="grey", label=f"chance ({prevalence:.2f})")
-    axis.set_xlabel(f"recall ({positive})")
-    axis.set_ylabel(f"precision ({positive})")
-    axis.set_title(f"precision-recall, positive class: {positive}")
-    axis.set_xlim(0, 1)
-    axis.set_ylim(0, 1.02)
     axis.legend(loc="lower left")
     figure.tight_layout()
     return figure
