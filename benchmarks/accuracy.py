@@ -1,56 +1,72 @@
 """Test accuracy of training configurations on one labelled folder, all on the same leak-free split.
 
-    PYTHONPATH=. python benchmarks/accuracy.py --data /path/to/labelled/folder [--only card,default] [--seeds 1,2,3]
+    python benchmarks/accuracy.py --data /path/to/labelled/folder [--only default,mobilenet] [--seeds 1,2,3]
+        [--weights-dir ../shared/weights]
 
-Each configuration is a set of `happysad.train` flags, trained in-process once per seed. For one seed every
-configuration gets the same train / validation / test file lists (happysad.data.split) and is scored on the
-same held-out test images, never seen in training nor used for early stopping; each seed is another split,
-so several seeds show how much a result is the luck of one split. Every flag that matters is spelled out, so
-a change of train.py's defaults does not change what a row measures. Decoded images are cached on disk in a
-temporary folder and shared by the configurations with the same image size and preprocessing.
-Prints a Markdown table per run (test accuracy, macro F1, test log loss: how well the probabilities are
-calibrated, an over-fitted model is confidently wrong; epochs trained; training time), then the means per
-configuration with the paired accuracy difference to the first configuration named.
+Each configuration is a set of `happysad.train` flags, run as the command a user types (a fresh process,
+start-up and feature extraction included, each run with an empty cache), once per seed. For one seed every
+configuration gets the same train / validation / test file lists (happysad.data.split, near copies kept
+together) and is scored on the same held-out test images, never seen in training nor used for early
+stopping or the threshold; each seed is another split, so several seeds show how much a result is the luck
+of one split. The pretrained configurations name only --arch and --weights: they measure the recipe train
+picks for that backbone.
+
+Prints, per seed, how many test images have a near copy among the training and validation images with the
+near-copy-aware split and with a split that ignores the groups (as happysad split before); then a Markdown
+table per run (accuracy, per-class recall, macro F1, test log loss, epochs, the whole command's wall time)
+and the means per configuration with the paired accuracy difference to the first configuration named.
 """
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
+from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from happysad import data
 
-from happysad import gpu, train  # noqa: E402
-
-PLAIN = ["--no-augment", "--dropout", "0", "--no-class-weights", "--patience", "0"]
-TUNED = ["--augment", "--dropout", "0.5", "--class-weights", "--patience", "6"]
+PLAIN = ["--no-augment", "--dropout", "0", "--no-class-weights", "--patience", "0", "--threshold", "0.5"]
+WEIGHTS = {"mobilenet": "mobilenet_1.0_imagenet_notop_converted.h5", "mobilenet025": "mobilenet_2_5_224_tf_no_top.h5",
+           "mobilenetv2": "mobilenetv2_1.0_imagenet_notop_converted.h5"}
 CONFIGS = {
     # The design card / tutorial: three-block CNN, 256 px, 20 epochs, nothing else.
     "card": ["--arch", "cnn", "--image-size", "256", "--epochs", "20", *PLAIN],
     # train's defaults: the card's network with augmentation and dropout, at 128 px, early stopping.
-    "default": ["--arch", "cnn", "--image-size", "128", "--epochs", "60", "--augment", "--dropout", "0.5",
-                "--class-weights", "--patience", "10"],
-    "patience-15": ["--arch", "cnn", "--image-size", "128", "--epochs", "80", "--augment", "--dropout", "0.5",
-                    "--class-weights", "--patience", "15"],
-    "card-128": ["--arch", "cnn", "--image-size", "128", "--epochs", "20", *PLAIN],
-    "tuned-128": ["--arch", "cnn", "--image-size", "128", "--epochs", "40", *TUNED],
-    "tuned-64": ["--arch", "cnn", "--image-size", "64", "--epochs", "40", *TUNED],
-    "tuned-128-faces": ["--arch", "cnn", "--image-size", "128", "--epochs", "40", *TUNED, "--faces"],
-    # No ImageNet weights can be downloaded here: a backbone trained from scratch on a few hundred photos.
-    "mobilenetv2-scratch-64": ["--arch", "mobilenetv2", "--weights", "none", "--image-size", "64",
-                               "--epochs", "40", *TUNED],
+    "default": ["--arch", "cnn"],
+    "default-t05": ["--arch", "cnn", "--threshold", "0.5"],
+    **{arch: ["--arch", arch, "--weights", "{weights_dir}/" + name] for arch, name in WEIGHTS.items()},
+    **{f"{arch}-t05": ["--arch", arch, "--weights", "{weights_dir}/" + name, "--threshold", "0.5"]
+       for arch, name in WEIGHTS.items()},
+    "mobilenet-views2": ["--arch", "mobilenet", "--weights", "{weights_dir}/" + WEIGHTS["mobilenet"], "--views", "2"],
+    "mobilenet-views4": ["--arch", "mobilenet", "--weights", "{weights_dir}/" + WEIGHTS["mobilenet"], "--views", "4"],
+    "mobilenet-160": ["--arch", "mobilenet", "--weights", "{weights_dir}/" + WEIGHTS["mobilenet"],
+                      "--image-size", "160"],
 }
 
 
-def run(name: str, flags: list, data_dir: str, split: str, seed: int, work: str) -> dict:
-    args = train.parse_args([
-        "--data", data_dir, "--split", split, "--seed", str(seed), *flags, "--run-name", name,
-        "--model", os.path.join(work, name, "model.h5"), "--logdir", os.path.join(work, "logs"),
-        "--cache", f"disk:{os.path.join(work, 'cache')}"])
-    result = train.train(args)
-    test = result["record"].metrics["test"]
-    return {"name": name, "flags": " ".join(flags), "count": test["count"], "accuracy": test["accuracy"],
-            "f1": test["f1"], "log_loss": test["log_loss"], "epochs": len(result["history"]["loss"]),
-            "minutes": result["record"].metrics["train_seconds"] / 60}
+def leaked_test_images(files: data.Files, groups: list, parts: dict) -> int:
+    """Test images that share a near-copy group with a training or validation image."""
+    group_of = dict(zip(files.paths, groups))
+    seen = {group_of[path] for name in ("train", "validation") for path in parts[name].paths}
+    return sum(group_of[path] in seen for path in parts["test"].paths)
+
+
+def run(name: str, flags: list, data_dir: str, split: str, seed: int, work: Path) -> dict:
+    model = work / name / "model.h5"
+    command = [sys.executable, "-m", "happysad.train", "--data", data_dir, "--split", split, "--seed", str(seed),
+               *flags, "--run-name", name, "--model", str(model), "--logdir", str(work / "logs"),
+               "--cache", f"disk:{work / name / 'cache'}"]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    saved = json.loads(model.with_suffix(".json").read_text())
+    test = saved["metrics"]["test"]
+    return {"name": name, "count": test["count"], "accuracy": test["accuracy"], "f1": test["f1"],
+            "log_loss": test["log_loss"], "recall": {c: v["recall"] for c, v in test["per_class"].items()},
+            "threshold": saved["threshold"], "epochs": len(saved["metrics"]["epoch_seconds"]), "seconds": seconds}
 
 
 def main(argv=None) -> None:
@@ -62,38 +78,57 @@ def main(argv=None) -> None:
                              "train's default makes the accuracies less noisy)")
     parser.add_argument("--seeds", default="1337",
                         help="comma-separated seeds: each one is its own split and initialisation (default 1337)")
+    parser.add_argument("--weights-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "weights"),
+                        help="folder with the backbones' ImageNet weights files")
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(CONFIGS)
     unknown = [name for name in names if name not in CONFIGS]
     if unknown:
         parser.error(f"unknown configuration(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    gpu.enable_memory_growth()
+    fractions = tuple(float(x) for x in args.split.split(","))
+    files, _ = data.list_images(args.data, data.find_classes(args.data))
+    groups = data.near_copy_groups(files)
     load = os.getloadavg()[0]
     rows = []
     for seed in seeds:
+        grouped = leaked_test_images(files, groups, data.split(files, fractions, seed, groups=groups))
+        ungrouped = leaked_test_images(files, groups, data.split(files, fractions, seed))
+        print(f"[accuracy] seed {seed}: test images with a near copy in training or validation: "
+              f"{ungrouped} with a split that ignores near copies, {grouped} with happysad's", flush=True)
         with tempfile.TemporaryDirectory(prefix="happysad-accuracy-") as work:
             for name in names:
-                rows.append({**run(name, CONFIGS[name], args.data, args.split, seed, work), "seed": seed})
-                print(f"[accuracy] {name}, seed {seed}: test accuracy {rows[-1]['accuracy']:.3f}", flush=True)
+                flags = [flag.format(weights_dir=args.weights_dir) for flag in CONFIGS[name]]
+                rows.append({**run(name, flags, args.data, args.split, seed, Path(work)), "seed": seed})
+                print(f"[accuracy] {name}, seed {seed}: test accuracy {rows[-1]['accuracy']:.3f} "
+                      f"in {rows[-1]['seconds']:.0f} s", flush=True)
+    classes = list(rows[0]["recall"])
     print(f"\n{args.data}, split {args.split}, {rows[0]['count']} test images per seed; "
           f"load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end on {os.cpu_count()} CPUs\n")
-    print("| configuration | seed | test accuracy | macro F1 | test log loss | epochs | train time |")
-    print("|---|---|---|---|---|---|---|")
+    print("| configuration | seed | test accuracy | " + " | ".join(f"recall {c}" for c in classes)
+          + " | threshold | macro F1 | test log loss | epochs | whole command |")
+    print("|---" * (8 + len(classes)) + "|")
     for row in rows:
-        print(f"| {row['name']} | {row['seed']} | {row['accuracy']:.3f} | {row['f1']:.3f} | {row['log_loss']:.3f} | "
-              f"{row['epochs']} | {row['minutes']:.1f} min |")
+        print(f"| {row['name']} | {row['seed']} | {row['accuracy']:.3f} | "
+              + " | ".join(f"{row['recall'][c]:.3f}" for c in classes)
+              + f" | {row['threshold']:.2f} | {row['f1']:.3f} | {row['log_loss']:.3f} | {row['epochs']} | "
+              f"{row['seconds']:.0f} s |")
     print(f"\nmeans over {len(seeds)} seed(s); the difference is paired (same split) against {names[0]}:\n")
-    print("| configuration | test accuracy | macro F1 | test log loss | accuracy minus " + names[0] + " | flags |")
-    print("|---|---|---|---|---|---|")
+    print("| configuration | test accuracy | " + " | ".join(f"recall {c}" for c in classes)
+          + f" | macro F1 | test log loss | whole command | accuracy minus {names[0]} | flags |")
+    print("|---" * (7 + len(classes)) + "|")
     baseline = [row["accuracy"] for row in rows if row["name"] == names[0]]
     for name in names:
         mine = [row for row in rows if row["name"] == name]
         differences = [row["accuracy"] - base for row, base in zip(mine, baseline)]
-        spread = f" ± {statistics.stdev(differences):.3f}" if len(differences) > 1 else ""
+        spread = f" ± {statistics.stdev(differences) / len(differences) ** 0.5:.3f} (SE)" \
+            if len(differences) > 1 else ""
         print(f"| {name} | {statistics.mean(r['accuracy'] for r in mine):.3f} | "
-              f"{statistics.mean(r['f1'] for r in mine):.3f} | {statistics.mean(r['log_loss'] for r in mine):.3f} | "
-              f"{statistics.mean(differences):+.3f}{spread} | `{' '.join(CONFIGS[name])}` |")
+              + " | ".join(f"{statistics.mean(r['recall'][c] for r in mine):.3f}" for c in classes)
+              + f" | {statistics.mean(r['f1'] for r in mine):.3f} | "
+              f"{statistics.mean(r['log_loss'] for r in mine):.3f} | "
+              f"{statistics.mean(r['seconds'] for r in mine):.0f} s | {statistics.mean(differences):+.3f}{spread} | "
+              f"`{' '.join(CONFIGS[name])}` |")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,14 @@ folder for one of these reasons:
                     OpenCV (8-bit colour, as training sees it)
     duplicate       the same bytes as another file of the same class (the first in sorted order stays,
                     preferring a file that needs no conversion); it would also leak across the splits
-    label-conflict  the same bytes filed under two classes: no way to know which label is right, so all
-                    copies go
+    label-conflict  the same image filed under two classes: no way to know which label is right, so all
+                    copies go. The same bytes, or a near copy: the same photo resized, re-encoded, lightly
+                    cropped or brightened (happysad.near_copies), with every other copy named in the detail
 
-"The same bytes" compares what training would read: the file itself, or the PNG copy it would get.
+"The same bytes" compares what training would read: the file itself, or the PNG copy it would get. Near copies
+within one class are not wrong and stay where they are; the summary lists them (training keeps each group in
+one partition of the split, see happysad.data.split). The fingerprint comes from the decode that checks the
+file, so finding near copies costs no second read.
 
 Quarantine: DATA_DIR/.quarantine/<reason>/<class>/<file>. It stays beside the data so moves are atomic renames
 on one filesystem, and training never sees it because class folders are the non-hidden subfolders.
@@ -55,7 +59,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from happysad import images
+from happysad import images, near_copies
 from happysad.data import DataError, class_folders as subfolders
 from happysad.gpu import enable_memory_growth
 
@@ -95,6 +99,7 @@ class Summary:
     files: dict  # class -> number of files checked
     findings: list
     seconds: float
+    near_copies: list = field(default_factory=list)  # groups of same-class near copies left in place: [[path]]
 
 
 @dataclass
@@ -137,16 +142,15 @@ def sniff(data: bytes):
     return imghdr.what(None, h=data)
 
 
-def training_size(data: bytes):
-    """(height, width) as training's decoder (happysad.images) sees the bytes, or None if it rejects them.
+def training_pixels(data: bytes):
+    """The uint8 RGB array training's decoder (happysad.images) makes of the bytes, or None if it rejects them.
 
     One eager op: it runs without the GIL, and costs less to call than a traced tf.function.
     """
     try:
-        height, width = images.decode_pixels(data).shape[:2]
+        return images.decode_pixels(data).numpy()
     except tf.errors.OpError:
         return None
-    return height, width
 
 
 def readable_copy(data: bytes, pixels=None) -> bytes:
@@ -164,9 +168,11 @@ def readable_copy(data: bytes, pixels=None) -> bytes:
 
 
 def check_file(data_dir: Path, path: str, label: str, min_size: int) -> tuple:
-    """Check one file: (its Finding or None if it trains as it is, sha256 of the bytes training would read).
+    """Check one file: (its Finding or None if it trains as it is, sha256 of the bytes training would read,
+    near-copy fingerprint of the pixels training would see).
 
-    The second value is "" for files that cannot be used at all; it is what duplicates are compared on.
+    The last two are "" and None for files that cannot be used at all; duplicates are compared on the sha256,
+    near copies on the fingerprint.
     """
     data = (data_dir / path).read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
@@ -175,37 +181,39 @@ def check_file(data_dir: Path, path: str, label: str, min_size: int) -> tuple:
         return Finding(path, label, reason, detail, sha256, convert_to)
 
     if not data:
-        return finding("empty", "zero bytes"), ""
+        return finding("empty", "zero bytes"), "", None
     kind = sniff(data)
     name = kind.upper() if kind else "image"
     pixels = None
     if kind in EXTENSIONS:
-        size = training_size(data)
-        if size is None:
-            return finding("corrupt", f"{name} that TensorFlow cannot decode (truncated or damaged)"), ""
+        rgb = training_pixels(data)
+        if rgb is None:
+            return finding("corrupt", f"{name} that TensorFlow cannot decode (truncated or damaged)"), "", None
     else:
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if pixels is None and kind is None:
-            return finding("not-image", "no image signature, and OpenCV cannot read it"), ""
+            return finding("not-image", "no image signature, and OpenCV cannot read it"), "", None
         if pixels is None:
-            return finding("corrupt", f"{name} that OpenCV cannot decode, so it cannot be converted"), ""
-        size = pixels.shape[:2]
-    height, width = size
+            return finding("corrupt", f"{name} that OpenCV cannot decode, so it cannot be converted"), "", None
+        rgb = pixels[..., ::-1]  # OpenCV decodes to BGR
+    height, width = rgb.shape[:2]
     if min(height, width) < min_size:
-        return finding("too-small", f"{width}x{height} pixels, under --min-size {min_size}"), ""
+        return finding("too-small", f"{width}x{height} pixels, under --min-size {min_size}"), "", None
+    fingerprint = near_copies.fingerprint(rgb)
     extension = Path(path).suffix.lower()
     named = f"named {extension}" if extension else "without an extension"
     if kind in EXTENSIONS:
         if extension in EXTENSIONS[kind]:
-            return None, sha256
-        return finding("mis-extended", f"{name} {named}", EXTENSIONS[kind][0]), sha256
+            return None, sha256, fingerprint
+        return finding("mis-extended", f"{name} {named}", EXTENSIONS[kind][0]), sha256, fingerprint
     copy = readable_copy(data, pixels)
     why = f"{name} {named}, a format training skips" if kind else f"image {named} that training cannot read"
-    return finding("mis-extended", why, ".png"), hashlib.sha256(copy).hexdigest()
+    return finding("mis-extended", why, ".png"), hashlib.sha256(copy).hexdigest(), fingerprint
 
 
-def scan(data_dir, listing: dict, min_size: int = 32, progress: bool = False) -> list:
-    """Every file of `listing` (list_files) that has to leave its class folder, as Findings sorted by path.
+def scan(data_dir, listing: dict, min_size: int = 32, progress: bool = False) -> tuple:
+    """(every file of `listing` (list_files) that has to leave its class folder, as Findings sorted by path,
+    the groups of same-class near copies that stay, as sorted lists of paths).
 
     Reads, never writes.
     """
@@ -223,31 +231,54 @@ def scan(data_dir, listing: dict, min_size: int = 32, progress: bool = False) ->
                 end = "\r" if sys.stderr.isatty() and done < len(files) else "\n"
                 print(f"happysad.clean: checked {done}/{len(files)} files", end=end, file=sys.stderr, flush=True)
 
-    findings = [found for found, _ in results if found]
-    usable = defaultdict(list)  # sha256 of the bytes training would read -> [(path, label, finding or None)]
-    for (path, label), (found, key) in zip(files, results):
-        if key:
-            usable[key].append((path, label, found))
-    for key, group in usable.items():
-        if len({label for _, label, _ in group}) > 1:
-            for path, label, found in group:
-                others = ", ".join(other for other, _, _ in group if other != path)
-                mark(findings, found, path, label, key, "label-conflict", f"same image also in {others}")
+    findings = {path: found for (path, _), (found, _, _) in zip(files, results) if found}
+    # (path, label, sha256 of the bytes training would read, fingerprint) of every file training can use
+    usable = [(path, label, key, fingerprint) for (path, label), (_, key, fingerprint) in zip(files, results) if key]
+    same_bytes = defaultdict(list)
+    for path, label, key, _ in usable:
+        same_bytes[key].append((path, label))
+    for key, group in same_bytes.items():
+        if len({label for _, label in group}) > 1:
+            for path, label in group:
+                others = ", ".join(other for other, _ in group if other != path)
+                mark(findings, path, label, key, "label-conflict", f"same image also in {others}")
         elif len(group) > 1:
-            (kept, _, _), *copies = sorted(group, key=lambda item: (item[2] is not None, item[0]))
-            for path, label, found in copies:
-                mark(findings, found, path, label, key, "duplicate", f"same image as {kept}")
-    return sorted(findings, key=lambda found: found.path)
+            (kept, _), *copies = sorted(group, key=lambda item: (item[0] in findings, item[0]))
+            for path, label in copies:
+                mark(findings, path, label, key, "duplicate", f"same image as {kept}")
+    near = mark_near_copies(findings, usable)
+    return sorted(findings.values(), key=lambda found: found.path), near
 
 
-def mark(findings: list, found, path: str, label: str, key: str, reason: str, detail: str):
-    """Give a usable file a duplicate/conflict reason: update its mis-extended Finding, or add a new one.
+def mark_near_copies(findings: dict, usable: list) -> list:
+    """Make every member of a group of near copies that spans classes a label-conflict; return the groups
+    within one class, as sorted lists of the paths that stay (not quarantined as a duplicate).
+
+    A member that is already a label-conflict (the same bytes in another class) keeps its detail.
+    """
+    members = defaultdict(list)
+    for item, group in zip(usable, near_copies.groups([fingerprint for *_, fingerprint in usable])):
+        members[group].append(item)
+    kept = []
+    for group in members.values():
+        if len({label for _, label, _, _ in group}) > 1:
+            for path, label, key, _ in group:
+                if path not in findings or findings[path].reason != "label-conflict":
+                    others = ", ".join(other for other, *_ in group if other != path)
+                    mark(findings, path, label, key, "label-conflict", f"near copy of {others}")
+        else:
+            staying = [path for path, *_ in group if path not in findings or findings[path].reason == "mis-extended"]
+            if len(staying) > 1:
+                kept.append(sorted(staying))
+    return sorted(kept)
+
+
+def mark(findings: dict, path: str, label: str, key: str, reason: str, detail: str):
+    """Give a usable file a duplicate/conflict reason: update its Finding, or add a new one.
 
     A file with no Finding yet trains as it is, so key (the hash of what training reads) is its own sha256.
     """
-    if found is None:
-        found = Finding(path, label, reason, detail, key)
-        findings.append(found)
+    found = findings.setdefault(path, Finding(path, label, reason, detail, key))
     found.reason, found.detail, found.convert_to = reason, detail, ""
 
 
@@ -311,7 +342,7 @@ def clean(data_dir, min_size: int = 32, dry_run: bool = False, progress: bool = 
     data_dir = Path(data_dir)
     listing = list_files(data_dir)
     files = {label: len(paths) for label, paths in listing.items()}
-    findings = scan(data_dir, listing, min_size, progress)
+    findings, near = scan(data_dir, listing, min_size, progress)
     if findings and not dry_run:
         manifest_path = data_dir / QUARANTINE / MANIFEST
         manifest_path.parent.mkdir(exist_ok=True)
@@ -320,7 +351,7 @@ def clean(data_dir, min_size: int = 32, dry_run: bool = False, progress: bool = 
                 manifest.write("\n")  # end a line torn by a killed run, so it cannot swallow the next record
             for found in findings:
                 quarantine(data_dir, found, manifest)
-    return Summary(str(data_dir), dry_run, min_size, files, findings, time.perf_counter() - started)
+    return Summary(str(data_dir), dry_run, min_size, files, findings, time.perf_counter() - started, near)
 
 
 def read_manifest(path: Path) -> list:
@@ -413,6 +444,10 @@ def report(summary: Summary) -> str:
     for found in summary.findings:
         action = f"; readable copy {found.converted or 'as ' + found.convert_to}" if found.convert_to else ""
         lines.append(f"  {found.path}: {found.reason}: {found.detail}{action}")
+    if summary.near_copies:
+        copies = sum(len(group) for group in summary.near_copies)
+        lines.append(f"near copies kept (same class): {len(summary.near_copies)} groups, {copies} files")
+        lines += ["  " + ", ".join(group) for group in summary.near_copies]
     table, totals = counts(summary)
     columns = ["files", "kept"] + [reason for reason in REASONS if totals[reason]] + ["converted"]
     rows = [*table.items(), ("total", totals)]
@@ -439,7 +474,8 @@ def as_json(summary: Summary) -> dict:
     table, totals = counts(summary)
     return {"data_dir": summary.data_dir, "quarantine": str(Path(summary.data_dir) / QUARANTINE),
             "dry_run": summary.dry_run, "min_size": summary.min_size, "seconds": round(summary.seconds, 3),
-            "classes": table, "totals": totals, "findings": [asdict(found) for found in summary.findings]}
+            "classes": table, "totals": totals, "findings": [asdict(found) for found in summary.findings],
+            "near_copies": summary.near_copies}
 
 
 def main(argv=None):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from happysad import images
+from happysad import images, near_copies
 
 PARTITIONS = ("train", "validation", "test")
 DEFAULT_CACHE_DIR = ".cache/happysad"
@@ -98,35 +98,60 @@ def list_images(data_dir, class_names) -> tuple:
     return Files(paths, labels), skipped
 
 
-def split(files: Files, fractions=(0.7, 0.2, 0.1), seed: int = 1337) -> dict:
-    """Seeded stratified split of a file list into PARTITIONS.
+def split(files: Files, fractions=(0.7, 0.2, 0.1), seed: int = 1337, groups=None) -> dict:
+    """Seeded stratified split of a file list into PARTITIONS that never separates a group of files.
 
-    Every class is shuffled with its own generator derived from the seed and cut by the fractions, so each
-    partition holds about the same class balance and none is empty (a class needs at least 3 images).
+    groups: one id per file (near_copy_groups): files sharing an id, copies of one photo, always land in the
+    same partition, or the model would be tested on pictures it trained on. None: every file is its own group.
+    Each class's groups (a group belongs to the class of its first file) are shuffled with a generator derived
+    from the seed and the label, then cut where the running image count comes closest to the fractions, so
+    each partition holds about the same class balance and none is empty (a class needs at least 3 groups).
+    With every file its own group the cuts fall where they did before groups existed, so a seed gives the
+    split it always gave; except that a small class with extreme fractions (say 3 images, test 0.6) once got
+    no validation image, and now gets one.
     """
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
         raise DataError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
     labels = np.asarray(files.labels, dtype=int)
+    members = {}  # group id -> indices of its files, in file order
+    for index, group in enumerate(range(len(files)) if groups is None else groups):
+        members.setdefault(group, []).append(index)
+    if sum(len(indices) for indices in members.values()) != len(files):
+        raise ValueError(f"split got {sum(map(len, members.values()))} group ids for {len(files)} files")
     parts = {name: ([], []) for name in PARTITIONS}
     for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        if len(members) < 3:
+        class_groups = [indices for indices in members.values() if labels[indices[0]] == label]
+        if len(class_groups) < 3:
+            count = int(np.sum(labels == label))
+            copies = "" if len(class_groups) == count else f", {len(class_groups)} once near copies count as one"
             raise DataError(
-                f"class with label {label} has {len(members)} image(s); each class needs at least 3 "
+                f"class with label {label} has {count} image(s){copies}; each class needs at least 3 "
                 "(one each for training, validation and test)"
             )
-        order = np.random.default_rng([seed, int(label)]).permutation(members)
-        n_val = max(1, round(len(order) * fractions[1]))
-        n_test = max(1, round(len(order) * fractions[2]))
-        n_train = len(order) - n_val - n_test
-        if n_train < 1:
-            n_train, n_val = 1, len(order) - n_test - 1
-        cuts = {"train": order[:n_train], "validation": order[n_train:n_train + n_val],
-                "test": order[n_train + n_val:]}
-        for name, indices in cuts.items():
+        order = np.random.default_rng([seed, int(label)]).permutation(len(class_groups))
+        # ends[k]: images in the first k shuffled groups. Cut after the group whose end is closest to the
+        # target, leaving at least one group for each later partition.
+        ends = np.cumsum([0] + [len(class_groups[i]) for i in order])
+        count = int(ends[-1])
+        n_val = max(1, round(count * fractions[1]))
+        n_test = max(1, round(count * fractions[2]))
+        n_train = max(1, count - n_val - n_test)
+        train_end = 1 + int(np.argmin(np.abs(ends[1:-2] - n_train)))
+        val_end = train_end + 1 + int(np.argmin(np.abs(ends[train_end + 1:-1] - (count - n_test))))
+        cuts = {"train": order[:train_end], "validation": order[train_end:val_end], "test": order[val_end:]}
+        for name, chosen in cuts.items():
+            indices = [index for i in chosen for index in class_groups[i]]
             parts[name][0].extend(files.paths[i] for i in indices)
-            parts[name][1].extend(int(label) for _ in indices)
+            parts[name][1].extend(int(labels[i]) for i in indices)
     return {name: Files(*parts[name]) for name in PARTITIONS}
+
+
+def near_copy_groups(files: Files) -> list:
+    """A group id per file, for split(groups=...): near copies of one photo share one (happysad.near_copies).
+
+    Decodes every file once, as training does; one TensorFlow cannot decode is a group of its own.
+    """
+    return near_copies.groups(near_copies.load_fingerprints(files.paths))
 
 
 def relative(files: Files, data_dir) -> list:

@@ -96,7 +96,8 @@ def average_precision(y_true, scores):
 
 
 def threshold_sweep(y_true, scores, thresholds=None) -> list:
-    """Accuracy, the positive class's precision / recall / F1 and the macro F1 at each threshold.
+    """Accuracy, the positive class's precision / recall / F1, the macro F1 and the balanced accuracy (the
+    mean of the two classes' recalls) at each threshold.
 
     Default thresholds: 0.01, 0.02, ..., 0.99.
     """
@@ -113,7 +114,7 @@ def threshold_sweep(y_true, scores, thresholds=None) -> list:
         rows.append({"threshold": float(threshold),
                      "accuracy": float(np.trace(matrix) / max(1, len(y_true))),
                      "precision": float(precision[1]), "recall": float(recall[1]), "f1": float(f1[1]),
-                     "macro_f1": float(f1.mean())})
+                     "macro_f1": float(f1.mean()), "balanced_accuracy": float(recall.mean())})
     return rows
 
 

@@ -92,11 +92,19 @@ class Backbone:
     application: str  # constructor in keras.applications
     input_layers: object  # () -> the layers that turn [0, 1] RGB into the input the backbone was trained on
     weights_file: str  # what Keras downloads for weights="imagenet" (to ~/.keras/models/)
+    options: tuple = ()  # further (name, value) arguments of the constructor
+
+
+def to_pm1() -> list:
+    """preprocess_input "tf" (MobileNet v1 and v2): [-1, 1]."""
+    return [layers.Rescaling(2.0, offset=-1.0, name="to_pm1")]
 
 
 BACKBONES = {
-    # preprocess_input "tf": [-1, 1].
-    "mobilenetv2": Backbone("MobileNetV2", lambda: [layers.Rescaling(2.0, offset=-1.0, name="to_pm1")],
+    "mobilenet": Backbone("MobileNet", to_pm1, "mobilenet_1_0_224_tf_no_top.h5", (("alpha", 1.0),)),
+    # A quarter of the channels: 14x fewer multiply-adds than width 1.0, a 2 MB weights file.
+    "mobilenet025": Backbone("MobileNet", to_pm1, "mobilenet_2_5_224_tf_no_top.h5", (("alpha", 0.25),)),
+    "mobilenetv2": Backbone("MobileNetV2", to_pm1,
                             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
     # EfficientNet scales and normalises inside itself; it wants [0, 255].
     "efficientnetb0": Backbone("EfficientNetB0", lambda: [layers.Rescaling(255.0, name="to_255")],
@@ -110,6 +118,26 @@ BACKBONES = {
         "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 }
 ARCHITECTURES = ("cnn",) + tuple(BACKBONES)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """train's defaults for one --arch: what measured best on real web photos (see the README).
+
+    For a pretrained backbone, epochs and patience count the head's epochs on stored features (milliseconds
+    each); augment applies to fine-tuning, views to the stored features.
+    """
+
+    image_size: int
+    epochs: int = 100
+    patience: int = 10
+    dropout: float = 0.5
+    augment: bool = True
+    views: int = 1
+    fine_tune: int = 0
+
+
+RECIPES = {"cnn": Recipe(image_size=128, epochs=60), **{arch: Recipe(image_size=224) for arch in BACKBONES}}
 MIN_IMAGE_SIZE = 32  # the smallest input keras.applications accepts for these backbones
 
 
@@ -139,7 +167,8 @@ def build_backbone(arch: str, num_classes: int, image_size: int, *, augment: boo
         raise BuildError(f"--arch {arch} needs --image-size {MIN_IMAGE_SIZE} or more, got {image_size}")
     try:
         base = getattr(keras.applications, spec.application)(
-            include_top=False, weights=pretrained, input_shape=(image_size, image_size, 3), name=BACKBONE_NAME)
+            include_top=False, weights=pretrained, input_shape=(image_size, image_size, 3), name=BACKBONE_NAME,
+            **dict(spec.options))
     except Exception as error:  # keras.utils.get_file raises a bare Exception when it cannot download
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         if pretrained == "imagenet":
@@ -169,6 +198,27 @@ def build_backbone(arch: str, num_classes: int, image_size: int, *, augment: boo
     return model
 
 
+def has_frozen_backbone(model: keras.Model) -> bool:
+    """Whether the model is a pretrained backbone that does not train, under a head: the stored-features path."""
+    names = {layer.name for layer in model.layers}
+    return BACKBONE_NAME in names and not model.get_layer(BACKBONE_NAME).trainable
+
+
+def split_at_pool(model: keras.Model) -> tuple:
+    """(features, head) of a backbone model: image -> pooled backbone features, and features -> prediction.
+
+    Both share the model's own layers, so training the head trains the model's head: the saved model stays
+    one Keras model (input conversion, backbone, head) and needs nothing else to predict.
+    """
+    pooled = model.get_layer("pool").output
+    features = keras.Model(model.input, pooled, name="features")
+    inputs = keras.Input(pooled.shape[1:], name="features")
+    x = inputs
+    if any(layer.name == "dropout" for layer in model.layers):
+        x = model.get_layer("dropout")(x)
+    return features, keras.Model(inputs, model.get_layer("prediction")(x), name="head")
+
+
 def build(arch: str, num_classes: int, image_size: int, *, augment: bool = False, dropout: float = 0.0,
           weights: str = "imagenet") -> keras.Model:
     if arch == "cnn":
@@ -193,7 +243,9 @@ def unfreeze_top(model: keras.Model, count: int) -> int:
     return opened
 
 
-def compile_model(model: keras.Model, num_classes: int, learning_rate: float = 1e-3) -> keras.Model:
+def compile_model(model: keras.Model, num_classes: int, learning_rate: float = 1e-3, jit: bool = False,
+                  steps_per_execution: int = 1) -> keras.Model:
+    """Adam, cross-entropy and accuracy (plus precision, recall and AUC for two classes); jit: XLA."""
     if is_binary(num_classes):
         loss = "binary_crossentropy"
         metrics = [keras.metrics.BinaryAccuracy(name="accuracy"),
@@ -203,5 +255,6 @@ def compile_model(model: keras.Model, num_classes: int, learning_rate: float = 1
     else:
         loss = "sparse_categorical_crossentropy"
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics, jit_compile=jit,
+                  steps_per_execution=steps_per_execution)
     return model

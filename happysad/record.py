@@ -24,6 +24,7 @@ class Record:
     seed: int = 1337
     data_dir: str = ""
     split: dict = field(default_factory=dict)
+    near_copies: list = field(default_factory=list)  # groups of near-duplicate images, each in one partition
     metrics: dict = field(default_factory=dict)
     hyperparameters: dict = field(default_factory=dict)
     preprocessing: dict = field(default_factory=lambda: {"decode": "tf.io.decode_image RGB",

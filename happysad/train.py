@@ -14,35 +14,50 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from happysad import data, distribute, gpu, metrics, model as models, record, reports, tensorboard
+from happysad import data, distribute, features, gpu, images, metrics, model as models, record, reports, tensorboard
+
+# Command-line options that name files or tune speed rather than change what the model learns.
+NOT_HYPERPARAMETERS = {"model", "logdir", "run_name", "cache", "fractions", "checkpoint"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m happysad.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m happysad.train", description=__doc__.splitlines()[0],
+        epilog="Options marked 'recipe' default to the measured recipe of the --arch: "
+               + "; ".join(f"{arch}: {recipe_text(arch)}" for arch in models.ARCHITECTURES))
     parser.add_argument("--data", default="data", help="folder with one subfolder of images per class")
-    parser.add_argument("--epochs", type=int, default=60, help="at most this many (see --patience)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=128, help="images are resized to N×N")
-    parser.add_argument("--seed", type=int, default=1337, help="same seed and data: same split and init")
-    parser.add_argument("--split", default="0.7,0.2,0.1", help="train,validation,test fractions")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--arch", default="cnn", choices=models.ARCHITECTURES,
                         help="cnn: the design card's network; or a Keras Applications backbone under a new head")
     parser.add_argument("--weights", default="imagenet",
                         help="backbone weights: imagenet (downloaded once by Keras), none (train from scratch) "
                              "or PATH to a Keras *_notop.h5 file (default: imagenet)")
-    parser.add_argument("--fine-tune", type=int, default=0, metavar="N",
+    parser.add_argument("--epochs", type=int, help="at most this many (see --patience); recipe")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, help="images are resized to N×N; recipe")
+    parser.add_argument("--seed", type=int, default=1337, help="same seed and data: same split and init")
+    parser.add_argument("--split", default="0.7,0.2,0.1", help="train,validation,test fractions")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--fine-tune", type=int, metavar="N",
                         help="after training the head, unfreeze the backbone's top N layers (BatchNorm stays "
-                             "frozen) and train again at a tenth of the learning rate")
+                             "frozen) and train the whole model with augmentation at a tenth of the learning "
+                             "rate; recipe")
     parser.add_argument("--fine-tune-epochs", type=int, default=10)
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                        help="random flips, rotations, zooms, shifts and contrast while training")
-    parser.add_argument("--dropout", type=float, default=0.5, help="dropout rate before the output layer")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                        help="random flips, rotations, zooms, shifts and contrast while training the CNN or "
+                             "fine-tuning; recipe")
+    parser.add_argument("--views", type=int, choices=sorted(features.VIEWS),
+                        help="pretrained backbone: stored views of each training image (1: as it is, 2: and "
+                             "mirrored, 4: and a zoomed crop of both); recipe")
+    parser.add_argument("--dropout", type=float, help="dropout rate before the output layer; recipe")
     parser.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=True,
                         help="weigh each class by n_images / (n_classes * its count) in the training partition")
-    parser.add_argument("--patience", type=int, default=10,
+    parser.add_argument("--patience", type=int,
                         help="stop after N epochs without a lower validation loss and keep the best epoch's "
-                             "weights; the learning rate drops 5x after N/2 such epochs (0: off)")
+                             "weights; the learning rate drops 5x after N/2 such epochs (0: off); recipe")
+    parser.add_argument("--threshold", default="auto", metavar="auto|T",
+                        help="two classes: the decision threshold on the second class's probability; auto "
+                             "(default) picks the one with the best balanced accuracy on the validation "
+                             "partition, so neither class is sacrificed to the other")
     parser.add_argument("--checkpoint", action="store_true",
                         help="also save the best epoch so far to the run folder as it trains (checkpoint.h5)")
     parser.add_argument("--faces", action="store_true",
@@ -51,14 +66,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--logdir", default="logs", help="TensorBoard runs go to LOGDIR/RUN_NAME")
     parser.add_argument("--run-name", help="run folder name (default: the start time)")
     parser.add_argument("--cache", default="auto",
-                        help="decoded-image cache: auto (memory if it fits in half the free RAM, else disk), "
-                             f"memory, disk[:PATH] (default PATH {data.DEFAULT_CACHE_DIR}) or none")
+                        help="decoded-image and backbone-feature cache: auto (features on disk; images in memory "
+                             "if they fit in half the free RAM, else on disk), memory, "
+                             f"disk[:PATH] (default PATH {data.DEFAULT_CACHE_DIR}) or none")
     parser.add_argument("--strategy", default="auto", choices=distribute.STRATEGIES,
                         help="auto: every GPU of this machine when it has several; multiworker: the machines in "
                              "TF_CONFIG (--batch-size is per replica)")
     parser.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPUs")
     parser.add_argument("--jit", action="store_true", help="compile training steps with XLA")
     args = parser.parse_args(argv)
+    recipe = models.RECIPES[args.arch]
+    for name in ("epochs", "image_size", "dropout", "augment", "patience", "fine_tune", "views"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(recipe, name))
     for name in ("epochs", "batch_size", "image_size", "fine_tune_epochs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -70,11 +90,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--patience and --fine-tune must not be negative")
     if args.fine_tune and (args.arch == "cnn" or args.weights == "none"):
         parser.error("--fine-tune needs a backbone (--arch) with pretrained --weights (imagenet or a file)")
+    if args.threshold != "auto":
+        try:
+            args.threshold = float(args.threshold)
+        except ValueError:
+            parser.error(f"--threshold must be auto or a number, got {args.threshold!r}")
+        if not 0 < args.threshold < 1:
+            parser.error(f"--threshold must be between 0 and 1, got {args.threshold}")
     try:
         args.fractions = tuple(float(x) for x in args.split.split(","))
     except ValueError:
         parser.error(f"--split must be three comma-separated fractions, got {args.split!r}")
     return args
+
+
+def recipe_text(arch: str) -> str:
+    recipe = models.RECIPES[arch]
+    text = f"{recipe.image_size} px, up to {recipe.epochs} epochs, patience {recipe.patience}, dropout {recipe.dropout}"
+    if arch == "cnn":
+        return text + (", augment" if recipe.augment else "")
+    return text + f", {recipe.views} view(s)" + (f", fine-tune {recipe.fine_tune}" if recipe.fine_tune else "")
 
 
 def run_folder(logdir, run_name) -> Path:
@@ -92,35 +127,38 @@ def class_weights(labels, num_classes: int) -> dict:
     return {index: float(len(labels) / (num_classes * count)) for index, count in enumerate(counts)}
 
 
-def stopping_callbacks(args, checkpoint_path) -> list:
-    """Early stopping (keeping the best epoch's weights), learning-rate reduction on a plateau and the
-    best-so-far checkpoint, all watching the validation loss."""
-    callbacks = []
-    if args.patience:
-        callbacks += [keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
-                                                    restore_best_weights=True, verbose=1),
-                      keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2,
-                                                        patience=max(1, args.patience // 2), min_lr=1e-6,
-                                                        verbose=1)]
-    if checkpoint_path:
-        callbacks.append(keras.callbacks.ModelCheckpoint(str(checkpoint_path), monitor="val_loss",
-                                                         save_best_only=True))
-    return callbacks
+def stopping_callbacks(args) -> list:
+    """Early stopping (keeping the best epoch's weights) and learning-rate reduction on a plateau, both
+    watching the validation loss."""
+    if not args.patience:
+        return []
+    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True,
+                                          verbose=1),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=max(1, args.patience // 2),
+                                              min_lr=1e-6, verbose=1)]
 
 
 def train(args) -> dict:
+    # -- setup: devices, precision, seeds ------------------------------------------------------------------
     setup = distribute.make(args.strategy)  # first: multi-worker collectives must exist before TF starts
     precision = distribute.set_precision(args.mixed_precision)
-    print(setup.describe())
+    if setup.replicas > 1:
+        print(setup.describe())
     keras.utils.set_random_seed(args.seed)
+
+    # -- data: class folders -> near-copy groups -> leak-free split ---------------------------------------
     class_names = data.find_classes(args.data)
     files, skipped = data.list_images(args.data, class_names)
     if skipped:
         print(f"note: {len(skipped)} file(s) with extensions training does not read are ignored "
               f"(e.g. {skipped[0]}): run `python -m happysad.clean {args.data}` to convert or quarantine them")
-    parts = data.split(files, args.fractions, args.seed)
+    groups = data.near_copy_groups(files)
+    parts = data.split(files, args.fractions, args.seed, groups=groups)
+    copies = near_copy_lists(files, groups, args.data)
     binary = models.is_binary(len(class_names))
     print(f"classes: {', '.join(f'{i}={name}' for i, name in enumerate(class_names))}")
+    if copies:
+        print(f"near copies: {sum(map(len, copies))} images in {len(copies)} groups, each kept in one partition")
     for name in data.PARTITIONS:
         counts = parts[name].count_per_class(len(class_names))
         print(f"{name:>10}: {len(parts[name]):5d} images  " + "  ".join(
@@ -130,94 +168,90 @@ def train(args) -> dict:
         print("class weights (from the training partition): " + "  ".join(
             f"{name}={class_weight[i]:.3f}" for i, name in enumerate(class_names)))
 
-    preprocessing = "v1-faces" if args.faces else "v1"
-    # Each worker trains on its own share of the training files; all of them validate and test on all.
-    train_files = distribute.shard(parts["train"], setup)
-    caches = data.choose_caches(args.cache, {**parts, "train": train_files}, args.image_size, preprocessing)
-    global_batch = setup.global_batch(args.batch_size)
-    datasets = {
-        name: data.make_dataset(parts[name], args.image_size, global_batch, binary=binary, cache=caches[name],
-                                faces=args.faces)
-        for name in ("validation", "test")
-    }
-    datasets["train"] = distribute.distribute(
-        setup, args.batch_size, len(train_files), lambda batch_size, drop_remainder: data.make_dataset(
-            train_files, args.image_size, batch_size, binary=binary, shuffle_seed=args.seed,
-            cache=caches["train"], faces=args.faces, drop_remainder=drop_remainder))
-
+    # -- model ---------------------------------------------------------------------------------------------
+    pretrained = args.arch != "cnn" and args.weights != "none"
+    augment = args.augment and (not pretrained or args.fine_tune > 0)  # a frozen head trains on stored views
     with setup.strategy.scope():
         network = models.compile_model(
-            models.build(args.arch, len(class_names), args.image_size, augment=args.augment,
+            models.build(args.arch, len(class_names), args.image_size, augment=augment,
                          dropout=args.dropout, weights=args.weights),
-            len(class_names), args.learning_rate)
-    if args.jit:
-        network.jit_compile = True
+            len(class_names), args.learning_rate, jit=args.jit)
     network.summary(print_fn=print)
+    hyperparameters = {**{key: value for key, value in vars(args).items() if key not in NOT_HYPERPARAMETERS},
+                       "data": str(args.data), "weights": args.weights if args.arch != "cnn" else None, "augment": augment,
+                       "split": list(args.fractions), "class_weight": class_weight, "strategy": setup.name,
+                       "replicas": setup.replicas, "global_batch_size": setup.global_batch(args.batch_size),
+                       "precision": precision}
 
+    # -- inputs: decoded-image pipelines (CNN, fine-tuning), or stored backbone features (pretrained) ------
+    labels = {name: np.asarray(parts[name].labels, np.float32 if binary else np.int32) for name in data.PARTITIONS}
+    stored = stored_features(args, network, parts) if pretrained else None
+    datasets = image_datasets(args, setup, parts, binary) if not pretrained or args.fine_tune else {}
+
+    # -- callbacks: timing, early stopping, TensorBoard ----------------------------------------------------
     run_dir = run_folder(args.logdir, args.run_name) if setup.is_chief else distribute.scratch_folder(setup)
     timing = EpochTiming(len(parts["train"]))
-    callbacks = [timing, *tensorboard.training_callbacks(
-        run_dir, vars(args), parts["train"], datasets["validation"], parts["validation"].labels, class_names,
-        args.image_size, faces=args.faces, seed=args.seed)]
+    summaries = tensorboard.training_callbacks(
+        run_dir, hyperparameters, parts["train"], datasets.get("validation"), parts["validation"].labels,
+        class_names, args.image_size, faces=args.faces, seed=args.seed)
+    if pretrained:
+        summaries[1].watch(feature_dataset(stored["validation"][0], labels["validation"], args.batch_size),
+                           matrix_every_epoch=False)
     checkpoint = run_dir / f"checkpoint{Path(args.model).suffix}" if args.checkpoint and setup.is_chief else None
-    callbacks = stopping_callbacks(args, checkpoint) + callbacks
+    callbacks = [*stopping_callbacks(args), timing, *summaries]
+    if checkpoint:
+        callbacks.insert(0, keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True))
     if checkpoint:  # a record beside the checkpoint makes it usable by predict even if this run never ends
         provisional = record.Record(class_names, args.image_size, seed=args.seed, run_dir=str(run_dir))
         provisional.preprocessing["faces"] = args.faces
         record.write_json_atomic(record.sidecar_path(checkpoint), provisional.to_json())
+
+    # -- fit: the head on stored features or the whole CNN, then optional fine-tuning ---------------------
     started = time.time()
+    history = keras.callbacks.History()
     try:
-        history = distribute.fit(network, setup, datasets["train"], datasets["validation"], epochs=args.epochs,
-                                 callbacks=callbacks, class_weight=class_weight)
+        if pretrained:
+            fit_head(args, network, len(class_names), stored, labels, callbacks, class_weight, history)
+        else:
+            history = distribute.fit(network, setup, datasets["train"], datasets["validation"],
+                                     epochs=args.epochs, callbacks=callbacks, class_weight=class_weight)
+        warn_if_nothing_learnt(history.history)
         if args.fine_tune:
-            with setup.strategy.scope():
-                opened = models.unfreeze_top(network, args.fine_tune)
-                models.compile_model(network, len(class_names), args.learning_rate / 10)
-            if args.jit:
-                network.jit_compile = True
-            print(f"fine-tuning the top {opened} layers of {args.arch} at learning rate "
-                  f"{args.learning_rate / 10:g}")
-            tuned = distribute.fit(network, setup, datasets["train"], datasets["validation"],
-                                   epochs=args.fine_tune_epochs, callbacks=callbacks, class_weight=class_weight,
-                                   initial_epoch=len(history.history["loss"]))
-            for key, values in tuned.history.items():
-                history.history.setdefault(key, []).extend(values)
+            summaries[1].watch(datasets["validation"])
+            fine_tune(args, network, len(class_names), setup, datasets, callbacks, class_weight, history)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-        bad = data.find_undecodable(files.paths, args.image_size)
-        if not bad:
+        error = undecodable_error(args, files)
+        if error is None:
             raise
-        listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise data.DataError(f"{len(bad)} file(s) cannot be decoded by TensorFlow: {listing}{more}; "
-                             f"run `python -m happysad.clean {args.data}` first") from None
+        raise error from None
     train_seconds = time.time() - started
 
-    test_probabilities = metrics.class_probabilities(network.predict(datasets["test"], verbose=0))
-    test_metrics = metrics.summarize(parts["test"].labels, test_probabilities, class_names)
-    print(f"test ({test_metrics['count']} images never used in training): "
-          f"accuracy {test_metrics['accuracy']:.3f}  precision {test_metrics['precision']:.3f}  "
-          f"recall {test_metrics['recall']:.3f}  f1 {test_metrics['f1']:.3f}")
+    # -- evaluate: threshold on validation, metrics on the untouched test partition ------------------------
+    def probabilities(name):
+        if pretrained and not args.fine_tune:
+            return metrics.class_probabilities(models.split_at_pool(network)[1].predict(stored[name][0], verbose=0))
+        return metrics.class_probabilities(network.predict(datasets[name], verbose=0))
 
+    threshold = choose_threshold(args.threshold, parts["validation"].labels, probabilities("validation")) \
+        if binary else 0.5
+    test_metrics = metrics.summarize(parts["test"].labels, probabilities("test"), class_names, threshold)
+    print(test_line(test_metrics, class_names))
     tensorboard.write_test_metrics(run_dir, test_metrics, step=len(history.history["loss"]) - 1)
     reports.plot_curves(history.history, run_dir / "curves.png")
+
+    # -- record and save -----------------------------------------------------------------------------------
     final = {key: float(values[-1]) for key, values in history.history.items()}
     run_record = record.Record(
         class_names=class_names,
         image_size=args.image_size,
+        threshold=threshold,
         seed=args.seed,
         data_dir=str(Path(args.data).resolve()),
         split={name: data.relative(parts[name], args.data) for name in data.PARTITIONS},
+        near_copies=copies,
         metrics={"test": test_metrics, "final_epoch": final, "epoch_seconds": timing.seconds,
                  "train_seconds": train_seconds},
-        hyperparameters={"epochs": args.epochs, "batch_size": args.batch_size, "image_size": args.image_size,
-                         "learning_rate": args.learning_rate, "seed": args.seed, "split": list(args.fractions),
-                         "arch": args.arch, "weights": None if args.arch == "cnn" else args.weights,
-                         "augment": args.augment,
-                         "dropout": args.dropout, "class_weight": class_weight, "patience": args.patience,
-                         "fine_tune": args.fine_tune, "fine_tune_epochs": args.fine_tune_epochs,
-                         "faces": args.faces, "data": str(args.data), "strategy": setup.name,
-                         "replicas": setup.replicas, "global_batch_size": global_batch, "precision": precision,
-                         "jit": args.jit},
+        hyperparameters=hyperparameters,
         run_dir=str(run_dir),
         created=datetime.datetime.now().isoformat(timespec="seconds"),
     )
@@ -230,6 +264,124 @@ def train(args) -> dict:
     print(f"saved {args.model} and {record.sidecar_path(args.model)}; run logs in {run_dir} "
           f"(tensorboard --logdir {args.logdir})")
     return {"record": run_record, "history": history.history, "run_dir": run_dir}
+
+
+def image_datasets(args, setup, parts, binary) -> dict:
+    """tf.data pipelines of decoded images: validation and test whole, training sharded over the workers."""
+    # Each worker trains on its own share of the training files; all of them validate and test on all.
+    train_files = distribute.shard(parts["train"], setup)
+    preprocessing = "v1-faces" if args.faces else "v1"
+    caches = data.choose_caches(args.cache, {**parts, "train": train_files}, args.image_size, preprocessing)
+    global_batch = setup.global_batch(args.batch_size)
+    datasets = {
+        name: data.make_dataset(parts[name], args.image_size, global_batch, binary=binary, cache=caches[name],
+                                faces=args.faces)
+        for name in ("validation", "test")
+    }
+    datasets["train"] = distribute.distribute(
+        setup, args.batch_size, len(train_files), lambda batch_size, drop_remainder: data.make_dataset(
+            train_files, args.image_size, batch_size, binary=binary, shuffle_seed=args.seed,
+            cache=caches["train"], faces=args.faces, drop_remainder=drop_remainder))
+    return datasets
+
+
+def stored_features(args, network, parts) -> dict:
+    """{partition: (views, images, dim) backbone features}: every view for training, the image itself for the
+    others. Read from the feature store where a run has computed them before."""
+    extractor, _ = models.split_at_pool(network)
+    store = features.store_for(args.cache, features.extractor_id(args.arch, args.weights, args.image_size,
+                                                                 args.faces), data.DEFAULT_CACHE_DIR)
+    started, computed = time.time(), len(store.memory)
+    load = lambda path: images.load(path, args.image_size, args.faces)  # noqa: E731
+    stored = {name: features.extract(extractor, parts[name].paths, store, load,
+                                     features.VIEWS[args.views] if name == "train" else ("original",))
+              for name in data.PARTITIONS}
+    total = sum(array.shape[0] * array.shape[1] for array in stored.values())
+    print(f"backbone features: {total} image views in {time.time() - started:.1f} s "
+          f"({'from the store ' + str(store.folder) if store.folder else 'kept for this run only'})")
+    return stored
+
+
+def feature_dataset(vectors, labels, batch_size: int, shuffle_seed=None) -> tf.data.Dataset:
+    dataset = tf.data.Dataset.from_tensor_slices((vectors, labels))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(labels), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def fit_head(args, network, num_classes: int, stored, labels, callbacks, class_weight, history) -> None:
+    """Train the network's head on the stored features (every view of every training image), in place."""
+    _, head = models.split_at_pool(network)
+    views, count, dim = stored["train"].shape
+    # A step costs microseconds: run a whole epoch per call into the graph, not one Python round trip a batch.
+    models.compile_model(head, num_classes, args.learning_rate, steps_per_execution=-(-views * count // args.batch_size))
+    train_set = feature_dataset(stored["train"].reshape(views * count, dim), np.tile(labels["train"], views),
+                                args.batch_size, shuffle_seed=args.seed)
+    validation_set = feature_dataset(stored["validation"][0], labels["validation"], args.batch_size)
+    started = time.time()
+    result = head.fit(train_set, validation_data=validation_set, epochs=args.epochs, callbacks=callbacks,
+                      class_weight=class_weight, shuffle=False, verbose=0)
+    history.history.update(result.history)
+    best = int(np.argmin(result.history["val_loss"]))
+    print(f"head: {len(result.history['loss'])} epochs on stored features in {time.time() - started:.1f} s; "
+          f"best epoch {best + 1}: val loss {result.history['val_loss'][best]:.3f}, "
+          f"val accuracy {result.history['val_accuracy'][best]:.3f}")
+
+
+def fine_tune(args, network, num_classes: int, setup, datasets, callbacks, class_weight, history) -> None:
+    """Open the backbone's top --fine-tune layers and train the whole model on augmented images, continuing
+    the epoch count (and history) of the first stage."""
+    with setup.strategy.scope():
+        opened = models.unfreeze_top(network, args.fine_tune)
+        models.compile_model(network, num_classes, args.learning_rate / 10, jit=args.jit)
+    print(f"fine-tuning the top {opened} layers of {args.arch} at learning rate {args.learning_rate / 10:g}")
+    tuned = distribute.fit(network, setup, datasets["train"], datasets["validation"], epochs=args.fine_tune_epochs,
+                           callbacks=callbacks, class_weight=class_weight,
+                           initial_epoch=len(history.history["loss"]))
+    for key, values in tuned.history.items():
+        history.history.setdefault(key, []).extend(values)
+
+
+def warn_if_nothing_learnt(history: dict) -> None:
+    """Say so when the kept weights are the first epoch's: every later epoch made the validation loss worse."""
+    losses = history.get("val_loss", [])
+    if len(losses) > 1 and int(np.argmin(losses)) == 0:
+        print("warning: the best validation loss was after the first epoch, so the saved model learnt almost "
+              "nothing; try a lower --learning-rate, more images per class, or a pretrained backbone "
+              "(--arch mobilenet)")
+
+
+def choose_threshold(setting, labels, probabilities) -> float:
+    """--threshold: the number given, or (auto) the one with the best balanced accuracy on validation."""
+    if setting != "auto":
+        return float(setting)
+    return metrics.best_threshold(metrics.threshold_sweep(labels, probabilities[:, 1]), "balanced_accuracy")
+
+
+def test_line(summary: dict, class_names) -> str:
+    recalls = "  ".join(f"{name} {summary['per_class'][name]['recall']:.3f}" for name in class_names)
+    threshold = f"  (threshold {summary['threshold']:.2f})" if "threshold" in summary else ""
+    return (f"test ({summary['count']} images never used in training): accuracy {summary['accuracy']:.3f}  "
+            f"f1 {summary['f1']:.3f}  recall per class: {recalls}{threshold}")
+
+
+def near_copy_lists(files: data.Files, groups: list, data_dir) -> list:
+    """The near-copy groups of two or more images, as lists of paths relative to the data folder."""
+    members = {}
+    for path, group in zip(data.relative(files, data_dir), groups):
+        members.setdefault(group, []).append(path)
+    return [paths for paths in members.values() if len(paths) > 1]
+
+
+def undecodable_error(args, files: data.Files):
+    """A DataError naming the files that broke the pipeline, found by decoding each again; None if none did."""
+    bad = data.find_undecodable(files.paths, args.image_size)
+    if not bad:
+        return None
+    listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return data.DataError(f"{len(bad)} file(s) cannot be decoded by TensorFlow: {listing}{more}; "
+                          f"run `python -m happysad.clean {args.data}` first")
 
 
 class EpochTiming(keras.callbacks.Callback):

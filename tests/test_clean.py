@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_near_copies import cropped_copy, resized_copy
 
 from happysad import clean, images, sample
 
@@ -134,6 +135,49 @@ def test_restore_never_overwrites_and_keeps_copies_that_changed(dataset):
     assert len(result.skipped) == 2
     manifest = (data / ".quarantine" / "manifest.jsonl").read_text().splitlines()
     assert [json.loads(line)["original"] for line in manifest] == ["happy/truncated.jpg"]
+
+
+def test_near_copy_under_the_other_label_is_a_conflict_and_restore_undoes_it(tmp_path):
+    data = tmp_path / "data"
+    written = sample.make_dataset(data, per_class=4, size=128, seed=5)
+    (data / "sad" / "resized-happy.jpg").write_bytes(resized_copy(cv2.imread(str(written["happy"][0]))))
+    (data / "happy" / "cropped-sad.png").write_bytes(cropped_copy(cv2.imread(str(written["sad"][1])), 0.06))
+    before = tree(data)
+
+    summary = clean.clean(data)
+
+    assert {found.path: (found.reason, found.detail) for found in summary.findings} == {
+        "happy/happy_000.jpg": ("label-conflict", "near copy of sad/resized-happy.jpg"),
+        "sad/resized-happy.jpg": ("label-conflict", "near copy of happy/happy_000.jpg"),
+        "sad/sad_001.jpg": ("label-conflict", "near copy of happy/cropped-sad.png"),
+        "happy/cropped-sad.png": ("label-conflict", "near copy of sad/sad_001.jpg"),
+    }
+    assert all(found.quarantine == f".quarantine/label-conflict/{found.path}" for found in summary.findings)
+    assert summary.near_copies == [] and clean.clean(data).findings == []
+    clean.main([str(data), "--restore"])
+    assert tree(data) == before
+
+
+def test_near_copies_within_a_class_stay_and_are_reported(tmp_path, capsys):
+    data = tmp_path / "data"
+    face = sample.make_dataset(data, per_class=4, size=128, seed=5)["happy"][2]
+    bgr = cv2.imread(str(face))
+    (data / "happy" / "copy-1.jpg").write_bytes(resized_copy(bgr))
+    (data / "happy" / "copy-2.jpg").write_bytes(resized_copy(bgr))  # the same bytes: a duplicate, as always
+    (data / "happy" / "cropped.png").write_bytes(cropped_copy(bgr, 0.08))
+    before = tree(data)
+
+    summary = clean.clean(data)
+
+    assert [(found.path, found.reason) for found in summary.findings] == [("happy/copy-2.jpg", "duplicate")]
+    group = ["happy/copy-1.jpg", "happy/cropped.png", "happy/happy_002.jpg"]
+    assert summary.near_copies == [group]
+    text = clean.report(summary)
+    assert "near copies kept (same class): 1 groups, 3 files\n  " + ", ".join(group) in text
+    clean.restore(data)
+    assert tree(data) == before
+    clean.main([str(data), "--dry-run", "--json", "-"])
+    assert json.loads(capsys.readouterr().out)["near_copies"] == [group]
 
 
 def test_second_run_finds_nothing(dataset):

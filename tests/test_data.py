@@ -3,11 +3,13 @@ import os
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_near_copies import cropped_copy, resized_copy
 
-from happysad import data, images
+from happysad import data, images, sample
 
 
 def make_folder(root, counts):
@@ -44,6 +46,67 @@ def test_same_seed_same_split_other_seed_other_split(tmp_path):
     for name in data.PARTITIONS:
         assert first[name].paths == again[name].paths
     assert set(first["test"].paths) != set(other["test"].paths)
+
+
+def test_near_copies_never_land_in_two_partitions(tmp_path):
+    """Six faces per class get a resized, re-encoded copy and a cropped, brightened one beside them."""
+    folder = tmp_path / "data"
+    copies = {}
+    for paths in sample.make_dataset(folder, per_class=10, size=128, seed=4).values():
+        for number, path in enumerate(paths[:6]):
+            bgr = cv2.imread(str(path))
+            small, cropped = path.with_name(f"{path.stem}-small.jpg"), path.with_name(f"{path.stem}-cropped.png")
+            small.write_bytes(resized_copy(bgr))
+            cropped.write_bytes(cropped_copy(bgr, 0.05 + 0.006 * number))
+            copies[str(path)] = [str(small), str(cropped)]
+    files, _ = data.list_images(folder, data.find_classes(folder))
+    groups = data.near_copy_groups(files)
+    group_of = dict(zip(files.paths, groups))
+    assert len(files) == 44 and len(set(groups)) == 20  # every face, with its copies if it has some
+    assert all({group_of[copy] for copy in others} == {group_of[path]} for path, others in copies.items())
+
+    leaks = 0
+    for seed in range(8):
+        parts = data.split(files, seed=seed, groups=groups)
+        partition = {path: name for name in data.PARTITIONS for path in parts[name].paths}
+        assert sorted(partition) == sorted(files.paths)
+        assert all(min(parts[name].count_per_class(2)) > 0 for name in data.PARTITIONS)
+        for path, others in copies.items():
+            assert {partition[copy] for copy in others} == {partition[path]}, (seed, path)
+        assert data.split(files, seed=seed, groups=groups) == parts
+        plain = data.split(files, seed=seed)
+        partition = {path: name for name in data.PARTITIONS for path in plain[name].paths}
+        leaks += sum(len({partition[copy] for copy in [path, *others]}) > 1 for path, others in copies.items())
+    assert leaks > 0  # what the groups prevent: without them copies land on both sides
+
+
+def test_group_split_is_stable_stratified_and_keeps_groups_whole():
+    """Groups of 1 to 4 files, their files interleaved with other groups' (no images needed)."""
+    paths, labels, groups = [], [], []
+    for label, n_groups in enumerate((30, 12, 3)):
+        for copy in range(4):
+            for group in range(n_groups):
+                if group % 4 >= copy:
+                    paths.append(f"{label}/{group}-{copy}.jpg")
+                    labels.append(label)
+                    groups.append(f"{label}-{group}")
+    files = data.Files(paths, labels)
+    parts = data.split(files, seed=3, groups=groups)
+
+    assert parts == data.split(files, seed=3, groups=groups)
+    assert parts != data.split(files, seed=4, groups=groups)
+    group_of = dict(zip(paths, groups))
+    seen = [{group_of[path] for path in parts[name].paths} for name in data.PARTITIONS]
+    assert not seen[0] & seen[1] and not seen[0] & seen[2] and not seen[1] & seen[2]
+    assert sorted(p for name in data.PARTITIONS for p in parts[name].paths) == sorted(paths)
+    per_class = np.array([parts[name].count_per_class(3) for name in data.PARTITIONS])
+    assert per_class.min() > 0
+    first_class = per_class[:, 0].sum()  # 73 images in 30 groups of up to 4
+    assert abs(per_class[0, 0] - 0.7 * first_class) <= 4 and abs(per_class[2, 0] - 0.1 * first_class) <= 4
+    # Every file its own group, in any spelling: the split the seed always gave.
+    alone = data.split(files, seed=3)
+    assert data.split(files, seed=3, groups=list(range(len(files)))) == alone
+    assert data.split(files, seed=3, groups=paths) == alone
 
 
 def test_partitions_identical_across_epochs(faces_dir):
@@ -83,6 +146,11 @@ def test_folder_errors_are_clear(tmp_path):
     files, _ = data.list_images(folder, data.find_classes(folder))
     with pytest.raises(data.DataError, match="at least 3"):
         data.split(files)
+    files = data.Files(files.paths[:5], files.labels[:5])
+    with pytest.raises(data.DataError, match="has 5 image.s., 2 once near copies count as one; .* at least 3"):
+        data.split(files, groups=[0, 0, 0, 3, 3])
+    with pytest.raises(ValueError, match="4 group ids for 5 files"):
+        data.split(files, groups=[0, 1, 2, 3])
 
 
 def test_skipped_formats_are_reported_and_hidden_folders_ignored(tmp_path):

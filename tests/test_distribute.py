@@ -185,7 +185,7 @@ def test_multiworker_two_processes_chief_saves_a_working_model(faces_dir, tmp_pa
     test_paths = [str(faces_dir / p) for p in model.record.split["test"]]
     labels = [model.class_names.index(Path(p).parent.name) for p in test_paths]
     probabilities = model.probabilities(np.stack([model.load_image(p) for p in test_paths]))
-    recomputed = metrics.summarize(labels, probabilities, model.class_names)
+    recomputed = metrics.summarize(labels, probabilities, model.class_names, model.record.threshold)
     for key in ("accuracy", "precision", "recall", "f1"):
         assert recomputed[key] == pytest.approx(model.record.metrics["test"][key]), key
     # Both workers hold the same weights after training: the same test result is printed by each.

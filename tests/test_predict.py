@@ -34,7 +34,7 @@ def test_probability_equals_the_model_on_the_pipelines_own_tensor(trained, capsy
     for row, p in zip(rows, p_second):
         expected_label = saved.class_names[int(p >= saved.threshold)]
         assert row["label"] == expected_label
-        assert row["probability"] == pytest.approx(max(p, 1 - p), abs=1e-5)
+        assert row["probability"] == pytest.approx(p if expected_label == saved.class_names[1] else 1 - p, abs=1e-5)
         assert row["probabilities"][saved.class_names[1]] == pytest.approx(p, abs=1e-5)
 
 

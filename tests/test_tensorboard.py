@@ -144,7 +144,7 @@ def test_callbacks_serve_a_second_fit_as_fine_tuning_makes(tmp_path):
     network = models.compile_model(keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
                                                      keras.layers.Dense(1, activation="sigmoid")]), 2)
     run_dir = tmp_path / "run"
-    callbacks = tensorboard.training_callbacks(run_dir, {"epochs": 1, "model": "x.h5", "weights": None}, files,
+    callbacks = tensorboard.training_callbacks(run_dir, {"epochs": 1, "weights": None, "class_weight": {0: 1.0}}, files,
                                                dataset, labels, ["blue", "red"], 8)
     network.fit(dataset, validation_data=dataset, epochs=1, callbacks=callbacks, shuffle=False, verbose=0)
     network.fit(dataset, validation_data=dataset, epochs=2, initial_epoch=1, callbacks=callbacks, shuffle=False,
@@ -153,6 +153,6 @@ def test_callbacks_serve_a_second_fit_as_fine_tuning_makes(tmp_path):
     assert len(root.Tensors(hparams_metadata.SESSION_START_INFO_TAG)) == 1
     start = hparams_metadata.parse_session_start_info_plugin_data(
         root.SummaryMetadata(hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content)
-    assert set(start.hparams) == {"epochs"}  # file names and None values are not hyper-parameters
+    assert set(start.hparams) == {"epochs"}  # None values and dicts cannot be shown as hyper-parameters
     assert len(load(run_dir / "train").Tensors("samples")) == 1
     assert [e.step for e in load(run_dir / "validation").Tensors("confusion_matrix")] == [0, 1]

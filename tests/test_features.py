@@ -1,0 +1,157 @@
+"""The pretrained path: backbone features computed once, stored by content, the head trained on them.
+
+A MobileNet (v1, width 0.25) with random weights saved to a file stands in for ImageNet weights: what is
+tested is the plumbing (store, keys, the head inside the saved model), not what ImageNet features are worth.
+Real ImageNet weights from ../shared/weights are used where that folder is present.
+"""
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from happysad import classifier, data, features, images, model as models, record, sample, train
+
+SIZE = 32
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("features") / "data"
+    sample.make_dataset(folder, per_class=24, size=SIZE, seed=11)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """Random MobileNet weights whose BatchNorm statistics are those of random pictures: without them the
+    activations shrink layer by layer to ~1e-18, every image gets the same features and the tests below
+    would hold for a model that ignores its input."""
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_025_notop.weights.h5"
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
+    batch = np.random.default_rng(0).uniform(-1, 1, (16, SIZE, SIZE, 3)).astype(np.float32)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            inputs = keras.Model(base.input, layer.input)(batch).numpy()
+            gamma, beta, _, _ = layer.get_weights()
+            layer.set_weights([gamma, beta, inputs.mean(axis=(0, 1, 2)), inputs.var(axis=(0, 1, 2))])
+    base.save_weights(path)
+    return path
+
+
+def run(folder, weights, out, *extra):
+    return train.train(train.parse_args([
+        "--data", str(folder), "--arch", "mobilenet025", "--weights", str(weights), "--image-size", str(SIZE),
+        "--epochs", "3", "--model", str(out / "m.h5"), "--logdir", str(out / "logs"),
+        "--cache", f"disk:{out.parent / 'cache'}", *extra]))
+
+
+def stored_vectors(store: features.Store, paths, view="original") -> np.ndarray:
+    return np.stack([store.get(view, digest) for digest in features.content_hashes(paths)])
+
+
+def test_saved_model_gives_the_heads_output_on_the_stored_features(small_dir, weights_file, tmp_path):
+    run(small_dir, weights_file, tmp_path / "a")
+    model = classifier.load(tmp_path / "a" / "m.h5")
+    saved = record.read(tmp_path / "a" / "m.h5")
+    test_paths = [str(small_dir / p) for p in saved.split["test"]]
+    store = features.Store(features.extractor_id("mobilenet025", str(weights_file), SIZE, False), tmp_path / "cache")
+    vectors = stored_vectors(store, test_paths)
+    _, head = models.split_at_pool(model.model)
+    expected = head(vectors, training=False).numpy().reshape(-1)
+    assert np.ptp(expected) > 1e-3  # the images get different probabilities: the features carry them
+    pixels = np.stack([model.load_image(path) for path in test_paths])
+    np.testing.assert_allclose(model.probabilities(pixels)[:, 1], expected, atol=1e-5)
+    assert saved.hyperparameters["arch"] == "mobilenet025" and saved.hyperparameters["views"] == 1
+
+
+def test_a_second_run_with_other_head_settings_never_runs_the_backbone(small_dir, weights_file, tmp_path,
+                                                                      monkeypatch):
+    run(small_dir, weights_file, tmp_path / "first")
+    calls = []
+    monkeypatch.setattr(features, "compute", lambda *args, **kwargs: calls.append(args) or 1 / 0)
+    second = run(small_dir, weights_file, tmp_path / "second", "--dropout", "0.2", "--seed", "5",
+                 "--learning-rate", "0.003")
+    assert calls == []
+    assert second["record"].hyperparameters["dropout"] == 0.2
+
+
+def test_views_are_stored_for_training_images_only(small_dir, weights_file, tmp_path):
+    result = run(small_dir, weights_file, tmp_path / "views", "--views", "4")
+    saved = result["record"]
+    store = features.Store(features.extractor_id("mobilenet025", str(weights_file), SIZE, False), tmp_path / "cache")
+    train_paths = [str(small_dir / p) for p in saved.split["train"]]
+    test_paths = [str(small_dir / p) for p in saved.split["test"]]
+    digests = features.content_hashes(test_paths)
+    for view in features.VIEWS[4]:
+        vectors = stored_vectors(store, train_paths, view)
+        assert vectors.shape[0] == len(train_paths)
+    original, flipped = stored_vectors(store, train_paths), stored_vectors(store, train_paths, "flip")
+    assert np.abs(original - flipped).max() > 1e-4  # a mirrored picture is another input
+    assert all(store.get("flip", digest) is None for digest in digests)
+
+
+def test_vectors_are_found_by_content_and_keyed_by_everything_they_depend_on(small_dir, weights_file, tmp_path):
+    network = models.build("mobilenet025", 2, SIZE, weights=str(weights_file))
+    extractor, _ = models.split_at_pool(network)
+    paths = sorted(str(p) for p in (small_dir / "happy").iterdir())[:3]
+    load = lambda path: images.load(path, SIZE)  # noqa: E731
+    store = features.Store("k1", tmp_path / "cache")
+    first = features.extract(extractor, paths, store, load)[0]
+    np.testing.assert_allclose(first, features.compute(extractor, paths, load, "original"), atol=1e-6)
+    renamed = tmp_path / "renamed.jpg"
+    renamed.write_bytes(Path(paths[0]).read_bytes())
+    again = features.extract(extractor, [str(renamed)], features.Store("k1", tmp_path / "cache"), load)[0]
+    np.testing.assert_array_equal(again[0], first[0])  # read back, by content
+    keys = {features.extractor_id(arch, str(weights_file), size, faces)
+            for arch in ("mobilenet", "mobilenet025") for size in (32, 64) for faces in (False, True)}
+    assert len(keys) == 8
+    other_weights = tmp_path / "other.weights.h5"
+    other_weights.write_bytes(Path(weights_file).read_bytes() + b"\0")
+    assert features.extractor_id("mobilenet025", str(other_weights), SIZE, False) != \
+        features.extractor_id("mobilenet025", str(weights_file), SIZE, False)
+
+
+def test_unused_stores_are_pruned(tmp_path):
+    import os
+    import time
+
+    old, recent = tmp_path / "features-old", tmp_path / "features-recent"
+    for folder in (old, recent):
+        folder.mkdir()
+    stale = time.time() - 30 * 86400
+    os.utime(old, (stale, stale))
+    features.Store("new", tmp_path)
+    assert not old.exists() and recent.exists() and (tmp_path / "features-new").exists()
+
+
+def test_threshold_is_chosen_on_validation_and_used_for_the_test_metrics(small_dir, weights_file, tmp_path):
+    saved = run(small_dir, weights_file, tmp_path / "t")["record"]
+    assert 0 < saved.threshold < 1 and saved.metrics["test"]["threshold"] == saved.threshold
+    fixed = run(small_dir, weights_file, tmp_path / "fixed", "--threshold", "0.3")["record"]
+    assert fixed.threshold == 0.3 and fixed.metrics["test"]["threshold"] == 0.3
+
+
+@pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5").exists(),
+                    reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
+def test_imagenet_mobilenet025_learns_the_sample_faces(tmp_path):
+    folder = tmp_path / "data"
+    sample.make_dataset(folder, per_class=80, size=128, seed=3)
+    result = train.train(train.parse_args([
+        "--data", str(folder), "--arch", "mobilenet025", "--image-size", "128",
+        "--weights", str(SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5"), "--split", "0.5,0.25,0.25",
+        "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--cache", "memory"]))
+    test = result["record"].metrics["test"]
+    assert test["count"] == 40 and test["accuracy"] >= 0.7, test  # chance 0.5: 0.7 is 2.5 sd above it
+
+
+def test_recipe_fills_only_what_the_user_did_not_set():
+    args = train.parse_args(["--arch", "mobilenet"])
+    recipe = models.RECIPES["mobilenet"]
+    assert (args.image_size, args.epochs, args.dropout, args.views) == \
+        (recipe.image_size, recipe.epochs, recipe.dropout, recipe.views)
+    args = train.parse_args(["--arch", "mobilenet", "--image-size", "160", "--dropout", "0"])
+    assert args.image_size == 160 and args.dropout == 0
+    assert train.parse_args([]).image_size == models.RECIPES["cnn"].image_size
