@@ -6,8 +6,11 @@ logs/<run>/ with TensorBoard events, the training curves and a copy of the recor
 """
 import argparse
 import datetime
+import json
+import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -58,6 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="two classes: the decision threshold on the second class's probability; auto "
                              "(default) picks the one with the best balanced accuracy on the validation "
                              "partition, so neither class is sacrificed to the other")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run of this same command that was killed, from its last finished "
+                             "epoch (its backup lives beside --model until the run ends)")
     parser.add_argument("--checkpoint", action="store_true",
                         help="also save the best epoch so far to the run folder as it trains (checkpoint.h5)")
     parser.add_argument("--faces", action="store_true",
@@ -90,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--patience and --fine-tune must not be negative")
     if args.fine_tune and (args.arch == "cnn" or args.weights == "none"):
         parser.error("--fine-tune needs a backbone (--arch) with pretrained --weights (imagenet or a file)")
+    if args.resume and args.strategy == "multiworker":
+        parser.error("--resume works on one machine (one or several GPUs), not with --strategy multiworker")
     if args.threshold != "auto":
         try:
             args.threshold = float(args.threshold)
@@ -189,7 +197,11 @@ def train(args) -> dict:
     datasets = image_datasets(args, setup, parts, binary) if not pretrained or args.fine_tune else {}
 
     # -- callbacks: timing, early stopping, TensorBoard ----------------------------------------------------
-    run_dir = run_folder(args.logdir, args.run_name) if setup.is_chief else distribute.scratch_folder(setup)
+    backup = resume_backup(args) if setup.is_chief else None
+    if backup and backup.run_dir:
+        run_dir = backup.run_dir
+    else:
+        run_dir = run_folder(args.logdir, args.run_name) if setup.is_chief else distribute.scratch_folder(setup)
     timing = EpochTiming(len(parts["train"]))
     summaries = tensorboard.training_callbacks(
         run_dir, hyperparameters, parts["train"], datasets.get("validation"), parts["validation"].labels,
@@ -199,6 +211,11 @@ def train(args) -> dict:
                            matrix_every_epoch=False)
     checkpoint = run_dir / f"checkpoint{Path(args.model).suffix}" if args.checkpoint and setup.is_chief else None
     callbacks = [*stopping_callbacks(args), timing, *summaries]
+    # Fits on images (the CNN, fine-tuning) take minutes an epoch and can be resumed; a head on stored
+    # features trains again in seconds, the same way for the same seed.
+    image_callbacks = callbacks if not backup else [
+        keras.callbacks.BackupAndRestore(str(backup.folder / "keras")), *callbacks,
+        ResumeState(backup, run_dir, callbacks, timing)]
     if checkpoint:
         callbacks.insert(0, keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True))
     if checkpoint:  # a record beside the checkpoint makes it usable by predict even if this run never ends
@@ -214,11 +231,11 @@ def train(args) -> dict:
             fit_head(args, network, len(class_names), stored, labels, callbacks, class_weight, history)
         else:
             history = distribute.fit(network, setup, datasets["train"], datasets["validation"],
-                                     epochs=args.epochs, callbacks=callbacks, class_weight=class_weight)
+                                     epochs=args.epochs, callbacks=image_callbacks, class_weight=class_weight)
         warn_if_nothing_learnt(history.history)
         if args.fine_tune:
             summaries[1].watch(datasets["validation"])
-            fine_tune(args, network, len(class_names), setup, datasets, callbacks, class_weight, history)
+            fine_tune(args, network, len(class_names), setup, datasets, image_callbacks, class_weight, history)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
         error = undecodable_error(args, files)
         if error is None:
@@ -261,6 +278,8 @@ def train(args) -> dict:
         return {"record": run_record, "history": history.history, "run_dir": None}
     record.save(network, args.model, run_record)
     record.write_json_atomic(run_dir / "record.json", run_record.to_json())
+    if backup:
+        shutil.rmtree(backup.folder, ignore_errors=True)  # the run has ended: nothing left to resume
     print(f"saved {args.model} and {record.sidecar_path(args.model)}; run logs in {run_dir} "
           f"(tensorboard --logdir {args.logdir})")
     return {"record": run_record, "history": history.history, "run_dir": run_dir}
@@ -382,6 +401,91 @@ def undecodable_error(args, files: data.Files):
     more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
     return data.DataError(f"{len(bad)} file(s) cannot be decoded by TensorFlow: {listing}{more}; "
                           f"run `python -m happysad.clean {args.data}` first")
+
+
+@dataclass
+class Backup:
+    """Where a run keeps what --resume needs: Keras' BackupAndRestore files (weights, optimizer state, epoch)
+    and state.json (ResumeState). Beside the model, so the same command finds it again."""
+
+    folder: Path
+    state: dict
+
+    @property
+    def run_dir(self):
+        return Path(self.state["run_dir"]) if self.state.get("run_dir") else None
+
+
+def resume_backup(args) -> Backup:
+    """The backup of an interrupted run to continue (--resume), or a fresh one for this run."""
+    model = Path(args.model)
+    folder = model.with_name(f".{model.name}.resume")
+    state_file = folder / "state.json"
+    if args.resume:
+        if not state_file.exists():
+            raise data.DataError(f"--resume: there is no interrupted run to continue ({folder} does not exist; "
+                                 "it is removed when a run ends)")
+        print(f"resuming the interrupted run from {folder}")
+        return Backup(folder, json.loads(state_file.read_text()))
+    if folder.exists():
+        print(f"note: {folder} holds the backup of an interrupted run; starting over (add --resume to continue it)")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return Backup(folder, {})
+
+
+class ResumeState(keras.callbacks.Callback):
+    """What Keras' BackupAndRestore does not keep, saved after every epoch and put back when a run resumes:
+    the run folder, the epochs' history and timings, and the state of early stopping (with its best weights
+    so far) and of the learning-rate reduction. Goes after those callbacks, so it sees their updated state."""
+
+    STATE = {keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch", "stopped_epoch"),
+             keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter")}
+
+    def __init__(self, backup: Backup, run_dir, callbacks, timing):
+        super().__init__()
+        self.backup, self.run_dir, self.timing = backup, run_dir, timing
+        self.watched = [c for c in callbacks if type(c) in self.STATE]
+        self.history = {}
+
+    def on_train_begin(self, logs=None):
+        state = self.backup.state
+        self.history = {key: list(values) for key, values in state.get("history", {}).items()}
+        for callback, values in zip(self.watched, state.get("callbacks", [])):
+            for name, value in values.items():
+                setattr(callback, name, value)
+            best = self.backup.folder / "best.npz"
+            if isinstance(callback, keras.callbacks.EarlyStopping) and best.exists():
+                with np.load(best) as saved:
+                    callback.best_weights = [saved[f"w{i}"] for i in range(len(saved.files))]
+        if state:
+            self.timing.seconds[:] = state["epoch_seconds"]
+        self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        for callback in self.watched:
+            if isinstance(callback, keras.callbacks.EarlyStopping) and callback.best_epoch == epoch:
+                np.savez(self.backup.folder / "best.npz", **{f"w{i}": w for i, w in enumerate(callback.best_weights)})
+        self.save()
+
+    def on_train_end(self, logs=None):
+        """The history fit returns holds only this process's epochs: put the earlier ones in front."""
+        resumed = self.backup.state.get("history", {})
+        for key, values in self.model.history.history.items():
+            values[:0] = resumed.get(key, [])
+        self.backup.state = {}
+
+    def save(self) -> None:
+        state = {"run_dir": str(self.run_dir), "history": self.history, "epoch_seconds": self.timing.seconds,
+                 "callbacks": [{name: json_number(getattr(callback, name)) for name in self.STATE[type(callback)]}
+                               for callback in self.watched]}
+        record.write_json_atomic(self.backup.folder / "state.json", json.dumps(state))
+
+
+def json_number(value):
+    return value if value is None or isinstance(value, int) else float(value)
 
 
 class EpochTiming(keras.callbacks.Callback):

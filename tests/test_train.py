@@ -100,3 +100,60 @@ def test_fine_tune_stage_continues_the_epoch_count(tmp_path, faces_dir):
             if any(value.tag == "epoch_loss" for value in event.summary.value):
                 steps.add(event.step)
     assert steps == {0, 1, 2}
+
+
+KILL_AFTER_SECOND_EPOCH = """
+import os, signal, sys
+from happysad import train
+original = train.ResumeState.on_epoch_end
+def on_epoch_end(self, epoch, logs=None):
+    original(self, epoch, logs)
+    if epoch == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+train.ResumeState.on_epoch_end = on_epoch_end
+train.main(sys.argv[1:])
+"""
+
+
+def test_a_killed_run_resumes_at_its_next_epoch_with_the_same_split(tmp_path, faces_dir, capsys):
+    import subprocess
+    import sys
+
+    model_path = tmp_path / "m.h5"
+    flags = ["--data", str(faces_dir), "--epochs", "4", "--image-size", "32", "--batch-size", "64",
+             "--model", str(model_path), "--logdir", str(tmp_path / "logs"), "--run-name", "killed",
+             "--patience", "3", "--seed", "5"]
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SECOND_EPOCH, *flags], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not model_path.exists() and (tmp_path / ".m.h5.resume" / "state.json").exists()
+
+    train.main([*flags, "--resume"])
+    out = capsys.readouterr().out
+    assert "Epoch 3/4" in out and "Epoch 1/4" not in out and "Epoch 2/4" not in out
+    saved = record.read(model_path)
+    assert len(saved.metrics["epoch_seconds"]) == 4
+    assert len(json.loads((tmp_path / "logs" / "killed" / "record.json").read_text())["metrics"]["epoch_seconds"]) == 4
+    files, _ = data.list_images(faces_dir, saved.class_names)
+    expected = data.split(files, (0.7, 0.2, 0.1), 5, groups=data.near_copy_groups(files))
+    assert saved.split["test"] == data.relative(expected["test"], faces_dir)
+    assert classifier.load(model_path).class_names == ["happy", "sad"]
+    assert not (tmp_path / ".m.h5.resume").exists()  # the run ended: nothing is left to resume
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["killed"]  # the same TensorBoard run
+    steps = set()
+    for event_file in (tmp_path / "logs" / "killed" / "train").rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            if any(value.tag == "epoch_loss" for value in event.summary.value):
+                steps.add(event.step)
+    assert steps == {0, 1, 2, 3}
+
+
+def test_resume_with_nothing_to_resume_is_a_clear_error_and_a_leftover_is_named(tmp_path, faces_dir, capsys):
+    message = run_train(["--data", str(faces_dir), "--model", str(tmp_path / "m.h5"), "--resume"], capsys)
+    assert "no interrupted run to continue" in message
+    leftover = tmp_path / ".m.h5.resume"
+    leftover.mkdir()
+    (leftover / "state.json").write_text("{}")
+    train.main(["--data", str(faces_dir), "--model", str(tmp_path / "m.h5"), "--epochs", "1", "--image-size", "32",
+                "--logdir", str(tmp_path / "logs")])
+    assert "holds the backup of an interrupted run; starting over" in capsys.readouterr().out
+    assert not leftover.exists()
