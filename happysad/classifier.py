@@ -146,6 +146,6 @@ def load(model_path) -> Classifier:
         raise ModelError(f"model {model_path} not found: train one with `python -m happysad.train`")
     try:
         model_record = record.read(model_path)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, record.RecordError) as error:
         raise ModelError(str(error)) from None
     return Classifier(load_network(model_path), model_record)

@@ -201,10 +201,7 @@ def store_threshold(model_path, model: classifier.Classifier, setting: str, batc
     else:
         value = float(setting)
         how = {"threshold": value, "method": "given on the command line"}
-    sidecar = record.sidecar_path(model_path)
-    values = json.loads(sidecar.read_text())
-    values["threshold"] = value
-    record.write_json_atomic(sidecar, json.dumps(values, indent=2))
+    record.update(model_path, threshold=value)
     model.record.threshold = value
     return how
 
@@ -260,8 +257,7 @@ def evaluate(args) -> dict:
                             f"(e.g. {skipped[0][0]}: {skipped[0][1]})")
     summary = metrics.summarize(scores.labels, scores.probabilities, model.class_names, model.record.threshold)
     sweep = metrics.threshold_sweep(scores.labels, scores.probabilities[:, 1]) if model.record.binary else []
-    run_dir = Path(model.record.run_dir) if model.record.run_dir else None
-    history = tensorboard.read_history(run_dir) if run_dir and run_dir.is_dir() else {}
+    history = model.record.history
     pictures = {name: reports.png_bytes(figure)
                 for name, figure in build_figures(target.name, scores, model, summary, sweep, history).items()}
 
@@ -290,6 +286,7 @@ def evaluate(args) -> dict:
         "report_dir": str(out),
         "tensorboard": None,
     }
+    run_dir = Path(model.record.run_dir) if model.record.run_dir else None
     if run_dir and run_dir.is_dir() and not args.no_tensorboard:
         log_dir = run_dir / ("evaluate" if target.name == "test" and not args.data else f"evaluate-{target.name}")
         tensorboard.write_evaluation(log_dir, summary, pictures, scores.labels, scores.probabilities,

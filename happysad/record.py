@@ -13,7 +13,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FORMAT_VERSION = 1
+# 2: near_copies and the per-epoch history. Version 1 records read as they are (those fields empty).
+FORMAT_VERSION = 2
+
+
+class RecordError(Exception):
+    """A record that cannot be read, as one line."""
 
 
 @dataclass
@@ -26,6 +31,7 @@ class Record:
     split: dict = field(default_factory=dict)
     near_copies: list = field(default_factory=list)  # groups of near-duplicate images, each in one partition
     metrics: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)  # per-epoch values as Keras logs them ("loss", "val_loss"...)
     hyperparameters: dict = field(default_factory=dict)
     preprocessing: dict = field(default_factory=lambda: {"decode": "tf.io.decode_image RGB",
                                                           "resize": "bilinear", "scale": "1/255"})
@@ -63,7 +69,21 @@ def read(model_path) -> Record:
     path = sidecar_path(model_path)
     if not path.exists():
         raise FileNotFoundError(f"no record {path} beside the model {model_path}")
-    return Record.from_dict(json.loads(path.read_text()))
+    values = json.loads(path.read_text())
+    version = values.get("format_version", 1)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise RecordError(f"{path} is a record of format version {version}; this happysad reads versions 1 to "
+                          f"{FORMAT_VERSION}: upgrade happysad to use this model")
+    return Record.from_dict(values)
+
+
+def update(model_path, **changes) -> Record:
+    """Change fields of a saved model's record (e.g. evaluate storing a threshold), atomically."""
+    saved = read(model_path)
+    for name, value in changes.items():
+        setattr(saved, name, value)
+    write_json_atomic(sidecar_path(model_path), saved.to_json())
+    return saved
 
 
 def write_json_atomic(path, text: str) -> None:

@@ -19,8 +19,8 @@ COMPARED_METRICS = (
     ("test accuracy", ("test", "accuracy")), ("test precision", ("test", "precision")),
     ("test recall", ("test", "recall")), ("test f1", ("test", "f1")), ("test log loss", ("test", "log_loss")),
     ("test ROC-AUC", ("test", "roc_auc")), ("test PR-AUC", ("test", "pr_auc")),
-    ("val accuracy", ("final_epoch", "val_accuracy")), ("val loss", ("final_epoch", "val_loss")),
-    ("train accuracy", ("final_epoch", "accuracy")), ("train loss", ("final_epoch", "loss")),
+    ("val accuracy", ("saved_epoch", "val_accuracy")), ("val loss", ("saved_epoch", "val_loss")),
+    ("train accuracy", ("saved_epoch", "accuracy")), ("train loss", ("saved_epoch", "loss")),
 )
 
 
@@ -57,7 +57,11 @@ class Run:
         return self.finished - datetime.timedelta(seconds=self.seconds or 0)
 
     def metric(self, group: str, name: str):
-        return self.record.metrics.get(group, {}).get(name)
+        """A value of the record's metrics; "saved_epoch" (the epoch whose weights the model kept) falls back
+        to the last epoch's for records written before it existed."""
+        values = self.record.metrics.get(group) or (self.record.metrics.get("final_epoch", {})
+                                                    if group == "saved_epoch" else {})
+        return values.get(name)
 
     def summary(self) -> dict:
         return {
@@ -68,7 +72,8 @@ class Run:
             "epochs_run": len(self.record.metrics.get("epoch_seconds", [])),
             "classes": self.record.class_names,
             "hyperparameters": self.record.hyperparameters,
-            "validation": {key[4:]: value for key, value in self.record.metrics.get("final_epoch", {}).items()
+            "validation": {key[4:]: value for key, value in (self.record.metrics.get("saved_epoch")
+                                                             or self.record.metrics.get("final_epoch", {})).items()
                            if key.startswith("val_")},
             "test": {key: value for key, value in self.record.metrics.get("test", {}).items()
                      if not isinstance(value, (dict, list))},
@@ -106,10 +111,10 @@ def best_run(runs: list) -> tuple:
         return None, None
     if all(run.metric("test", "accuracy") is not None for run in runs):
         return max(runs, key=lambda run: run.metric("test", "accuracy")), "test accuracy"
-    scored = [run for run in runs if run.metric("final_epoch", "val_accuracy") is not None]
+    scored = [run for run in runs if run.metric("saved_epoch", "val_accuracy") is not None]
     if not scored:
         return None, None
-    return max(scored, key=lambda run: run.metric("final_epoch", "val_accuracy")), "validation accuracy"
+    return max(scored, key=lambda run: run.metric("saved_epoch", "val_accuracy")), "validation accuracy"
 
 
 def resolve(logdir, name: str) -> Run:
@@ -154,7 +159,7 @@ def list_runs(args) -> None:
         rows.append(["*" if run is best else "", run.name, run.started.strftime("%Y-%m-%d %H:%M"),
                      fmt(run.seconds / 60 if run.seconds is not None else None, 1),
                      *(fmt(hyper.get(key)) for key in KEY_HYPERPARAMETERS),
-                     fmt(run.metric("final_epoch", "val_accuracy")), fmt(run.metric("final_epoch", "val_loss")),
+                     fmt(run.metric("saved_epoch", "val_accuracy")), fmt(run.metric("saved_epoch", "val_loss")),
                      fmt(run.metric("test", "accuracy")), fmt(run.metric("test", "f1"))])
     print_table(rows)
     if best:

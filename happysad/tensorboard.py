@@ -17,10 +17,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api as hparams_api
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
-from tensorboard.util import tensor_util
 
 from happysad import images, metrics, reports
 
@@ -201,23 +199,3 @@ def write_evaluation(log_dir, summary: dict, pictures: dict, labels, probabiliti
             write_png(f"evaluate/{name}", png, step=step)
         write_pr_curves(labels, probabilities, class_names, step=step, prefix="evaluate/")
     writer.close()
-
-
-def read_history(run_dir) -> dict:
-    """The per-epoch values Keras logged in a run folder, as in `History.history` (`val_` for validation):
-    {} when the folder or its event files are gone."""
-    history = {}
-    for part, prefix in (("train", ""), ("validation", "val_")):
-        folder = Path(run_dir) / part
-        if not folder.is_dir():
-            continue
-        accumulator = event_accumulator.EventAccumulator(
-            str(folder), size_guidance={event_accumulator.TENSORS: 0, event_accumulator.IMAGES: 1,
-                                        event_accumulator.GRAPH: 1})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["tensors"]:
-            if tag.startswith("epoch_"):
-                events = sorted(accumulator.Tensors(tag), key=lambda event: event.step)
-                history[prefix + tag[len("epoch_"):]] = [
-                    float(tensor_util.make_ndarray(event.tensor_proto)) for event in events]
-    return history

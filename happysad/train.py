@@ -233,6 +233,7 @@ def train(args) -> dict:
             history = distribute.fit(network, setup, datasets["train"], datasets["validation"],
                                      epochs=args.epochs, callbacks=image_callbacks, class_weight=class_weight)
         warn_if_nothing_learnt(history.history)
+        stage_start = len(history.history["loss"]) if args.fine_tune else 0
         if args.fine_tune:
             summaries[1].watch(datasets["validation"])
             fine_tune(args, network, len(class_names), setup, datasets, image_callbacks, class_weight, history)
@@ -258,6 +259,8 @@ def train(args) -> dict:
 
     # -- record and save -----------------------------------------------------------------------------------
     final = {key: float(values[-1]) for key, values in history.history.items()}
+    kept = saved_epoch(history.history, args, stage_start)
+    saved = {"epoch": kept + 1, **{key: float(values[kept]) for key, values in history.history.items()}}
     run_record = record.Record(
         class_names=class_names,
         image_size=args.image_size,
@@ -266,8 +269,9 @@ def train(args) -> dict:
         data_dir=str(Path(args.data).resolve()),
         split={name: data.relative(parts[name], args.data) for name in data.PARTITIONS},
         near_copies=copies,
-        metrics={"test": test_metrics, "final_epoch": final, "epoch_seconds": timing.seconds,
+        metrics={"test": test_metrics, "final_epoch": final, "saved_epoch": saved, "epoch_seconds": timing.seconds,
                  "train_seconds": train_seconds},
+        history={key: [float(value) for value in values] for key, values in history.history.items()},
         hyperparameters=hyperparameters,
         run_dir=str(run_dir),
         created=datetime.datetime.now().isoformat(timespec="seconds"),
@@ -359,6 +363,12 @@ def fine_tune(args, network, num_classes: int, setup, datasets, callbacks, class
                            initial_epoch=len(history.history["loss"]))
     for key, values in tuned.history.items():
         history.history.setdefault(key, []).extend(values)
+
+
+def saved_epoch(history: dict, args, stage_start: int) -> int:
+    """The epoch whose weights the model kept: early stopping restores the last stage's best, else the last."""
+    losses = history["val_loss"][stage_start:]
+    return stage_start + int(np.argmin(losses)) if args.patience else len(history["val_loss"]) - 1
 
 
 def warn_if_nothing_learnt(history: dict) -> None:

@@ -209,3 +209,22 @@ def test_agrees_with_training_on_the_trained_models_test_partition(trained, tmp_
     assert report["metrics"]["confusion_matrix"] == at_training["confusion_matrix"]
     assert report["metrics"]["log_loss"] == pytest.approx(at_training["log_loss"], abs=1e-4)
     assert (tmp_path / "training_curves.png").stat().st_size > 0
+
+
+def test_training_curves_come_from_the_record_after_the_run_folder_is_gone(trained, tmp_path, capsys):
+    model_path = tmp_path / "models" / "happysad.h5"
+    model_path.parent.mkdir()
+    model_path.write_bytes(trained["model"].read_bytes())
+    record.sidecar_path(model_path).write_bytes(record.sidecar_path(trained["model"]).read_bytes())
+    saved = record.update(model_path, run_dir=str(tmp_path / "deleted-run"))
+    assert len(saved.history["loss"]) == len(saved.metrics["epoch_seconds"])
+    run_json(capsys, ["--model", str(model_path), "--out", str(tmp_path / "out"), "--no-tensorboard"])
+    assert (tmp_path / "out" / "training_curves.png").stat().st_size > 0
+
+
+def test_a_record_of_an_unknown_format_version_is_a_clear_error(trained, tmp_path):
+    model_path = tmp_path / "happysad.h5"
+    model_path.write_bytes(trained["model"].read_bytes())
+    values = json.loads(record.sidecar_path(trained["model"]).read_text())
+    record.sidecar_path(model_path).write_text(json.dumps({**values, "format_version": record.FORMAT_VERSION + 1}))
+    assert "upgrade happysad" in error_of(["--model", str(model_path)])

@@ -131,7 +131,10 @@ def test_a_killed_run_resumes_at_its_next_epoch_with_the_same_split(tmp_path, fa
     out = capsys.readouterr().out
     assert "Epoch 3/4" in out and "Epoch 1/4" not in out and "Epoch 2/4" not in out
     saved = record.read(model_path)
-    assert len(saved.metrics["epoch_seconds"]) == 4
+    assert len(saved.metrics["epoch_seconds"]) == len(saved.history["val_loss"]) == 4
+    best = int(np.argmin(saved.history["val_loss"]))  # early stopping keeps the best epoch's weights
+    assert saved.metrics["saved_epoch"]["epoch"] == best + 1
+    assert saved.metrics["saved_epoch"]["val_loss"] == saved.history["val_loss"][best]
     assert len(json.loads((tmp_path / "logs" / "killed" / "record.json").read_text())["metrics"]["epoch_seconds"]) == 4
     files, _ = data.list_images(faces_dir, saved.class_names)
     expected = data.split(files, (0.7, 0.2, 0.1), 5, groups=data.near_copy_groups(files))
