@@ -154,6 +154,12 @@ def near_copy_groups(files: Files) -> list:
     return near_copies.groups(near_copies.load_fingerprints(files.paths))
 
 
+def class_weights(labels, num_classes: int) -> dict:
+    """n_images / (n_classes * count) for each class, so every class weighs the same in the loss in total."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes)
+    return {index: float(len(labels) / (num_classes * count)) for index, count in enumerate(counts)}
+
+
 def relative(files: Files, data_dir) -> list:
     """Paths relative to the data folder, '/'-separated: the form stored in a run's record."""
     return [Path(os.path.relpath(p, data_dir)).as_posix() for p in files.paths]

@@ -137,3 +137,11 @@ def store_for(cache: str, extractor: str, default_folder) -> Store:
     if cache in ("memory", "none"):
         return Store(extractor)
     return Store(extractor, cache[5:] if cache.startswith("disk:") else default_folder)
+
+
+def dataset(vectors, labels, batch_size: int, shuffle_seed=None) -> tf.data.Dataset:
+    """(features, label) batches of stored vectors, reshuffled every epoch when given a seed (training)."""
+    batches = tf.data.Dataset.from_tensor_slices((vectors, labels))
+    if shuffle_seed is not None:
+        batches = batches.shuffle(len(labels), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return batches.batch(batch_size).prefetch(tf.data.AUTOTUNE)

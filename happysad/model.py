@@ -138,6 +138,11 @@ class Recipe:
 
 
 RECIPES = {"cnn": Recipe(image_size=128, epochs=60), **{arch: Recipe(image_size=224) for arch in BACKBONES}}
+
+
+def recipe(arch: str, weights: str) -> Recipe:
+    """The recipe for --arch; a backbone trained from scratch (--weights none) trains like the CNN."""
+    return RECIPES["cnn" if weights == "none" else arch]
 MIN_IMAGE_SIZE = 32  # the smallest input keras.applications accepts for these backbones
 
 
@@ -196,12 +201,6 @@ def build_backbone(arch: str, num_classes: int, image_size: int, *, augment: boo
         if layer.name == "caffe_input":
             layer.set_weights(caffe_weights())
     return model
-
-
-def has_frozen_backbone(model: keras.Model) -> bool:
-    """Whether the model is a pretrained backbone that does not train, under a head: the stored-features path."""
-    names = {layer.name for layer in model.layers}
-    return BACKBONE_NAME in names and not model.get_layer(BACKBONE_NAME).trainable
 
 
 def split_at_pool(model: keras.Model) -> tuple:

@@ -81,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPUs")
     parser.add_argument("--jit", action="store_true", help="compile training steps with XLA")
     args = parser.parse_args(argv)
-    recipe = models.RECIPES[args.arch]
+    recipe = models.recipe(args.arch, args.weights)
     for name in ("epochs", "image_size", "dropout", "augment", "patience", "fine_tune", "views"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(recipe, name))
@@ -129,12 +129,6 @@ def run_folder(logdir, run_name) -> Path:
     return folder
 
 
-def class_weights(labels, num_classes: int) -> dict:
-    """n_images / (n_classes * count) for each class, so every class weighs the same in the loss in total."""
-    counts = np.bincount(np.asarray(labels, dtype=int), minlength=num_classes)
-    return {index: float(len(labels) / (num_classes * count)) for index, count in enumerate(counts)}
-
-
 def stopping_callbacks(args) -> list:
     """Early stopping (keeping the best epoch's weights) and learning-rate reduction on a plateau, both
     watching the validation loss."""
@@ -171,7 +165,7 @@ def train(args) -> dict:
         counts = parts[name].count_per_class(len(class_names))
         print(f"{name:>10}: {len(parts[name]):5d} images  " + "  ".join(
             f"{c}={n}" for c, n in zip(class_names, counts)))
-    class_weight = class_weights(parts["train"].labels, len(class_names)) if args.class_weights else None
+    class_weight = data.class_weights(parts["train"].labels, len(class_names)) if args.class_weights else None
     if class_weight:
         print("class weights (from the training partition): " + "  ".join(
             f"{name}={class_weight[i]:.3f}" for i, name in enumerate(class_names)))
@@ -207,7 +201,7 @@ def train(args) -> dict:
         run_dir, hyperparameters, parts["train"], datasets.get("validation"), parts["validation"].labels,
         class_names, args.image_size, faces=args.faces, seed=args.seed)
     if pretrained:
-        summaries[1].watch(feature_dataset(stored["validation"][0], labels["validation"], args.batch_size),
+        summaries[1].watch(features.dataset(stored["validation"][0], labels["validation"], args.batch_size),
                            matrix_every_epoch=False)
     checkpoint = run_dir / f"checkpoint{Path(args.model).suffix}" if args.checkpoint and setup.is_chief else None
     callbacks = [*stopping_callbacks(args), timing, *summaries]
@@ -325,22 +319,15 @@ def stored_features(args, network, parts) -> dict:
     return stored
 
 
-def feature_dataset(vectors, labels, batch_size: int, shuffle_seed=None) -> tf.data.Dataset:
-    dataset = tf.data.Dataset.from_tensor_slices((vectors, labels))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(labels), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
 def fit_head(args, network, num_classes: int, stored, labels, callbacks, class_weight, history) -> None:
     """Train the network's head on the stored features (every view of every training image), in place."""
     _, head = models.split_at_pool(network)
     views, count, dim = stored["train"].shape
     # A step costs microseconds: run a whole epoch per call into the graph, not one Python round trip a batch.
     models.compile_model(head, num_classes, args.learning_rate, steps_per_execution=-(-views * count // args.batch_size))
-    train_set = feature_dataset(stored["train"].reshape(views * count, dim), np.tile(labels["train"], views),
+    train_set = features.dataset(stored["train"].reshape(views * count, dim), np.tile(labels["train"], views),
                                 args.batch_size, shuffle_seed=args.seed)
-    validation_set = feature_dataset(stored["validation"][0], labels["validation"], args.batch_size)
+    validation_set = features.dataset(stored["validation"][0], labels["validation"], args.batch_size)
     started = time.time()
     result = head.fit(train_set, validation_data=validation_set, epochs=args.epochs, callbacks=callbacks,
                       class_weight=class_weight, shuffle=False, verbose=0)

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from happysad import classifier, metrics, model as models, predict, record, sample, train
+from happysad import classifier, data, metrics, model as models, predict, record, sample, train
 
 SIZE = models.MIN_IMAGE_SIZE
 # keras.applications' own preprocess_input for each backbone: the layers inside our models must match them.
@@ -78,10 +78,10 @@ def test_no_network_for_imagenet_weights_is_one_line_naming_the_way_out(tmp_path
 
 
 def test_class_weights_balance_a_known_imbalance():
-    weights = train.class_weights([0] * 30 + [1] * 10, 2)
+    weights = data.class_weights([0] * 30 + [1] * 10, 2)
     assert weights == pytest.approx({0: 40 / 60, 1: 40 / 20})
     assert 30 * weights[0] == pytest.approx(10 * weights[1])  # each class weighs the same in total
-    assert train.class_weights([0, 1, 1, 2, 2, 2], 3) == pytest.approx({0: 2.0, 1: 1.0, 2: 2 / 3})
+    assert data.class_weights([0, 1, 1, 2, 2, 2], 3) == pytest.approx({0: 2.0, 1: 1.0, 2: 2 / 3})
 
 
 @pytest.fixture(scope="module")

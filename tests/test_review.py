@@ -1,0 +1,226 @@
+"""happysad.review: out-of-fold scores, the ranking rules, the report, and moves that clean --restore undoes.
+
+The ranking is tested on feature vectors made to order (two clusters, a few swapped labels, one vector far from
+both), because a backbone with random weights gives features too weak to tell the sample faces apart. The same
+made-to-order vectors stand in for the backbone where a test needs to know which files are suspects; random
+stand-in weights (as in test_features) run the real backbone path; real ImageNet weights from ../shared/weights,
+where present, show that flipped generated faces rank near the top.
+"""
+import base64
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from happysad import clean, features, review, sample
+
+SIZE = 32
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
+FAST = ["--folds", "3", "--epochs", "20", "--learning-rate", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """Random MobileNet 0.25 weights with BatchNorm statistics of random pictures (see test_features: without
+    them every image gets the same features)."""
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_025_notop.weights.h5"
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
+    batch = np.random.default_rng(0).uniform(-1, 1, (16, SIZE, SIZE, 3)).astype(np.float32)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            inputs = keras.Model(base.input, layer.input)(batch).numpy()
+            gamma, beta, _, _ = layer.get_weights()
+            layer.set_weights([gamma, beta, inputs.mean(axis=(0, 1, 2)), inputs.var(axis=(0, 1, 2))])
+    base.save_weights(path)
+    return path
+
+
+def clusters(labels, seed=0, dim=64):
+    """A vector per label: its own direction (three, 0 and 1 the classes, 2 neither) times 8, plus noise."""
+    rng = np.random.default_rng(seed)
+    directions = np.random.default_rng(99).normal(0, 1, (3, dim))
+    directions *= 8 / np.linalg.norm(directions, axis=1, keepdims=True)
+    return (directions[np.asarray(labels)] + rng.normal(0, 1, (len(labels), dim))).astype(np.float32)
+
+
+@pytest.fixture
+def made_to_order(monkeypatch):
+    """Replace the backbone by vectors that follow the file name: sample faces are named <class>_NNN, so a face
+    moved into the other folder keeps its true class's vector; a name without either gets one far from both."""
+    def vectors(args, files, digests):
+        names = [Path(path).name for path in files.paths]
+        return clusters([0 if "happy_" in name else 1 if "sad_" in name else 2 for name in names]), 0
+
+    monkeypatch.setattr(review, "image_features", vectors)
+
+
+def faces(folder, per_class=12, seed=5):
+    sample.make_dataset(folder, per_class=per_class, size=SIZE, seed=seed)
+    return folder
+
+
+def run(folder, out, *extra, weights="unused.h5"):
+    return review.review(review.parse_args([
+        str(folder), "--arch", "mobilenet025", "--weights", str(weights), "--image-size", str(SIZE),
+        "--html", str(out / "review.html"), "--png", str(out / "review.png"), "--json", str(out / "review.json"),
+        *FAST, *extra]))
+
+
+def tree(folder) -> dict:
+    """sha256 of every file under folder, by relative path."""
+    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(Path(folder).rglob("*")) if path.is_file()}
+
+
+def test_folds_keep_near_copies_together_and_spread_each_class():
+    labels = np.array([0] * 30 + [1] * 20)
+    groups = list(range(50))
+    groups[1] = groups[2] = groups[3] = 0  # images 0-3: one photo and three near copies
+    folds = review.make_folds(labels, groups, 5, seed=7)
+    assert len(set(folds[:4])) == 1
+    for label in (0, 1):
+        counts = np.bincount(folds[labels == label], minlength=5)
+        assert counts.max() - counts.min() <= 3, counts  # at most the largest group apart
+    np.testing.assert_array_equal(folds, review.make_folds(labels, groups, 5, seed=7))
+    assert not np.array_equal(folds, review.make_folds(labels, groups, 5, seed=8))
+    with pytest.raises(review.data.DataError, match="at least 2"):
+        review.make_folds(np.array([0, 0, 1]), [0, 1, 2], 2, seed=0)
+
+
+def test_flipped_labels_rank_first_and_a_far_vector_fits_no_class():
+    labels = np.array([0] * 40 + [1] * 40)
+    vectors = clusters(np.r_[labels, 2])  # the last one like neither class
+    flipped = [3, 17, 52]
+    given = np.r_[labels, 0]
+    given[flipped] = 1 - given[flipped]
+    ranking = review.rank(vectors, given, list(range(len(given))), 2, n_folds=5)
+    wrong = [s for s in ranking.suspects if s.kind == "wrong-folder"]
+    assert sorted(s.index for s in wrong) == flipped
+    assert all(s.suggested == labels[s.index] and s.confidence > 0.8 for s in wrong)
+    lost = [s for s in ranking.suspects if s.kind == "no-class"]
+    assert [s.index for s in lost] == [80] and lost[0].why.startswith("far from every class")
+    assert ranking.outlier_z[80] > 10 and ranking.probabilities.shape == (81, 2)
+
+
+def test_near_chance_fits_no_class_and_alike_pictures_are_not_far():
+    probabilities = np.array([[0.9, 0.1], [0.51, 0.49], [0.2, 0.8], [0.95, 0.05]])
+    distances = np.array([0.10, 0.10, 0.10, 0.1003])  # all alike: a tiny spread, a huge z-score
+    ranking = review.Ranking(probabilities, distances, review.robust_z(distances), np.zeros(4, int))
+    assert ranking.outlier_z[3] > 3.5
+    suspects = review.find_suspects(ranking, np.array([0, 0, 0, 1]), outlier_z=3.5)
+    assert [(s.index, s.kind) for s in suspects] == [(3, "wrong-folder"), (2, "wrong-folder"), (1, "no-class")]
+    assert suspects[2].why.startswith("near chance")
+
+
+def test_page_has_a_row_and_a_thumbnail_per_suspect_and_a_second_review_reads_stored_features(
+        tmp_path, weights_file, monkeypatch, capsys):
+    folder = faces(tmp_path / "data")
+    report = run(folder, tmp_path, "--cache", f"disk:{tmp_path / 'cache'}", weights=weights_file)
+    page = (tmp_path / "review.html").read_text()
+    assert report["suspects"], "random features should contradict some labels"
+    assert page.count('<tr class="suspect">') == len(report["suspects"])
+    thumbnails = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
+    assert len(thumbnails) == len(report["suspects"])
+    assert all(base64.b64decode(data).startswith(b"\xff\xd8\xff") for data in thumbnails)
+    assert (tmp_path / "review.png").read_bytes().startswith(b"\x89PNG")
+    saved = json.loads((tmp_path / "review.json").read_text())
+    assert len(saved["images"]) == 24 and saved["suspects"] == report["suspects"]
+    order = [s["confidence"] for s in saved["suspects"] if s["kind"] == "wrong-folder"]
+    assert order == sorted(order, reverse=True)
+    out = capsys.readouterr().out
+    assert "features (mobilenet025, 32 px): 24 computed" in out
+    assert re.search(r"took .*features .*cross-validation", out)
+
+    monkeypatch.setattr(features, "compute", lambda *args, **kwargs: 1 / 0)
+    monkeypatch.setattr(review.models, "build", lambda *args, **kwargs: 1 / 0)  # not even built
+    again = run(folder, tmp_path, "--cache", f"disk:{tmp_path / 'cache'}", weights=weights_file)
+    assert "0 computed, 24 from the store" in capsys.readouterr().out
+    assert again["images"] == report["images"]
+
+
+def test_a_folder_with_no_suspects_says_so(tmp_path, made_to_order, capsys):
+    folder = faces(tmp_path / "data")
+    report = run(folder, tmp_path)
+    assert report["suspects"] == [] and report["out_of_fold_accuracy"] == 1.0
+    assert "no suspects" in capsys.readouterr().out
+    assert "No suspects" in (tmp_path / "review.html").read_text()
+    assert (tmp_path / "review.png").exists()
+
+
+def test_moves_go_through_cleans_manifest_and_restore_undoes_them(tmp_path, made_to_order):
+    folder = faces(tmp_path / "data")
+    (folder / "sad" / "sad_003.jpg").rename(folder / "happy" / "sad_003.jpg")
+    faces(tmp_path / "other", seed=9)  # another picture of that name takes its place
+    (tmp_path / "other" / "sad" / "sad_003.jpg").rename(folder / "sad" / "sad_003.jpg")
+    (folder / "happy" / "happy_004.jpg").rename(folder / "sad" / 'a <b>&"odd" name happy_004.jpg')
+    (tmp_path / "other" / "happy" / "happy_000.jpg").rename(folder / "happy" / "notes.jpg")  # like no class
+    before = tree(folder)
+
+    report = run(folder, tmp_path, "--move-to-suggested", "--quarantine")
+    page = (tmp_path / "review.html").read_text()
+    assert "&lt;b&gt;&amp;&quot;odd&quot;" in page and "<b>&" not in page
+    moved = {move["from"]: move["to"] for move in report["moved"]}
+    assert moved == {"happy/sad_003.jpg": "sad/sad_003-1.jpg",
+                     'sad/a <b>&"odd" name happy_004.jpg': 'happy/a <b>&"odd" name happy_004.jpg',
+                     "happy/notes.jpg": ".quarantine/review-no-class/happy/notes.jpg"}
+    after = tree(folder)
+    assert after["sad/sad_003.jpg"] == before["sad/sad_003.jpg"]  # not overwritten
+    assert after["sad/sad_003-1.jpg"] == before["happy/sad_003.jpg"]
+    records = clean.read_manifest(folder / clean.QUARANTINE / clean.MANIFEST)
+    assert [(r["original"], r["quarantine"], r["reason"]) for r in records] == [
+        ("happy/sad_003.jpg", "sad/sad_003-1.jpg", "review-relabel"),
+        ('sad/a <b>&"odd" name happy_004.jpg', 'happy/a <b>&"odd" name happy_004.jpg', "review-relabel"),
+        ("happy/notes.jpg", ".quarantine/review-no-class/happy/notes.jpg", "review-no-class")]
+    assert all(r["sha256"] == before[r["original"]] and r["converted"] is None for r in records)
+
+    restored = clean.restore(folder)
+    assert len(restored.restored) == 3 and not restored.skipped
+    assert tree(folder) == before
+
+
+def test_quarantine_with_the_backbone_round_trips(tmp_path, weights_file):
+    folder = faces(tmp_path / "data")
+    before = tree(folder)
+    report = run(folder, tmp_path, "--quarantine", "--min-confidence", "0", "--cache", "memory",
+                 weights=weights_file)
+    movable = [s for s in report["suspects"] if s["kind"] == "wrong-folder" or s["far"]]  # not near-chance ones
+    assert len(report["moved"]) == len(movable) > 0
+    assert all(move["to"].startswith(".quarantine/review-") for move in report["moved"])
+    assert len(tree(folder)) == len(before) + 1  # every file, and the manifest
+    clean.restore(folder)
+    assert tree(folder) == before
+
+
+@pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5").exists(),
+                    reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
+def test_imagenet_features_rank_flipped_faces_near_the_top(tmp_path):
+    folder = tmp_path / "data"
+    sample.make_dataset(folder, per_class=40, size=128, seed=4)
+    chosen = [(path, other) for name, other in (("happy", "sad"), ("sad", "happy"))
+              for path in sorted((folder / name).iterdir())[:3]]
+    for path, other in chosen:
+        path.rename(folder / other / path.name)
+    flipped = {f"{other}/{path.name}" for path, other in chosen}
+    report = review.review(review.parse_args([
+        str(folder), "--arch", "mobilenet025", "--image-size", "128", "--cache", "memory",
+        "--weights", str(SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5"),
+        "--html", str(tmp_path / "r.html"), "--png", str(tmp_path / "r.png")]))
+    given = {image["path"]: image["probabilities"][image["folder"]] for image in report["images"]}
+    # How often a flipped face gets a lower probability for its folder than a correctly filed one: 0.5 is chance.
+    auc = np.mean([given[f] < given[p] for f in flipped for p in given if p not in flipped])
+    top = [s["path"] in flipped for s in report["suspects"] if s["kind"] == "wrong-folder"][:10]
+    assert auc >= 0.85 and sum(top) >= 4, (auc, top)
+
+
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="happysad.review: error: .* does not exist"):
+        review.main([str(tmp_path / "missing")])
+    for wrong in (["--folds", "1"], ["--weights", "none"], ["--cache", "somewhere"]):
+        with pytest.raises(SystemExit):
+            review.parse_args([str(tmp_path), *wrong])
+        assert "error:" in capsys.readouterr().err
