@@ -160,3 +160,20 @@ def test_resume_with_nothing_to_resume_is_a_clear_error_and_a_leftover_is_named(
                 "--logdir", str(tmp_path / "logs")])
     assert "holds the backup of an interrupted run; starting over" in capsys.readouterr().out
     assert not leftover.exists()
+
+
+def test_a_run_whose_first_epoch_was_best_is_flagged(capsys):
+    train.warn_if_nothing_learnt({"val_loss": [0.69, 0.70, 0.72]})
+    assert "the best validation loss was after the first epoch" in capsys.readouterr().out
+    train.warn_if_nothing_learnt({"val_loss": [0.69, 0.55, 0.60]})
+    assert capsys.readouterr().out == ""
+
+
+def test_the_closing_line_gives_each_class_recall_and_the_threshold():
+    from happysad import metrics
+
+    summary = metrics.summarize([0, 0, 0, 1, 1], np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4],
+                                                             [0.1, 0.9]]), ["happy", "sad"], threshold=0.35)
+    line = train.test_line(summary, ["happy", "sad"])
+    assert "recall per class: happy 0.667  sad 1.000" in line and "(threshold 0.35)" in line
+    assert "accuracy 0.800" in line
