@@ -47,7 +47,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections import defaultdict
@@ -59,7 +58,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from happysad import images, near_copies
+from happysad import files, images, near_copies
 from happysad.data import DataError, class_folders as subfolders
 from happysad.gpu import enable_memory_growth
 
@@ -298,23 +297,6 @@ def free_path(path: Path) -> Path:
     return candidate
 
 
-def write_atomically(path: Path, data: bytes):
-    """Write a hidden temp file beside path, then rename it into place: path never holds a partial file.
-
-    Only a killed run can leave the hidden temp file behind; training and this scan both ignore it.
-    """
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".happysad-tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:  # including Ctrl-C: the temp file is ours and holds nothing the user had
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def quarantine(data_dir: Path, found: Finding, manifest):
     """Write the readable copy (if any), then move the file into quarantine; records both in the manifest."""
     source = data_dir / found.path
@@ -329,7 +311,7 @@ def quarantine(data_dir: Path, found: Finding, manifest):
         "sha256": found.sha256, "converted": copy_path and copy_path.relative_to(data_dir).as_posix(),
         "converted_sha256": copy_data and hashlib.sha256(copy_data).hexdigest()})
     if copy_path:
-        write_atomically(copy_path, copy_data)
+        files.write_atomic(copy_path, copy_data)
         found.converted = copy_path.relative_to(data_dir).as_posix()
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(source, target)
@@ -363,10 +345,6 @@ def read_manifest(path: Path) -> list:
         except json.JSONDecodeError:
             print(f"happysad.clean: ignoring an unreadable manifest line: {line[:80]!r}", file=sys.stderr)
     return records
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def restore(data_dir, dry_run: bool = False) -> Restored:
@@ -405,7 +383,7 @@ def restore(data_dir, dry_run: bool = False) -> Restored:
             continue
         converted = record["converted"] and data_dir / record["converted"]
         if converted and converted.exists():
-            if sha256_of(back) == record["sha256"] and sha256_of(converted) == record["converted_sha256"]:
+            if files.sha256(back) == record["sha256"] and files.sha256(converted) == record["converted_sha256"]:
                 if not dry_run:
                     converted.unlink()
                 result.removed.append(record["converted"])
@@ -414,9 +392,7 @@ def restore(data_dir, dry_run: bool = False) -> Restored:
     if dry_run:
         return result
     if remaining:
-        temp = manifest.with_name(MANIFEST + ".tmp")
-        temp.write_text("".join(json.dumps(record) + "\n" for record in reversed(remaining)), encoding="utf-8")
-        os.replace(temp, manifest)
+        files.write_atomic(manifest, "".join(json.dumps(record) + "\n" for record in reversed(remaining)))
     else:
         manifest.unlink()
         for root, _, _ in sorted(os.walk(data_dir / QUARANTINE), key=lambda item: -len(item[0])):

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from happysad import classifier, gpu, record
+from happysad import classifier, files, gpu, record
 
 SUFFIXES = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite"}
 QUANTIZATIONS = ("none", "dynamic", "float16")
@@ -94,10 +94,10 @@ def write(network, fmt: str, quantize: str, path: Path) -> None:
 def sha256(path: Path) -> str:
     """A file's sha256; for a SavedModel folder, the sha256 of its files' relative paths and hashes."""
     if path.is_file():
-        return record.file_sha256(path)
+        return files.sha256(path)
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{record.file_sha256(file)}\n".encode())
+        digest.update(f"{file.relative_to(path).as_posix()}\0{files.sha256(file)}\n".encode())
     return digest.hexdigest()
 
 
@@ -162,7 +162,7 @@ def export(model_path, fmt: str, quantize: str = "none", out=None) -> dict:
             shutil.rmtree(tmp)
         tmp.unlink(missing_ok=True)
     copy = dataclasses.replace(network.record, model_file=out.name, model_sha256=sha256(out))
-    record.write_json_atomic(record.sidecar_path(out), copy.to_json())
+    files.write_atomic(record.sidecar_path(out), copy.to_json())
     return {"out": out, "record": copy, "difference": difference}
 
 

@@ -11,6 +11,7 @@ image size, the preprocessing and the view. Views are fixed augmentations comput
 (`VIEWS`), instead of random ones redrawn every epoch.
 """
 import hashlib
+import io
 import os
 import shutil
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from happysad import images
+from happysad import files
 
 # Stored views per image, by --views. "zoom" is the central 80 % of the picture, resized back up.
 VIEWS = {1: ("original",), 2: ("original", "flip"), 4: ("original", "flip", "zoom", "zoom-flip")}
@@ -40,20 +41,15 @@ def transform(batch: tf.Tensor, view: str) -> tf.Tensor:
 
 def content_hashes(paths) -> list:
     """sha256 of each file's bytes (read on every core): a moved or renamed file keeps its features."""
-    def digest(path):
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        return list(pool.map(digest, paths))
+        return list(pool.map(files.sha256, paths))
 
 
 def extractor_id(arch: str, weights: str, image_size: int, faces: bool) -> str:
     """What the vectors of one backbone depend on, apart from the image: a weights file counts by its bytes."""
     weights_id = weights
     if weights not in ("imagenet", "none") and Path(weights).is_file():
-        with open(weights, "rb") as handle:
-            weights_id = hashlib.file_digest(handle, "sha256").hexdigest()
+        weights_id = files.sha256(weights)
     text = f"{FORMAT}|{arch}|{weights_id}|{image_size}|{'faces' if faces else 'whole'}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -61,8 +57,8 @@ def extractor_id(arch: str, weights: str, image_size: int, faces: bool) -> str:
 class Store:
     """Feature vectors by (view, content hash): in this process's memory, and on disk when given a folder.
 
-    On disk: FOLDER/features-<extractor id>/<view>/<sha256>.npy, each written to a temporary name and
-    renamed, so a run killed mid-write leaves no half vector and concurrent runs can share a store.
+    On disk: FOLDER/features-<extractor id>/<view>/<sha256>.npy, each written atomically (happysad.files), so
+    a run killed mid-write leaves no half vector and concurrent runs can share a store.
     """
 
     def __init__(self, extractor: str, folder=None):
@@ -87,9 +83,9 @@ class Store:
         if self.folder is not None:
             path = self.folder / view / f"{digest}.npy"
             path.parent.mkdir(exist_ok=True)
-            temp = path.with_name(f".{digest}.{os.getpid()}.npy")
-            np.save(temp, vector)
-            os.replace(temp, path)
+            buffer = io.BytesIO()
+            np.save(buffer, vector)
+            files.write_atomic(path, buffer.getvalue(), durable=False)
 
 
 def prune(folder: Path, keep: str, max_age_days: float = MAX_AGE_DAYS) -> list:

@@ -6,12 +6,13 @@ each partition, the test metrics and the hyper-parameters. A copy of the record 
 TensorBoard folder as `record.json`, so every run can be listed and compared later.
 """
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from happysad import files
 
 # 2: near_copies and the per-epoch history. Version 1 records read as they are (those fields empty).
 FORMAT_VERSION = 2
@@ -82,29 +83,8 @@ def update(model_path, **changes) -> Record:
     saved = read(model_path)
     for name, value in changes.items():
         setattr(saved, name, value)
-    write_json_atomic(sidecar_path(model_path), saved.to_json())
+    files.write_atomic(sidecar_path(model_path), saved.to_json())
     return saved
-
-
-def write_json_atomic(path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save(model, model_path, record: Record) -> None:
@@ -130,8 +110,8 @@ def save(model, model_path, record: Record) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         record.model_file = model_path.name
-        record.model_sha256 = file_sha256(tmp)
+        record.model_sha256 = files.sha256(tmp)
         os.replace(tmp, model_path)
     finally:
         tmp.unlink(missing_ok=True)
-    write_json_atomic(sidecar_path(model_path), record.to_json())
+    files.write_atomic(sidecar_path(model_path), record.to_json())

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from happysad import data, distribute, features, gpu, images, metrics, model as models, record, reports, tensorboard
+from happysad.files import write_atomic
 
 # Command-line options that name files or tune speed rather than change what the model learns.
 NOT_HYPERPARAMETERS = {"model", "logdir", "run_name", "cache", "fractions", "checkpoint"}
@@ -215,7 +216,7 @@ def train(args) -> dict:
     if checkpoint:  # a record beside the checkpoint makes it usable by predict even if this run never ends
         provisional = record.Record(class_names, args.image_size, seed=args.seed, run_dir=str(run_dir))
         provisional.preprocessing["faces"] = args.faces
-        record.write_json_atomic(record.sidecar_path(checkpoint), provisional.to_json())
+        write_atomic(record.sidecar_path(checkpoint), provisional.to_json())
 
     # -- fit: the head on stored features or the whole CNN, then optional fine-tuning ---------------------
     started = time.time()
@@ -275,7 +276,7 @@ def train(args) -> dict:
         print(f"worker {setup.worker_index}: done; the chief saves the model and the logs")
         return {"record": run_record, "history": history.history, "run_dir": None}
     record.save(network, args.model, run_record)
-    record.write_json_atomic(run_dir / "record.json", run_record.to_json())
+    write_atomic(run_dir / "record.json", run_record.to_json())
     if backup:
         shutil.rmtree(backup.folder, ignore_errors=True)  # the run has ended: nothing left to resume
     print(f"saved {args.model} and {record.sidecar_path(args.model)}; run logs in {run_dir} "
@@ -308,7 +309,7 @@ def stored_features(args, network, parts) -> dict:
     extractor, _ = models.split_at_pool(network)
     store = features.store_for(args.cache, features.extractor_id(args.arch, args.weights, args.image_size,
                                                                  args.faces), data.DEFAULT_CACHE_DIR)
-    started, computed = time.time(), len(store.memory)
+    started = time.time()
     load = lambda path: images.load(path, args.image_size, args.faces)  # noqa: E731
     stored = {name: features.extract(extractor, parts[name].paths, store, load,
                                      features.VIEWS[args.views] if name == "train" else ("original",))
@@ -478,7 +479,7 @@ class ResumeState(keras.callbacks.Callback):
         state = {"run_dir": str(self.run_dir), "history": self.history, "epoch_seconds": self.timing.seconds,
                  "callbacks": [{name: json_number(getattr(callback, name)) for name in self.STATE[type(callback)]}
                                for callback in self.watched]}
-        record.write_json_atomic(self.backup.folder / "state.json", json.dumps(state))
+        write_atomic(self.backup.folder / "state.json", json.dumps(state))
 
 
 def json_number(value):

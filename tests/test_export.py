@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from happysad import classifier, export, predict, record
+from happysad import classifier, export, files, predict, record
 
 FLOAT_TOLERANCE = 1e-5
 QUANTIZED_TOLERANCE = 2e-2
@@ -53,7 +53,7 @@ def test_default_names_never_share_the_source_record(source, exports):
     sidecars = {record.sidecar_path(path) for path in exports.values()} | {record.sidecar_path(source)}
     assert len(sidecars) == len(exports) + 1 and all(path.exists() for path in sidecars)
     assert record.read(source).model_file == "happysad.h5"
-    assert record.read(source).model_sha256 == record.file_sha256(source)
+    assert record.read(source).model_sha256 == files.sha256(source)
 
 
 @pytest.mark.parametrize("tag", list(FORMATS))

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from happysad import classifier, data, features, images, model as models, record, sample, train
+from happysad import classifier, features, images, model as models, record, sample, train
 
 SIZE = 32
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"

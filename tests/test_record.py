@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from happysad import classifier, model as models, record
+from happysad import classifier, files, model as models, record
 
 
 def small_model(seed=0):
@@ -22,7 +22,7 @@ def test_h5_round_trip_gives_identical_predictions(tmp_path):
     np.testing.assert_array_equal(network.predict(images, verbose=0), loaded.predict(images, verbose=0))
     saved = json.loads((tmp_path / "m" / "happysad.json").read_text())
     assert saved["class_names"] == ["happy", "sad"]
-    assert saved["model_sha256"] == record.file_sha256(path)
+    assert saved["model_sha256"] == files.sha256(path)
     assert classifier.load(path).class_names == ["happy", "sad"]
 
 

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from happysad import classifier, data, record, sample, train
+from happysad.files import sha256
 
 
 def scalar_tags(folder):
@@ -43,7 +44,7 @@ def test_record_lists_the_exact_split(trained):
     test = saved.metrics["test"]
     assert test["count"] == len(saved.split["test"])
     assert np.sum(test["confusion_matrix"]) == test["count"]
-    assert saved.model_sha256 == record.file_sha256(trained["model"])
+    assert saved.model_sha256 == sha256(trained["model"])
     run_copy = json.loads((trained["run_dir"] / "record.json").read_text())
     assert run_copy["split"] == saved.split
 

@@ -1,0 +1,35 @@
+"""Writing a file so that no reader ever sees half of it, and a file's sha256: one implementation each.
+
+Every file happysad writes over something a user relies on (a model's record, clean's manifest and converted
+copies, stored features) goes through write_atomic: the bytes go to a hidden temporary file beside the target
+(same filesystem, so the rename is atomic), reach the disk (fsync), and only then replace the target. A crash
+at any moment leaves the old file or the new one, never a mix. Hidden, because training and clean skip names
+starting with "." should a killed run leave the temporary file behind.
+"""
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path, content, durable: bool = True) -> None:
+    """Write bytes or text to path atomically; durable=False skips the fsync (for caches: a lost file is
+    recomputed, so only atomicity matters there)."""
+    path = Path(path)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(content.encode() if isinstance(content, str) else content)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:  # including Ctrl-C: the temporary file is ours and holds nothing the user had
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def sha256(path) -> str:
+    """The sha256 of a file's bytes, read in blocks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
