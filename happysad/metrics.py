@@ -126,12 +126,24 @@ def best_threshold(sweep: list, key: str = "macro_f1") -> float:
     return winners[len(winners) // 2]
 
 
+def wilson_interval(successes: int, count: int, z: float = 1.96) -> tuple:
+    """The Wilson score interval (95 % by default) of a proportion: how far the accuracy measured on `count`
+    test images may be from the accuracy on all pictures like them. Stays inside [0, 1] even at 0 or 1."""
+    if count == 0:
+        return (0.0, 1.0)
+    p = successes / count
+    centre = (p + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * np.sqrt(p * (1 - p) / count + z * z / (4 * count * count)) / (1 + z * z / count)
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
 def summarize(y_true, probabilities, class_names, threshold: float = 0.5) -> dict:
     """Accuracy, per-class and macro precision / recall / F1, per-class accuracy, confusion matrix (counts
     and normalised by true class) and log loss; for two classes also ROC-AUC and PR-AUC (average precision)
     of the second class, whose probability the model's sigmoid outputs.
 
-    Per-class accuracy is the share of that class's images labelled correctly (equal to its recall).
+    Per-class accuracy is the share of that class's images labelled correctly (equal to its recall);
+    accuracy_interval is its 95 % Wilson interval.
     """
     y_true = np.asarray(y_true, dtype=int)
     probabilities = np.asarray(probabilities, dtype=float)
@@ -147,6 +159,7 @@ def summarize(y_true, probabilities, class_names, threshold: float = 0.5) -> dic
     summary = {
         "count": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
+        "accuracy_interval": wilson_interval(int((y_pred == y_true).sum()), len(y_true)),
         "precision": float(precision.mean()),
         "recall": float(recall.mean()),
         "f1": float(f1.mean()),

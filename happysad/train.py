@@ -378,8 +378,9 @@ def choose_threshold(setting, labels, probabilities) -> float:
 def test_line(summary: dict, class_names) -> str:
     recalls = "  ".join(f"{name} {summary['per_class'][name]['recall']:.3f}" for name in class_names)
     threshold = f"  (threshold {summary['threshold']:.2f})" if "threshold" in summary else ""
-    return (f"test ({summary['count']} images never used in training): accuracy {summary['accuracy']:.3f}  "
-            f"f1 {summary['f1']:.3f}  recall per class: {recalls}{threshold}")
+    low, high = summary["accuracy_interval"]
+    return (f"test ({summary['count']} images never used in training): accuracy {summary['accuracy']:.3f} "
+            f"(95% interval {low:.2f}-{high:.2f})  f1 {summary['f1']:.3f}  recall per class: {recalls}{threshold}")
 
 
 def near_copy_lists(files: data.Files, groups: list, data_dir) -> list:
