@@ -66,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="continue the run of this same command that was killed, from its last finished "
                              "epoch (its backup lives beside --model until the run ends)")
     parser.add_argument("--checkpoint", action="store_true",
-                        help="also save the best epoch so far to the run folder as it trains (checkpoint.h5)")
+                        help="also save the best epoch so far to the run folder as it trains (checkpoint.h5; fits on images: "
+                             "the CNN and fine-tuning)")
     parser.add_argument("--faces", action="store_true",
                         help="crop each image to its largest face (OpenCV), the whole image when none is found")
     parser.add_argument("--model", default="models/happysad.h5", help="where to save the model (.h5)")
@@ -206,13 +207,15 @@ def train(args) -> dict:
                            matrix_every_epoch=False)
     checkpoint = run_dir / f"checkpoint{Path(args.model).suffix}" if args.checkpoint and setup.is_chief else None
     callbacks = [*stopping_callbacks(args), timing, *summaries]
-    # Fits on images (the CNN, fine-tuning) take minutes an epoch and can be resumed; a head on stored
-    # features trains again in seconds, the same way for the same seed.
-    image_callbacks = callbacks if not backup else [
-        keras.callbacks.BackupAndRestore(str(backup.folder / "keras")), *callbacks,
-        ResumeState(backup, run_dir, callbacks, timing)]
+    # Fits on images (the CNN, fine-tuning) take minutes an epoch: they checkpoint and can be resumed. A head
+    # on stored features trains again in seconds, the same way for the same seed (and is not a whole model).
+    image_callbacks = list(callbacks)
     if checkpoint:
-        callbacks.insert(0, keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True))
+        image_callbacks.insert(0, keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss",
+                                                                  save_best_only=True))
+    if backup:
+        image_callbacks = [keras.callbacks.BackupAndRestore(str(backup.folder / "keras")), *image_callbacks,
+                           ResumeState(backup, run_dir, image_callbacks, timing)]
     if checkpoint:  # a record beside the checkpoint makes it usable by predict even if this run never ends
         provisional = record.Record(class_names, args.image_size, seed=args.seed, run_dir=str(run_dir))
         provisional.preprocessing["faces"] = args.faces

@@ -217,6 +217,28 @@ def test_imagenet_features_rank_flipped_faces_near_the_top(tmp_path):
     assert auc >= 0.85 and sum(top) >= 4, (auc, top)
 
 
+@pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5").exists(),
+                    reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
+def test_imagenet_features_find_noise_and_text_in_a_face_folder(tmp_path):
+    import cv2
+
+    folder = tmp_path / "data"
+    sample.make_dataset(folder, per_class=40, size=128, seed=6)
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), np.uint8)
+    cv2.imwrite(str(folder / "happy" / "noise.png"), noise)
+    text = np.full((128, 128, 3), 255, np.uint8)
+    for row, line in enumerate(("QUARTERLY", "REPORT 2026", "page 3 of 12")):
+        cv2.putText(text, line, (4, 40 + 30 * row), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.imwrite(str(folder / "sad" / "notes.png"), text)
+    report = review.review(review.parse_args([
+        str(folder), "--arch", "mobilenet025", "--image-size", "128", "--cache", "memory",
+        "--weights", str(SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5"),
+        "--html", str(tmp_path / "r.html"), "--png", str(tmp_path / "r.png")]))
+    far = {s["path"] for s in report["suspects"] if s["kind"] == "no-class" and s["far"]}
+    assert {"happy/noise.png", "sad/notes.png"} <= far, report["suspects"]
+    assert len(far) <= 4  # the faces themselves are not far
+
+
 def test_command_line_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit, match="happysad.review: error: .* does not exist"):
         review.main([str(tmp_path / "missing")])
