@@ -99,6 +99,7 @@ class Summary:
     findings: list
     seconds: float
     near_copies: list = field(default_factory=list)  # groups of same-class near copies left in place: [[path]]
+    hidden: list = field(default_factory=list)  # hidden files and folders skipped, as training skips them
 
 
 @dataclass
@@ -116,18 +117,21 @@ def class_folders(data_dir) -> list:
     return classes
 
 
-def list_files(data_dir) -> dict:
-    """{class: [relative paths]} of every non-hidden file under each class folder, recursively, sorted."""
+def list_files(data_dir) -> tuple:
+    """({class: [relative paths]} of every non-hidden file under each class folder, recursively, sorted;
+    the hidden files and folders passed over, like .DS_Store: training skips them too)."""
     data_dir = Path(data_dir)
-    files = {}
+    files, hidden = {}, []
     for label in class_folders(data_dir):
         found = []
         for root, dirs, names in os.walk(data_dir / label):
+            hidden += [Path(root, name).relative_to(data_dir).as_posix()
+                       for name in sorted(dirs) + sorted(names) if name.startswith(".")]
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             found += [Path(root, name).relative_to(data_dir).as_posix()
                       for name in names if not name.startswith(".")]
         files[label] = sorted(found)
-    return files
+    return files, hidden
 
 
 def sniff(data: bytes):
@@ -322,7 +326,7 @@ def clean(data_dir, min_size: int = 32, dry_run: bool = False, progress: bool = 
     """Scan DATA_DIR and, unless dry_run, quarantine every finding (writing readable copies first)."""
     started = time.perf_counter()
     data_dir = Path(data_dir)
-    listing = list_files(data_dir)
+    listing, hidden = list_files(data_dir)
     files = {label: len(paths) for label, paths in listing.items()}
     findings, near = scan(data_dir, listing, min_size, progress)
     if findings and not dry_run:
@@ -333,7 +337,7 @@ def clean(data_dir, min_size: int = 32, dry_run: bool = False, progress: bool = 
                 manifest.write("\n")  # end a line torn by a killed run, so it cannot swallow the next record
             for found in findings:
                 quarantine(data_dir, found, manifest)
-    return Summary(str(data_dir), dry_run, min_size, files, findings, time.perf_counter() - started, near)
+    return Summary(str(data_dir), dry_run, min_size, files, findings, time.perf_counter() - started, near, hidden)
 
 
 def read_manifest(path: Path) -> list:
@@ -435,6 +439,9 @@ def report(summary: Summary) -> str:
     moved = len(summary.findings)
     rate = total / max(summary.seconds, 1e-9)
     lines.append(f"checked {total} files in {summary.seconds:.1f} s ({rate:.0f} files/s)")
+    if summary.hidden:
+        lines.append(f"skipped {len(summary.hidden)} hidden file(s) or folder(s) (e.g. {summary.hidden[0]}): "
+                     "names starting with '.' are not images to training either")
     quarantine_dir = Path(summary.data_dir) / QUARANTINE
     if not moved:
         lines.append("nothing to clean")
@@ -451,7 +458,7 @@ def as_json(summary: Summary) -> dict:
     return {"data_dir": summary.data_dir, "quarantine": str(Path(summary.data_dir) / QUARANTINE),
             "dry_run": summary.dry_run, "min_size": summary.min_size, "seconds": round(summary.seconds, 3),
             "classes": table, "totals": totals, "findings": [asdict(found) for found in summary.findings],
-            "near_copies": summary.near_copies}
+            "near_copies": summary.near_copies, "hidden": summary.hidden}
 
 
 def main(argv=None):

@@ -273,3 +273,16 @@ def test_cli_error_from_the_shell_has_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if "happysad" in line] == [
         f"happysad.clean: error: data folder {tmp_path / 'missing'} does not exist"]
+
+
+def test_hidden_files_are_skipped_left_alone_and_reported(tmp_path, capsys):
+    data = tmp_path / "data"
+    sample.make_dataset(data, per_class=3, size=48, seed=2)
+    (data / "happy" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (data / "sad" / ".thumbnails").mkdir()
+    (data / "sad" / ".thumbnails" / "x.jpg").write_bytes(b"not an image")
+    before = tree(data)
+    clean.main([str(data)])
+    out = capsys.readouterr().out
+    assert "skipped 2 hidden file(s) or folder(s) (e.g. happy/.DS_Store)" in out and "nothing to clean" in out
+    assert tree(data) == before
