@@ -1,7 +1,15 @@
 """Shared fixtures: tiny generated datasets and one small trained model, built once per test session."""
+from pathlib import Path
+
+import keras
+import numpy as np
 import pytest
 
 from happysad import sample, train
+
+# ImageNet weights that load without a network, beside the project root where the project's machines have them
+# (never in a user's clone: tests that need them skip and say why).
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 
 SMALL_IMAGE = 48
 # The design card's plain network and schedule (train's defaults add augmentation, dropout and early
@@ -27,3 +35,22 @@ def trained(tmp_path_factory, faces_dir):
                 "--batch-size", "16", "--model", str(model_path), "--logdir", str(root / "logs"),
                 "--run-name", "fixture", "--seed", "3"])
     return {"model": model_path, "logdir": root / "logs", "data": faces_dir, "run_dir": root / "logs" / "fixture"}
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory):
+    """A stand-in for a backbone's ImageNet weights file: MobileNet (width 0.25, 32 px) with random weights whose
+    BatchNorm statistics are those of random pictures. Without them the activations shrink layer by layer to
+    ~1e-18, every image gets the same features, and tests of the stored-features path would hold for a model
+    that ignores its input."""
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_025_notop.weights.h5"
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(32, 32, 3))
+    batch = np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            inputs = keras.Model(base.input, layer.input)(batch).numpy()
+            gamma, beta, _, _ = layer.get_weights()
+            layer.set_weights([gamma, beta, inputs.mean(axis=(0, 1, 2)), inputs.var(axis=(0, 1, 2))])
+    base.save_weights(path)
+    return path

@@ -6,14 +6,13 @@ Real ImageNet weights from ../shared/weights are used where that folder is prese
 """
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
+from conftest import SHARED_WEIGHTS
 
 from happysad import classifier, features, images, model as models, record, sample, train
 
 SIZE = 32
-SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 
 
 @pytest.fixture(scope="module")
@@ -21,24 +20,6 @@ def small_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("features") / "data"
     sample.make_dataset(folder, per_class=24, size=SIZE, seed=11)
     return folder
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    """Random MobileNet weights whose BatchNorm statistics are those of random pictures: without them the
-    activations shrink layer by layer to ~1e-18, every image gets the same features and the tests below
-    would hold for a model that ignores its input."""
-    path = tmp_path_factory.mktemp("weights") / "mobilenet_025_notop.weights.h5"
-    keras.utils.set_random_seed(0)
-    base = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
-    batch = np.random.default_rng(0).uniform(-1, 1, (16, SIZE, SIZE, 3)).astype(np.float32)
-    for layer in base.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            inputs = keras.Model(base.input, layer.input)(batch).numpy()
-            gamma, beta, _, _ = layer.get_weights()
-            layer.set_weights([gamma, beta, inputs.mean(axis=(0, 1, 2)), inputs.var(axis=(0, 1, 2))])
-    base.save_weights(path)
-    return path
 
 
 def run(folder, weights, out, *extra):

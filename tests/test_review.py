@@ -12,32 +12,14 @@ import json
 import re
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
+from conftest import SHARED_WEIGHTS
 
 from happysad import clean, features, review, sample
 
 SIZE = 32
-SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
 FAST = ["--folds", "3", "--epochs", "20", "--learning-rate", "0.01"]
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    """Random MobileNet 0.25 weights with BatchNorm statistics of random pictures (see test_features: without
-    them every image gets the same features)."""
-    path = tmp_path_factory.mktemp("weights") / "mobilenet_025_notop.weights.h5"
-    keras.utils.set_random_seed(0)
-    base = keras.applications.MobileNet(alpha=0.25, include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
-    batch = np.random.default_rng(0).uniform(-1, 1, (16, SIZE, SIZE, 3)).astype(np.float32)
-    for layer in base.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            inputs = keras.Model(base.input, layer.input)(batch).numpy()
-            gamma, beta, _, _ = layer.get_weights()
-            layer.set_weights([gamma, beta, inputs.mean(axis=(0, 1, 2)), inputs.var(axis=(0, 1, 2))])
-    base.save_weights(path)
-    return path
 
 
 def clusters(labels, seed=0, dim=64):
