@@ -89,11 +89,20 @@ def main(argv=None) -> None:
         elif top:
             print(f"{path}: " + ", ".join(f"{entry['name']} {entry['probability']:.2f}" for entry in top))
         else:
-            print(f"{path}: {names.get(prediction.label, prediction.label)} (p={prediction.probability:.2f})")
+            print(f"{path}: {names.get(prediction.label, prediction.label)} (p={prediction.probability:.2f}"
+                  f"{threshold_note(model, prediction, names)})")
     for path, reason in failed:
         print(f"happysad.predict: error: {path}: {reason}", file=sys.stderr)
     if failed:
         sys.exit(1)
+
+
+def threshold_note(model, prediction, names) -> str:
+    """Why a two-class label can come with p < 0.5: the other class needs the record's threshold to win."""
+    if not model.record.binary or prediction.probability >= 0.5:
+        return ""
+    other = model.class_names[1]
+    return f"; {names.get(other, other)} needs p >= {model.record.threshold:.2f}"
 
 
 if __name__ == "__main__":

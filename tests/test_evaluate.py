@@ -178,6 +178,8 @@ def test_threshold_is_chosen_on_validation_and_predict_uses_it(forced, tmp_path,
     assert report["threshold"] == stored.threshold and report["stored_threshold"]["validation_images"] == 4
     assert stored.class_names == ["happy", "sad"] and stored.split == record.read(forced["model"]).split
     assert predicted_label() == "happy"
+    predict.main([str(probe), "--model", str(model_path)])  # happy with p(happy) = 0.4: the line says why
+    assert capsys.readouterr().out.strip().endswith(f"happy (p=0.40; sad needs p >= {stored.threshold:.2f})")
 
     run_json(capsys, ["--model", str(model_path), "--store-threshold", "0.3", "--out", str(tmp_path / "r"),
                       "--no-tensorboard"])
