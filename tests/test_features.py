@@ -136,3 +136,16 @@ def test_recipe_fills_only_what_the_user_did_not_set():
     args = train.parse_args(["--arch", "mobilenet", "--image-size", "160", "--dropout", "0"])
     assert args.image_size == 160 and args.dropout == 0
     assert train.parse_args([]).image_size == models.RECIPES["cnn"].image_size
+
+
+def test_three_classes_train_a_softmax_head_on_stored_features(weights_file, tmp_path):
+    folder = tmp_path / "data"
+    sample.make_dataset(folder, per_class=12, size=SIZE, seed=2, classes=("happy", "sad", "neutral"))
+    saved = run(folder, weights_file, tmp_path / "three")["record"]
+    assert saved.class_names == ["happy", "neutral", "sad"] and saved.threshold == 0.5  # arg-max: no threshold
+    model = classifier.load(tmp_path / "three" / "m.h5")
+    pixels = np.stack([model.load_image(folder / p) for p in saved.split["test"]])
+    probabilities = model.probabilities(pixels)
+    assert probabilities.shape == (len(saved.split["test"]), 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert saved.metrics["test"]["count"] == len(saved.split["test"])
