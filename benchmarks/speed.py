@@ -208,7 +208,7 @@ def happysad_train(options) -> dict:
     """happysad's pipeline and model exactly as train.py builds them (without its TensorBoard callbacks)."""
     import keras
 
-    from happysad import data, model as models, record
+    from happysad import cache, data, model as models, record
 
     keras.utils.set_random_seed(1337)
     size, batch = options["image_size"], options["batch_size"]
@@ -216,7 +216,7 @@ def happysad_train(options) -> dict:
     files, _ = data.list_images(options["data"], class_names)
     parts = data.split(files)
     binary = models.is_binary(len(class_names))
-    caches = data.choose_caches(options["cache"], parts, size, "v1", folder=options["cache_dir"])
+    caches = cache.choose_caches(options["cache"], parts, size, "v1", folder=options["cache_dir"])
     datasets = {name: data.make_dataset(parts[name], size, batch, binary=binary, cache=caches[name],
                                         shuffle_seed=1337 if name == "train" else None)
                 for name in ("train", "validation")}

@@ -11,9 +11,7 @@ three partitions disjoint and identical on every epoch and every run, and lets t
 The files are found the way `image_dataset_from_directory` finds them: every non-hidden subfolder is a class
 (sorted by name; the label is the index), searched recursively for the extensions it reads.
 """
-import hashlib
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from happysad import images, near_copies
+from happysad.cache import image_bytes
 
 PARTITIONS = ("train", "validation", "test")
-DEFAULT_CACHE_DIR = ".cache/happysad"
-# A disk cache nobody has used for this long is removed when a run opens the folder: every change of data,
-# image size or preprocessing makes a new cache, and the old ones would otherwise fill the disk.
-CACHE_MAX_AGE_DAYS = 14
 # Shuffle buffer of a disk-cached partition (a memory-cached one shuffles all of it at no extra cost).
 SHUFFLE_BUFFER_BYTES = 1024**3
 
@@ -165,140 +160,12 @@ def relative(files: Files, data_dir) -> list:
     return [Path(os.path.relpath(p, data_dir)).as_posix() for p in files.paths]
 
 
-def cache_key(files: Files, image_size: int, preprocessing: str = "") -> str:
-    """Changes whenever the images, their size on disk, the image size or the preprocessing change."""
-    digest = hashlib.sha256(f"{image_size}|{preprocessing}".encode())
-    for path, label in zip(files.paths, files.labels):
-        stat = os.stat(path)
-        digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def image_bytes(image_size: int) -> int:
-    """Memory of one decoded image: float32 RGB."""
-    return image_size * image_size * 3 * 4
-
-
-def decoded_bytes(files: Files, image_size: int) -> int:
-    return len(files) * image_bytes(image_size)
-
-
-def available_memory() -> int:
-    """Bytes of RAM that new allocations can get now (Linux MemAvailable, counting reclaimable page cache)."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError):
-        return 4 * 1024**3
-
-
-def memory_cache_budget() -> int:
-    """Half the available RAM: the rest is for TensorFlow, the model, prefetched batches and everyone else."""
-    return available_memory() // 2
-
-
-def choose_caches(setting: str, partitions: dict, image_size: int, preprocessing: str, budget: int = None,
-                  folder=DEFAULT_CACHE_DIR) -> dict:
-    """How each partition keeps its decoded images between epochs: "memory", a disk cache prefix, or None.
-
-    setting: "auto", "memory", "disk", "disk:PATH" or "none". auto keeps every partition in memory when all
-    of them together fit in `budget` (default: half the available RAM), else on disk, so a dataset larger
-    than memory trains instead of crashing. The test partition is read once and is never cached.
-    """
-    if setting not in ("auto", "memory", "disk", "none") and not setting.startswith("disk:"):
-        raise DataError(f"--cache must be auto, memory, disk[:PATH] or none, got {setting!r}")
-    cached = {name: files for name, files in partitions.items() if name != "test"}
-    if setting == "auto":
-        total = sum(decoded_bytes(files, image_size) for files in cached.values())
-        setting = "memory" if total <= (memory_cache_budget() if budget is None else budget) else "disk"
-    caches = {name: None for name in partitions}
-    for name, files in cached.items():
-        if setting == "memory":
-            caches[name] = "memory"
-        elif setting.startswith("disk"):
-            caches[name] = disk_cache(Path(setting[5:] or folder), cache_key(files, image_size, preprocessing))
-    return caches
-
-
-_LOCKS = {}
-
-
-def disk_cache(folder, key: str):
-    """A tf.data cache file prefix in `folder` for `key`, safe against crashed and concurrent runs; or None.
-
-    tf.data writes <prefix>_0.lockfile and temporary data files while it fills a cache, and <prefix>.index
-    once complete. A run that died mid-write leaves the lockfile behind, and every later run would fail with
-    "There appears to be a concurrent caching iterator running". So a run that will write a cache holds an
-    exclusive flock on <prefix>.lock for as long as it lives (the OS drops it when the process dies, however
-    it dies): whoever gets the lock of an incomplete cache knows its leftovers are from a dead run and
-    removes them. If another live run holds it (it is writing that cache right now), returns None: this run
-    decodes every epoch instead of waiting. A complete cache is read without a lock, by any number of runs.
-    """
-    import fcntl
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    prefix = folder / f"images-{key}"
-    prune_disk_caches(folder, keep=prefix.name)
-    index = Path(f"{prefix}.index")
-    if index.exists():
-        os.utime(index)  # a use: the age prune_disk_caches goes by
-        return str(prefix)
-    if str(prefix) not in _LOCKS:
-        lock = open(f"{prefix}.lock", "w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.close()
-            print(f"note: another training run is writing the cache {prefix}; not caching this run")
-            return None
-        _LOCKS[str(prefix)] = lock
-    for leftover in [*folder.glob(f"{prefix.name}_*"), *folder.glob(f"{prefix.name}.data-*")]:
-        leftover.unlink(missing_ok=True)
-    return str(prefix)
-
-
-def prune_disk_caches(folder, keep: str = "", max_age_days: float = CACHE_MAX_AGE_DAYS) -> list:
-    """Remove the caches in `folder` last used more than max_age_days ago (all their files); returns their names.
-
-    A cache's age is its index file's time, renewed on every use (see disk_cache); an incomplete cache, its
-    lock file's. A cache whose lock a live run holds is being written and is left alone, as is `keep`.
-    """
-    import fcntl
-
-    cutoff = time.time() - max_age_days * 86400
-    removed = []
-    for marker in sorted([*Path(folder).glob("images-*.index"), *Path(folder).glob("images-*.lock")]):
-        name = marker.name.rsplit(".", 1)[0]
-        if name == keep or name in removed or not marker.exists() or marker.stat().st_mtime > cutoff:
-            continue
-        if Path(folder, f"{name}.index").exists() and marker.suffix == ".lock":
-            continue  # a complete cache: its index's age decides
-        if str(Path(folder, name)) in _LOCKS:  # this process is writing it
-            continue
-        with open(Path(folder, f"{name}.lock"), "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a live run is writing it
-            for path in Path(folder).glob(f"{name}[._]*"):
-                path.unlink(missing_ok=True)
-        removed.append(name)
-    return removed
-
-
 def make_dataset(files: Files, image_size: int, batch_size: int, *, binary: bool, shuffle_seed=None,
                  cache=None, faces: bool = False, drop_remainder: bool = False) -> tf.data.Dataset:
     """(image, label) batches for one partition.
 
     cache: None (decode every epoch), "memory", or a file path prefix for tf.data's on-disk cache (see
-    choose_caches). Memory use: the whole partition for "memory", SHUFFLE_BUFFER_BYTES for a disk cache,
+    happysad.cache.choose_caches). Memory use: the whole partition for "memory", SHUFFLE_BUFFER_BYTES for a disk cache,
     a few batches for None.
     shuffle_seed: shuffle every epoch (training); None keeps the file order (validation, test).
     faces: crop the largest face first (see happysad.images); the cache then holds the crops.

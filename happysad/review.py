@@ -51,7 +51,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from happysad import clean, data, features, gpu, images, model as models, reports
+from happysad import cache, clean, data, features, gpu, images, model as models, reports
 
 # A prediction this close to 1/classes (as a share of the way from 1/classes to 1) is near chance: 0.525 for
 # two classes, 0.37 for three. Such an image is as much one class as the other.
@@ -107,7 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, help="images are resized to N×N (default: the --arch recipe's)")
     parser.add_argument("--cache", default="auto",
                         help="where backbone features are stored: auto or disk (the store train uses, "
-                             f"{data.DEFAULT_CACHE_DIR}), disk:PATH, or memory / none (this run only)")
+                             f"{cache.DEFAULT_CACHE_DIR}), disk:PATH, or memory / none (this run only)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--seed", type=int, default=1337, help="same seed and data: same folds and heads")
     parser.add_argument("--epochs", type=int, default=HeadSettings.epochs, help="epochs of each fold's head")
@@ -273,7 +273,7 @@ def image_features(args, files: data.Files, digests: list) -> tuple:
     The backbone is built only when some image is missing from the store.
     """
     store = features.store_for(args.cache, features.extractor_id(args.arch, args.weights, args.image_size, False),
-                               data.DEFAULT_CACHE_DIR)
+                               cache.DEFAULT_CACHE_DIR)
     missing = sum(store.get("original", digest) is None for digest in digests)
     extractor = None
     if missing:

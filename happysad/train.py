@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from happysad import data, distribute, features, gpu, images, metrics, model as models, record, reports, tensorboard
+from happysad import cache, data, distribute, features, gpu, images, metrics, model as models, record, reports, tensorboard
 from happysad.files import write_atomic
 
 # Command-line options that name files or tune speed rather than change what the model learns.
@@ -76,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cache", default="auto",
                         help="decoded-image and backbone-feature cache: auto (features on disk; images in memory "
                              "if they fit in half the free RAM, else on disk), memory, "
-                             f"disk[:PATH] (default PATH {data.DEFAULT_CACHE_DIR}) or none")
+                             f"disk[:PATH] (default PATH {cache.DEFAULT_CACHE_DIR}) or none")
     parser.add_argument("--strategy", default="auto", choices=distribute.STRATEGIES,
                         help="auto: every GPU of this machine when it has several; multiworker: the machines in "
                              "TF_CONFIG (--batch-size is per replica)")
@@ -98,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--patience and --fine-tune must not be negative")
     if args.fine_tune and (args.arch == "cnn" or args.weights == "none"):
         parser.error("--fine-tune needs a backbone (--arch) with pretrained --weights (imagenet or a file)")
+    if args.cache not in ("auto", "memory", "disk", "none") and not args.cache.startswith("disk:"):
+        parser.error(f"--cache must be auto, memory, disk[:PATH] or none, got {args.cache!r}")
     if args.resume and args.strategy == "multiworker":
         parser.error("--resume works on one machine (one or several GPUs), not with --strategy multiworker")
     if args.threshold != "auto":
@@ -292,7 +294,7 @@ def image_datasets(args, setup, parts, binary) -> dict:
     # Each worker trains on its own share of the training files; all of them validate and test on all.
     train_files = distribute.shard(parts["train"], setup)
     preprocessing = "v1-faces" if args.faces else "v1"
-    caches = data.choose_caches(args.cache, {**parts, "train": train_files}, args.image_size, preprocessing)
+    caches = cache.choose_caches(args.cache, {**parts, "train": train_files}, args.image_size, preprocessing)
     global_batch = setup.global_batch(args.batch_size)
     datasets = {
         name: data.make_dataset(parts[name], args.image_size, global_batch, binary=binary, cache=caches[name],
@@ -311,7 +313,7 @@ def stored_features(args, network, parts) -> dict:
     others. Read from the feature store where a run has computed them before."""
     extractor, _ = models.split_at_pool(network)
     store = features.store_for(args.cache, features.extractor_id(args.arch, args.weights, args.image_size,
-                                                                 args.faces), data.DEFAULT_CACHE_DIR)
+                                                                 args.faces), cache.DEFAULT_CACHE_DIR)
     started = time.time()
     load = lambda path: images.load(path, args.image_size, args.faces)  # noqa: E731
     stored = {name: features.extract(extractor, parts[name].paths, store, load,
