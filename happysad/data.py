@@ -43,6 +43,15 @@ class Files:
     def count_per_class(self, num_classes: int) -> list:
         return np.bincount(np.asarray(self.labels, dtype=int), minlength=num_classes).tolist()
 
+    def shard(self, index: int, count: int) -> "Files":
+        """Share `index` of `count` (a worker's, when several machines train): strided, so every file goes to
+        one share and classes stay mixed, and all shares have the same size (short ones repeat a file)."""
+        if count == 1:
+            return self
+        size = -(-len(self) // count)
+        paths, labels = self.paths[index::count], self.labels[index::count]
+        return Files(paths + paths[:size - len(paths)], labels + labels[:size - len(labels)])
+
 
 def class_folders(data_dir) -> list:
     """Every non-hidden subfolder of data_dir, sorted: the classes, as the cleaner and the loader see them."""

@@ -9,7 +9,7 @@
 
 --batch-size is per replica: a step trains on batch × replicas images (the global batch), so the same flag
 means the same work per device on one GPU or sixteen. On several machines each worker decodes only its own
-share of the training files (a strided slice, not tf.data auto-sharding, which would make every worker decode
+share of the training files (data.Files.shard: a strided slice, not tf.data auto-sharding, which would make every worker decode
 every image and throw most away); validation and test images are held by every worker (callbacks predict on
 them) and evaluated a share each.
 
@@ -36,7 +36,6 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from happysad import data
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 
@@ -145,18 +144,7 @@ def set_precision(mixed: bool) -> str:
     return "mixed_float16"
 
 
-def shard(files: data.Files, setup: Setup) -> data.Files:
-    """This worker's strided share of a partition: every file goes to one worker, classes stay mixed, and all
-    shares have the same size (the short ones repeat their first file)."""
-    if setup.num_workers == 1:
-        return files
-    size = -(-len(files) // setup.num_workers)
-    paths = files.paths[setup.worker_index::setup.num_workers]
-    labels = files.labels[setup.worker_index::setup.num_workers]
-    return data.Files(paths + paths[:size - len(paths)], labels + labels[:size - len(labels)])
-
-
-def distribute(setup: Setup, per_replica_batch: int, images: int, make_dataset):
+def training_input(setup: Setup, per_replica_batch: int, images: int, make_dataset):
     """The training input for `fit`. make_dataset(batch_size, drop_remainder) builds this worker's batched
     tf.data pipeline over its `images` training images.
 

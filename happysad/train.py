@@ -292,7 +292,7 @@ def train(args) -> dict:
 def image_datasets(args, setup, parts, binary) -> dict:
     """tf.data pipelines of decoded images: validation and test whole, training sharded over the workers."""
     # Each worker trains on its own share of the training files; all of them validate and test on all.
-    train_files = distribute.shard(parts["train"], setup)
+    train_files = parts["train"].shard(setup.worker_index, setup.num_workers)
     preprocessing = "v1-faces" if args.faces else "v1"
     caches = cache.choose_caches(args.cache, {**parts, "train": train_files}, args.image_size, preprocessing)
     global_batch = setup.global_batch(args.batch_size)
@@ -301,7 +301,7 @@ def image_datasets(args, setup, parts, binary) -> dict:
                                 faces=args.faces)
         for name in ("validation", "test")
     }
-    datasets["train"] = distribute.distribute(
+    datasets["train"] = distribute.training_input(
         setup, args.batch_size, len(train_files), lambda batch_size, drop_remainder: data.make_dataset(
             train_files, args.image_size, batch_size, binary=binary, shuffle_seed=args.seed,
             cache=caches["train"], faces=args.faces, drop_remainder=drop_remainder))

@@ -73,7 +73,7 @@ class FakeStrategy:
 
 def test_shards_cover_every_file_with_both_classes_and_equal_sizes():
     files = data.Files([f"{c}/{i}.jpg" for c in ("happy", "sad") for i in range(7)], [0] * 7 + [1] * 7)
-    shards = [distribute.shard(files, distribute.Setup(None, "multiworker", i == 0, i, 3)) for i in range(3)]
+    shards = [files.shard(i, 3) for i in range(3)]
     assert [len(s) for s in shards] == [5, 5, 5]  # 14 files: 5, 5 and 4 plus one repeated
     distinct = [set(s.paths) for s in shards]
     assert sorted(p for d in distinct for p in d) == sorted(files.paths)
@@ -93,13 +93,13 @@ def test_batches_are_per_replica_and_full_when_there_are_several_replicas():
     one = distribute.Setup(FakeStrategy(1), "default")
     mirrored = distribute.Setup(FakeStrategy(4), "mirrored")
     workers = distribute.Setup(FakeStrategy(4), "multiworker", True, 0, 2)  # two machines, two GPUs each
-    distribute.distribute(one, 16, 100, make_dataset)
-    distribute.distribute(mirrored, 16, 100, make_dataset)
-    per_replica = distribute.distribute(workers, 16, 100, make_dataset)
+    distribute.training_input(one, 16, 100, make_dataset)
+    distribute.training_input(mirrored, 16, 100, make_dataset)
+    per_replica = distribute.training_input(workers, 16, 100, make_dataset)
     assert asked == [(16, False), (64, True), (32, True)]
     assert [len(batch) for batch in per_replica] == [16] * 6  # 100 images: 3 full batches of 2×16, cut in two
     with pytest.raises(distribute.DistributeError, match="fewer than one full batch"):
-        distribute.distribute(mirrored, 16, 63, make_dataset)
+        distribute.training_input(mirrored, 16, 63, make_dataset)
 
 
 def test_clear_errors_for_multiworker_without_tf_config_and_cpu_mixed_precision(faces_dir, tmp_path, monkeypatch,
