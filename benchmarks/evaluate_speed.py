@@ -14,7 +14,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from happysad import classifier, data, evaluate, gpu, tensorboard  # noqa: E402
+from happysad import classifier, data, evaluate, gpu, summaries  # noqa: E402
 
 
 def main() -> None:
@@ -48,15 +48,15 @@ def main() -> None:
         started = time.perf_counter()
         model.model.evaluate(dataset, verbose=0)
         keras_seconds = time.perf_counter() - started
-        summaries = tensorboard.TrainingSummaries(out, validation, dataset, validation.labels, model.class_names,
+        callback = summaries.TrainingSummaries(out, validation, dataset, validation.labels, model.class_names,
                                                   model.image_size)
-        summaries.set_model(model.model)
-        summaries.on_train_begin()
+        callback.set_model(model.model)
+        callback.on_train_begin()
         started = time.perf_counter()
-        summaries.on_epoch_end(0)
+        callback.on_epoch_end(0)
         print(f"per epoch on {len(validation)} validation images: Keras' validation pass "
               f"{keras_seconds:.2f} s, TrainingSummaries {time.perf_counter() - started:.2f} s")
-        summaries.on_train_end()
+        callback.on_train_end()
 
 
 if __name__ == "__main__":

@@ -465,7 +465,7 @@ def main(argv=None) -> None:
             from happysad import sample
 
             data_dir = str(scratch / "generated")
-            sample.make_dataset(data_dir, per_class=args.generate // 2, size=args.size)
+            sample.write_faces(data_dir, per_class=args.generate // 2, size=args.size)
         options = {"data": data_dir, "epochs": args.epochs, "image_size": args.image_size,
                    "batch_size": args.batch_size, "cache": args.cache, "cache_dir": str(scratch / "cache"),
                    "jit": args.jit, "matmul_size": args.matmul_size, "predict_images": args.predict_images}

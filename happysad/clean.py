@@ -285,9 +285,9 @@ def mark(findings: dict, path: str, label: str, key: str, reason: str, detail: s
     found.reason, found.detail, found.convert_to = reason, detail, ""
 
 
-def append_record(manifest, record: dict):
+def append_entry(manifest, entry: dict):
     """One JSON line, on disk before the move it describes: an interrupted run can always be undone."""
-    manifest.write(json.dumps(record) + "\n")
+    manifest.write(json.dumps(entry) + "\n")
     manifest.flush()
     os.fsync(manifest.fileno())
 
@@ -302,14 +302,14 @@ def free_path(path: Path) -> Path:
 
 
 def quarantine(data_dir: Path, found: Finding, manifest):
-    """Write the readable copy (if any), then move the file into quarantine; records both in the manifest."""
+    """Write the readable copy (if any), then move the file into quarantine; entries both in the manifest."""
     source = data_dir / found.path
     target = free_path(data_dir / QUARANTINE / found.reason / found.path)
     copy_data = copy_path = None
     if found.convert_to:
         copy_data = readable_copy(source.read_bytes())
         copy_path = free_path(source.with_suffix(found.convert_to))
-    append_record(manifest, {
+    append_entry(manifest, {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "original": found.path,
         "quarantine": target.relative_to(data_dir).as_posix(), "reason": found.reason, "detail": found.detail,
         "sha256": found.sha256, "converted": copy_path and copy_path.relative_to(data_dir).as_posix(),
@@ -334,27 +334,27 @@ def clean(data_dir, min_size: int = 32, dry_run: bool = False, progress: bool = 
         manifest_path.parent.mkdir(exist_ok=True)
         with open(manifest_path, "a", encoding="utf-8") as manifest:
             if manifest.tell() and not manifest_path.read_bytes().endswith(b"\n"):
-                manifest.write("\n")  # end a line torn by a killed run, so it cannot swallow the next record
+                manifest.write("\n")  # end a line torn by a killed run, so it cannot swallow the next entry
             for found in findings:
                 quarantine(data_dir, found, manifest)
     return Summary(str(data_dir), dry_run, min_size, files, findings, time.perf_counter() - started, near, hidden)
 
 
 def read_manifest(path: Path) -> list:
-    """The manifest's records; a torn last line (a run killed while writing it) was never acted on."""
-    records = []
+    """The manifest's entries; a torn last line (a run killed while writing it) was never acted on."""
+    entries = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            records.append(json.loads(line))
+            entries.append(json.loads(line))
         except json.JSONDecodeError:
             print(f"happysad.clean: ignoring an unreadable manifest line: {line[:80]!r}", file=sys.stderr)
-    return records
+    return entries
 
 
 def restore(data_dir, dry_run: bool = False) -> Restored:
     """Undo clean: move quarantined files back and remove the converted copies it wrote, newest first.
 
-    Never overwrites: a file now at an original path is left alone and its record kept for a later try.
+    Never overwrites: a file now at an original path is left alone and its entry kept for a later try.
     A converted copy is removed only once its original is back and only while it still has the exact bytes
     clean wrote. Records that are fully done leave the manifest; an empty quarantine folder is removed.
     """
@@ -366,11 +366,11 @@ def restore(data_dir, dry_run: bool = False) -> Restored:
     if not manifest.exists():
         return result
     remaining = []
-    for record in reversed(read_manifest(manifest)):
-        original, moved = data_dir / record["original"], data_dir / record["quarantine"]
+    for entry in reversed(read_manifest(manifest)):
+        original, moved = data_dir / entry["original"], data_dir / entry["quarantine"]
         if moved.exists() and original.exists():
-            result.skipped.append(f"{record['original']}: a file exists there now; left at {record['quarantine']}")
-            remaining.append(record)
+            result.skipped.append(f"{entry['original']}: a file exists there now; left at {entry['quarantine']}")
+            remaining.append(entry)
             continue
         if moved.exists():
             back = moved  # where the original's bytes are (still, in a dry run)
@@ -378,25 +378,25 @@ def restore(data_dir, dry_run: bool = False) -> Restored:
                 original.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(moved, original)
                 back = original
-            result.restored.append(record["original"])
+            result.restored.append(entry["original"])
         elif original.exists():
-            back = original  # never moved (the run stopped first) or already put back by a newer record
+            back = original  # never moved (the run stopped first) or already put back by a newer entry
         else:
-            result.skipped.append(f"{record['original']}: missing from {record['quarantine']}")
-            remaining.append(record)
+            result.skipped.append(f"{entry['original']}: missing from {entry['quarantine']}")
+            remaining.append(entry)
             continue
-        converted = record["converted"] and data_dir / record["converted"]
+        converted = entry["converted"] and data_dir / entry["converted"]
         if converted and converted.exists():
-            if files.sha256(back) == record["sha256"] and files.sha256(converted) == record["converted_sha256"]:
+            if files.sha256(back) == entry["sha256"] and files.sha256(converted) == entry["converted_sha256"]:
                 if not dry_run:
                     converted.unlink()
-                result.removed.append(record["converted"])
+                result.removed.append(entry["converted"])
             else:
-                result.skipped.append(f"{record['converted']}: it or its original changed since clean; kept")
+                result.skipped.append(f"{entry['converted']}: it or its original changed since clean; kept")
     if dry_run:
         return result
     if remaining:
-        files.write_atomic(manifest, "".join(json.dumps(record) + "\n" for record in reversed(remaining)))
+        files.write_atomic(manifest, "".join(json.dumps(entry) + "\n" for entry in reversed(remaining)))
     else:
         manifest.unlink()
         for root, _, _ in sorted(os.walk(data_dir / QUARANTINE), key=lambda item: -len(item[0])):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from happysad import classifier, data, gpu, images, metrics, record, reports, tensorboard
+from happysad import classifier, data, gpu, images, metrics, record, reports, summaries
 
 
 class EvaluateError(Exception):
@@ -289,7 +289,7 @@ def evaluate(args) -> dict:
     run_dir = Path(model.record.run_dir) if model.record.run_dir else None
     if run_dir and run_dir.is_dir() and not args.no_tensorboard:
         log_dir = run_dir / ("evaluate" if target.name == "test" and not args.data else f"evaluate-{target.name}")
-        tensorboard.write_evaluation(log_dir, summary, pictures, scores.labels, scores.probabilities,
+        summaries.write_evaluation(log_dir, summary, pictures, scores.labels, scores.probabilities,
                                      model.class_names)
         report["tensorboard"] = str(log_dir)
     (out / "report.json").write_text(json.dumps(report, indent=2))

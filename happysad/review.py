@@ -376,7 +376,7 @@ def move_to_class(data_dir: Path, row: dict, sha256: str, manifest) -> str:
     clean's manifest so that `clean --restore` moves it back; returns where it went, relative to data_dir."""
     source = data_dir / row["path"]
     target = clean.free_path(data_dir / row["suggested"] / Path(*Path(row["path"]).parts[1:]))
-    clean.append_record(manifest, {
+    clean.append_entry(manifest, {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "original": row["path"],
         "quarantine": target.relative_to(data_dir).as_posix(), "reason": "review-relabel",
         "detail": f"in {row['folder']}, the model says {row['suggested']} (p {row['confidence']:.3f})",

@@ -150,7 +150,7 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     return encoded.tobytes()
 
 
-def make_dataset(out_dir, per_class: int = 60, size: int = 128, seed: int = 0, classes=CLASSES) -> dict:
+def write_faces(out_dir, per_class: int = 60, size: int = 128, seed: int = 0, classes=CLASSES) -> dict:
     """Write `per_class` faces per class to out_dir/<class>/<class>_NNN.jpg; returns {class: [paths]}."""
     out_dir = Path(out_dir)
     written = {}
@@ -188,7 +188,7 @@ def write_broken_files(out_dir, seed: int = 0, classes=CLASSES, size: int = 128)
     first, second = (Path(out_dir) / label for label in classes[:2])
     first.mkdir(parents=True, exist_ok=True)
     second.mkdir(parents=True, exist_ok=True)
-    counter = iter(range(10_000, 20_000))  # indices no make_dataset call uses, so no accidental duplicates
+    counter = iter(range(10_000, 20_000))  # indices no write_faces call uses, so no accidental duplicates
 
     def face(label, face_size=size):
         rng = face_rng(seed, label, next(counter))
@@ -259,7 +259,7 @@ def main(argv=None):
         if folder.is_dir() and any(folder.iterdir()):
             parser.error(f"{folder} is not empty; choose a new OUT_DIR so no file is overwritten")
 
-    written = make_dataset(args.out_dir, args.per_class, args.size, args.seed, tuple(args.classes))
+    written = write_faces(args.out_dir, args.per_class, args.size, args.seed, tuple(args.classes))
     total = sum(len(paths) for paths in written.values())
     print(f"wrote {total} faces ({args.per_class} per class, {args.size} px) to "
           + ", ".join(str(args.out_dir / label) for label in args.classes))

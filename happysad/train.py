@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from happysad import cache, data, distribute, features, gpu, images, metrics, model as models, record, reports, tensorboard
+from happysad import cache, data, distribute, features, gpu, images, metrics, model as models, record, reports, summaries
 from happysad.files import write_atomic
 
 # Command-line options that name files or tune speed rather than change what the model learns.
@@ -201,14 +201,14 @@ def train(args) -> dict:
     else:
         run_dir = run_folder(args.logdir, args.run_name) if setup.is_chief else distribute.scratch_folder(setup)
     timing = EpochTiming(len(parts["train"]))
-    summaries = tensorboard.training_callbacks(
+    board = summaries.training_callbacks(
         run_dir, hyperparameters, parts["train"], datasets.get("validation"), parts["validation"].labels,
         class_names, args.image_size, faces=args.faces, seed=args.seed)
     if pretrained:
-        summaries[1].watch(features.dataset(stored["validation"][0], labels["validation"], args.batch_size),
+        board[1].watch(features.dataset(stored["validation"][0], labels["validation"], args.batch_size),
                            matrix_every_epoch=False)
     checkpoint = run_dir / f"checkpoint{Path(args.model).suffix}" if args.checkpoint and setup.is_chief else None
-    callbacks = [*stopping_callbacks(args), timing, *summaries]
+    callbacks = [*stopping_callbacks(args), timing, *board]
     # Fits on images (the CNN, fine-tuning) take minutes an epoch: they checkpoint and can be resumed. A head
     # on stored features trains again in seconds, the same way for the same seed (and is not a whole model).
     image_callbacks = list(callbacks)
@@ -235,7 +235,7 @@ def train(args) -> dict:
         warn_if_nothing_learnt(history.history)
         stage_start = len(history.history["loss"]) if args.fine_tune else 0
         if args.fine_tune:
-            summaries[1].watch(datasets["validation"])
+            board[1].watch(datasets["validation"])
             fine_tune(args, network, len(class_names), setup, datasets, image_callbacks, class_weight, history)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
         error = undecodable_error(args, files)
@@ -254,7 +254,7 @@ def train(args) -> dict:
         if binary else 0.5
     test_metrics = metrics.summarize(parts["test"].labels, probabilities("test"), class_names, threshold)
     print(test_line(test_metrics, class_names))
-    tensorboard.write_test_metrics(run_dir, test_metrics, step=len(history.history["loss"]) - 1)
+    summaries.write_test_metrics(run_dir, test_metrics, step=len(history.history["loss"]) - 1)
     reports.plot_curves(history.history, run_dir / "curves.png")
 
     # -- record and save -----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ PLAIN_CNN = ["--no-augment", "--dropout", "0", "--patience", "0"]
 def faces_dir(tmp_path_factory):
     """A clean happy/sad dataset: 150 generated faces per class at 48 px. Treat as read-only."""
     folder = tmp_path_factory.mktemp("faces") / "data"
-    sample.make_dataset(folder, per_class=150, size=SMALL_IMAGE, seed=7)
+    sample.write_faces(folder, per_class=150, size=SMALL_IMAGE, seed=7)
     return folder
 
 

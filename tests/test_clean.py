@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 def dataset(tmp_path):
     """(data_dir, {reason: [paths]}): 4 faces per class plus one broken or tricky file of each kind."""
     data = tmp_path / "data"
-    sample.make_dataset(data, per_class=4, size=48, seed=2)
+    sample.write_faces(data, per_class=4, size=48, seed=2)
     return data, sample.write_broken_files(data, seed=2, size=48)
 
 
@@ -139,7 +139,7 @@ def test_restore_never_overwrites_and_keeps_copies_that_changed(dataset):
 
 def test_near_copy_under_the_other_label_is_a_conflict_and_restore_undoes_it(tmp_path):
     data = tmp_path / "data"
-    written = sample.make_dataset(data, per_class=4, size=128, seed=5)
+    written = sample.write_faces(data, per_class=4, size=128, seed=5)
     (data / "sad" / "resized-happy.jpg").write_bytes(resized_copy(cv2.imread(str(written["happy"][0]))))
     (data / "happy" / "cropped-sad.png").write_bytes(cropped_copy(cv2.imread(str(written["sad"][1])), 0.06))
     before = tree(data)
@@ -160,7 +160,7 @@ def test_near_copy_under_the_other_label_is_a_conflict_and_restore_undoes_it(tmp
 
 def test_near_copies_within_a_class_stay_and_are_reported(tmp_path, capsys):
     data = tmp_path / "data"
-    face = sample.make_dataset(data, per_class=4, size=128, seed=5)["happy"][2]
+    face = sample.write_faces(data, per_class=4, size=128, seed=5)["happy"][2]
     bgr = cv2.imread(str(face))
     (data / "happy" / "copy-1.jpg").write_bytes(resized_copy(bgr))
     (data / "happy" / "copy-2.jpg").write_bytes(resized_copy(bgr))  # the same bytes: a duplicate, as always
@@ -277,7 +277,7 @@ def test_cli_error_from_the_shell_has_no_traceback(tmp_path):
 
 def test_hidden_files_are_skipped_left_alone_and_reported(tmp_path, capsys):
     data = tmp_path / "data"
-    sample.make_dataset(data, per_class=3, size=48, seed=2)
+    sample.write_faces(data, per_class=3, size=48, seed=2)
     (data / "happy" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (data / "sad" / ".thumbnails").mkdir()
     (data / "sad" / ".thumbnails" / "x.jpg").write_bytes(b"not an image")

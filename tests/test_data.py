@@ -49,7 +49,7 @@ def test_near_copies_never_land_in_two_partitions(tmp_path):
     """Six faces per class get a resized, re-encoded copy and a cropped, brightened one beside them."""
     folder = tmp_path / "data"
     copies = {}
-    for paths in sample.make_dataset(folder, per_class=10, size=128, seed=4).values():
+    for paths in sample.write_faces(folder, per_class=10, size=128, seed=4).values():
         for number, path in enumerate(paths[:6]):
             bgr = cv2.imread(str(path))
             small, cropped = path.with_name(f"{path.stem}-small.jpg"), path.with_name(f"{path.stem}-cropped.png")

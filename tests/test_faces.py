@@ -87,7 +87,7 @@ def test_the_shared_preprocessing_crops_only_when_asked(tmp_path):
 @pytest.fixture(scope="module")
 def faces_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("faces-model")
-    sample.make_dataset(root / "data", per_class=10, size=64, seed=3)
+    sample.write_faces(root / "data", per_class=10, size=64, seed=3)
     model_path = root / "models" / "happysad.h5"
     train.main(["--data", str(root / "data"), "--epochs", "1", "--image-size", "32", "--batch-size", "8",
                 "--faces", "--model", str(model_path), "--logdir", str(root / "logs"), "--run-name", "faces"])

@@ -18,7 +18,7 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def small_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("features") / "data"
-    sample.make_dataset(folder, per_class=24, size=SIZE, seed=11)
+    sample.write_faces(folder, per_class=24, size=SIZE, seed=11)
     return folder
 
 
@@ -119,7 +119,7 @@ def test_threshold_is_chosen_on_validation_and_used_for_the_test_metrics(small_d
                     reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
 def test_imagenet_mobilenet025_learns_the_sample_faces(tmp_path):
     folder = tmp_path / "data"
-    sample.make_dataset(folder, per_class=80, size=128, seed=3)
+    sample.write_faces(folder, per_class=80, size=128, seed=3)
     result = train.train(train.parse_args([
         "--data", str(folder), "--arch", "mobilenet025", "--image-size", "128",
         "--weights", str(SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5"), "--split", "0.5,0.25,0.25",
@@ -140,7 +140,7 @@ def test_recipe_fills_only_what_the_user_did_not_set():
 
 def test_three_classes_train_a_softmax_head_on_stored_features(weights_file, tmp_path):
     folder = tmp_path / "data"
-    sample.make_dataset(folder, per_class=12, size=SIZE, seed=2, classes=("happy", "sad", "neutral"))
+    sample.write_faces(folder, per_class=12, size=SIZE, seed=2, classes=("happy", "sad", "neutral"))
     saved = run(folder, weights_file, tmp_path / "three")["record"]
     assert saved.class_names == ["happy", "neutral", "sad"] and saved.threshold == 0.5  # arg-max: no threshold
     model = classifier.load(tmp_path / "three" / "m.h5")

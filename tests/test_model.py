@@ -67,7 +67,7 @@ def test_no_network_for_imagenet_weights_is_one_line_naming_the_way_out(tmp_path
         raise Exception("URL fetch failure on https://example.invalid/x_notop.h5: None -- no network")
 
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
-    sample.make_dataset(tmp_path / "data", per_class=4, size=32)
+    sample.write_faces(tmp_path / "data", per_class=4, size=32)
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--data", str(tmp_path / "data"), "--arch", "vgg16", "--image-size", "32",
                     "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs")])
@@ -88,7 +88,7 @@ def test_class_weights_balance_a_known_imbalance():
 def imbalanced(tmp_path_factory):
     """A run on 30 happy / 12 sad faces with augment, dropout, early stopping and a checkpoint."""
     root = tmp_path_factory.mktemp("imbalanced")
-    sample.make_dataset(root / "data", per_class=30, size=48, seed=2)
+    sample.write_faces(root / "data", per_class=30, size=48, seed=2)
     for path in sorted((root / "data" / "sad").iterdir())[12:]:
         path.unlink()
     model_path = root / "models" / "happysad.h5"

@@ -12,7 +12,7 @@ CLASSES = ("happy", "sad", "neutral")
 @pytest.fixture(scope="module")
 def three_classes(tmp_path_factory):
     root = tmp_path_factory.mktemp("three")
-    sample.make_dataset(root / "data", per_class=24, size=48, seed=11, classes=CLASSES)
+    sample.write_faces(root / "data", per_class=24, size=48, seed=11, classes=CLASSES)
     model_path = root / "models" / "happysad.h5"
     train.main(["--data", str(root / "data"), "--epochs", "6", "--image-size", "32", "--batch-size", "16",
                 "--model", str(model_path), "--logdir", str(root / "logs"), "--run-name", "three", "--seed", "5"])

@@ -28,7 +28,7 @@ def decoded_fingerprint(encoded: bytes) -> np.ndarray:
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
     """24 generated faces at 128 px: paths and their fingerprints."""
-    written = sample.make_dataset(tmp_path_factory.mktemp("faces"), per_class=12, size=128, seed=3)
+    written = sample.write_faces(tmp_path_factory.mktemp("faces"), per_class=12, size=128, seed=3)
     paths = [path for paths in written.values() for path in paths]
     return paths, near_copies.load_fingerprints(paths)
 

@@ -42,7 +42,7 @@ def made_to_order(monkeypatch):
 
 
 def faces(folder, per_class=12, seed=5):
-    sample.make_dataset(folder, per_class=per_class, size=SIZE, seed=seed)
+    sample.write_faces(folder, per_class=per_class, size=SIZE, seed=seed)
     return folder
 
 
@@ -182,7 +182,7 @@ def test_quarantine_with_the_backbone_round_trips(tmp_path, weights_file):
                     reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
 def test_imagenet_features_rank_flipped_faces_near_the_top(tmp_path):
     folder = tmp_path / "data"
-    sample.make_dataset(folder, per_class=40, size=128, seed=4)
+    sample.write_faces(folder, per_class=40, size=128, seed=4)
     chosen = [(path, other) for name, other in (("happy", "sad"), ("sad", "happy"))
               for path in sorted((folder / name).iterdir())[:3]]
     for path, other in chosen:
@@ -205,7 +205,7 @@ def test_imagenet_features_find_noise_and_text_in_a_face_folder(tmp_path):
     import cv2
 
     folder = tmp_path / "data"
-    sample.make_dataset(folder, per_class=40, size=128, seed=6)
+    sample.write_faces(folder, per_class=40, size=128, seed=6)
     noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), np.uint8)
     cv2.imwrite(str(folder / "happy" / "noise.png"), noise)
     text = np.full((128, 128, 3), 255, np.uint8)

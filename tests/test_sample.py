@@ -20,10 +20,10 @@ def digests(written: dict) -> dict:
 
 
 def test_same_seed_gives_the_same_files_and_another_seed_other_files(tmp_path):
-    first = digests(sample.make_dataset(tmp_path / "a", per_class=3, size=48, seed=3))
-    again = digests(sample.make_dataset(tmp_path / "b", per_class=3, size=48, seed=3))
-    other = digests(sample.make_dataset(tmp_path / "c", per_class=3, size=48, seed=4))
-    more_classes = digests(sample.make_dataset(tmp_path / "d", per_class=3, size=48, seed=3,
+    first = digests(sample.write_faces(tmp_path / "a", per_class=3, size=48, seed=3))
+    again = digests(sample.write_faces(tmp_path / "b", per_class=3, size=48, seed=3))
+    other = digests(sample.write_faces(tmp_path / "c", per_class=3, size=48, seed=4))
+    more_classes = digests(sample.write_faces(tmp_path / "d", per_class=3, size=48, seed=3,
                                                classes=("happy", "sad", "neutral")))
     assert first == again
     assert not set(first["happy"] + first["sad"]) & set(other["happy"] + other["sad"])
@@ -32,7 +32,7 @@ def test_same_seed_gives_the_same_files_and_another_seed_other_files(tmp_path):
 
 def test_n_distinct_faces_per_class_at_the_requested_size(tmp_path):
     classes = ("happy", "sad", "neutral", "surprised")
-    written = sample.make_dataset(tmp_path, per_class=5, size=72, seed=0, classes=classes)
+    written = sample.write_faces(tmp_path, per_class=5, size=72, seed=0, classes=classes)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(classes)
     for label, paths in written.items():
         assert len(paths) == 5

@@ -20,7 +20,7 @@ def scalar_tags(folder):
 def test_training_learns_and_generalises_to_new_faces(trained, tmp_path):
     """A real learning check: faces the model never saw (another generator seed) are mostly right."""
     fresh = tmp_path / "fresh"
-    sample.make_dataset(fresh, per_class=50, size=48, seed=2024)
+    sample.write_faces(fresh, per_class=50, size=48, seed=2024)
     model = classifier.load(trained["model"])
     files, _ = data.list_images(fresh, model.class_names)
     pixels = np.stack([model.load_image(p) for p in files.paths])
