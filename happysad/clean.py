@@ -59,7 +59,7 @@ import numpy as np
 import tensorflow as tf
 
 from happysad import files, images, near_copies
-from happysad.data import DataError, class_folders as subfolders
+from happysad.data import DataError, class_folders as subfolders, walk_class
 from happysad.gpu import enable_memory_growth
 
 with warnings.catch_warnings():
@@ -123,14 +123,9 @@ def list_files(data_dir) -> tuple:
     data_dir = Path(data_dir)
     files, hidden = {}, []
     for label in class_folders(data_dir):
-        found = []
-        for root, dirs, names in os.walk(data_dir / label):
-            hidden += [Path(root, name).relative_to(data_dir).as_posix()
-                       for name in sorted(dirs) + sorted(names) if name.startswith(".")]
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            found += [Path(root, name).relative_to(data_dir).as_posix()
-                      for name in names if not name.startswith(".")]
-        files[label] = sorted(found)
+        found, passed_over = walk_class(data_dir / label)
+        files[label] = sorted(Path(path).relative_to(data_dir).as_posix() for path in found)
+        hidden += [Path(path).relative_to(data_dir).as_posix() for path in passed_over]
     return files, hidden
 
 

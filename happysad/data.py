@@ -72,6 +72,18 @@ def find_classes(data_dir) -> list:
     return classes
 
 
+def walk_class(class_dir) -> tuple:
+    """(files, hidden) under one class folder, recursively: every non-hidden file in the loader's order (a
+    folder's files sorted by name, then its subfolders, sorted), and the hidden files and folders passed
+    over (names starting with ".", such as .DS_Store), which neither training nor clean looks into."""
+    files, hidden = [], []
+    for root, dirs, names in os.walk(class_dir):
+        hidden += [os.path.join(root, name) for name in sorted(dirs) + sorted(names) if name.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [os.path.join(root, name) for name in sorted(names) if not name.startswith(".")]
+    return files, hidden
+
+
 def list_images(data_dir, class_names) -> tuple:
     """All trainable images under each class folder, in a fixed order.
 
@@ -84,21 +96,13 @@ def list_images(data_dir, class_names) -> tuple:
         class_dir = data_dir / name
         if not class_dir.is_dir():
             raise DataError(f"class folder {class_dir} is missing")
-        found = 0
-        for root, dirs, filenames in os.walk(class_dir):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for filename in sorted(filenames):
-                if filename.startswith("."):
-                    continue
-                path = os.path.join(root, filename)
-                if images.is_trainable_name(filename):
-                    paths.append(path)
-                    labels.append(label)
-                    found += 1
-                else:
-                    skipped.append(path)
-        if found == 0:
+        every, _ = walk_class(class_dir)
+        found = [path for path in every if images.is_trainable_name(path)]
+        if not found:
             raise DataError(f"class '{name}' has no images in {class_dir}")
+        paths += found
+        labels += [label] * len(found)
+        skipped += [path for path in every if not images.is_trainable_name(path)]
     return Files(paths, labels), skipped
 
 

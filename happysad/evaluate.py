@@ -109,7 +109,7 @@ def folder_target(folder, class_names) -> Target:
     folder = Path(folder)
     if not folder.is_dir():
         raise EvaluateError(f"{folder} is not a folder")
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = data.class_folders(folder)
     expected = ", ".join(class_names)
     if not found:
         raise EvaluateError(f"{folder} has no class folders; expected one per class of the model: {expected}")
