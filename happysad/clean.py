@@ -325,14 +325,20 @@ def clean(data_dir, min_size: int = 32, dry_run: bool = False, progress: bool = 
     files = {label: len(paths) for label, paths in listing.items()}
     findings, near = scan(data_dir, listing, min_size, progress)
     if findings and not dry_run:
-        manifest_path = data_dir / QUARANTINE / MANIFEST
-        manifest_path.parent.mkdir(exist_ok=True)
-        with open(manifest_path, "a", encoding="utf-8") as manifest:
-            if manifest.tell() and not manifest_path.read_bytes().endswith(b"\n"):
-                manifest.write("\n")  # end a line torn by a killed run, so it cannot swallow the next entry
+        with open_manifest(data_dir) as manifest:
             for found in findings:
                 quarantine(data_dir, found, manifest)
     return Summary(str(data_dir), dry_run, min_size, files, findings, time.perf_counter() - started, near, hidden)
+
+
+def open_manifest(data_dir: Path):
+    """The manifest, opened to append entries (by clean, and by happysad.review for its moves)."""
+    path = Path(data_dir) / QUARANTINE / MANIFEST
+    path.parent.mkdir(exist_ok=True)
+    manifest = open(path, "a", encoding="utf-8")
+    if manifest.tell() and not path.read_bytes().endswith(b"\n"):
+        manifest.write("\n")  # end a line torn by a killed run, so it cannot swallow the next entry
+    return manifest
 
 
 def read_manifest(path: Path) -> list:

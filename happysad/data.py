@@ -212,6 +212,17 @@ def make_dataset(files: Files, image_size: int, batch_size: int, *, binary: bool
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
+def undecodable_error(paths, image_size: int, data_dir):
+    """A DataError naming the files that broke a pipeline, found by decoding each again; None if none did."""
+    bad = find_undecodable(paths, image_size)
+    if not bad:
+        return None
+    listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return DataError(f"{len(bad)} file(s) cannot be decoded by TensorFlow: {listing}{more}; "
+                     f"run `python -m happysad.clean {data_dir}` first")
+
+
 def find_undecodable(paths, image_size: int) -> list:
     """(path, reason) for each file TensorFlow's decoder rejects; used to explain a failed pipeline."""
     bad = []

@@ -282,11 +282,10 @@ def image_features(args, files: data.Files, digests: list) -> tuple:
     try:
         vectors = features.extract(extractor, files.paths, store, load, digests=digests)[0]
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-        bad = data.find_undecodable(files.paths, args.image_size)
-        if not bad:
+        error = data.undecodable_error(files.paths, args.image_size, args.data_dir)
+        if error is None:
             raise
-        raise data.DataError(f"{len(bad)} file(s) cannot be decoded by TensorFlow, e.g. {bad[0][0]} ({bad[0][1]}); "
-                             f"run `python -m happysad.clean {args.data_dir}` first") from None
+        raise error from None
     return vectors, missing
 
 
@@ -361,16 +360,6 @@ def contact_sheet(rows: list, pictures: dict, top: int):
         title="suspects: wrong folder (red), fits no class (orange)" if shown else "no suspects")
 
 
-def open_manifest(data_dir: Path):
-    """clean's manifest, opened to append (a line torn by a killed run is ended first, as clean does)."""
-    path = data_dir / clean.QUARANTINE / clean.MANIFEST
-    path.parent.mkdir(exist_ok=True)
-    manifest = open(path, "a", encoding="utf-8")
-    if manifest.tell() and not path.read_bytes().endswith(b"\n"):
-        manifest.write("\n")
-    return manifest
-
-
 def move_to_class(data_dir: Path, row: dict, sha256: str, manifest) -> str:
     """Move a suspect into the suggested class folder (same path below it, a free name), recorded first in
     clean's manifest so that `clean --restore` moves it back; returns where it went, relative to data_dir."""
@@ -393,7 +382,7 @@ def act(data_dir: Path, rows: list, digests: list, args) -> list:
     # suspects the model is sure of, are moved.
     chosen = [row for row in rows
               if (row["far"] if row["kind"] == "no-class" else row["confidence"] >= args.min_confidence)]
-    with open_manifest(data_dir) as manifest:
+    with clean.open_manifest(data_dir) as manifest:
         for row in chosen:
             sha256 = digests[row["index"]]
             if row["kind"] == "wrong-folder" and args.move_to_suggested:

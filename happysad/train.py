@@ -191,7 +191,8 @@ def train(args) -> dict:
 
     # -- inputs: decoded-image pipelines (CNN, fine-tuning), or stored backbone features (pretrained) ------
     labels = {name: np.asarray(parts[name].labels, np.float32 if binary else np.int32) for name in data.PARTITIONS}
-    stored = stored_features(args, network, parts) if pretrained else None
+    extractor, head = models.split_at_pool(network) if pretrained else (None, None)
+    stored = stored_features(args, extractor, parts) if pretrained else None
     datasets = image_datasets(args, setup, parts, binary) if not pretrained or args.fine_tune else {}
 
     # -- callbacks: timing, early stopping, TensorBoard ----------------------------------------------------
@@ -228,7 +229,7 @@ def train(args) -> dict:
     history = keras.callbacks.History()
     try:
         if pretrained:
-            fit_head(args, network, len(class_names), stored, labels, callbacks, class_weight, history)
+            fit_head(args, head, len(class_names), stored, labels, callbacks, class_weight, history)
         else:
             history = distribute.fit(network, setup, datasets["train"], datasets["validation"],
                                      epochs=args.epochs, callbacks=image_callbacks, class_weight=class_weight)
@@ -238,7 +239,7 @@ def train(args) -> dict:
             board[1].watch(datasets["validation"])
             fine_tune(args, network, len(class_names), setup, datasets, image_callbacks, class_weight, history)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-        error = undecodable_error(args, files)
+        error = data.undecodable_error(files.paths, args.image_size, args.data)
         if error is None:
             raise
         raise error from None
@@ -247,7 +248,7 @@ def train(args) -> dict:
     # -- evaluate: threshold on validation, metrics on the untouched test partition ------------------------
     def probabilities(name):
         if pretrained and not args.fine_tune:
-            return metrics.class_probabilities(models.split_at_pool(network)[1].predict(stored[name][0], verbose=0))
+            return metrics.class_probabilities(head.predict(stored[name][0], verbose=0))
         return metrics.class_probabilities(network.predict(datasets[name], verbose=0))
 
     threshold = choose_threshold(args.threshold, parts["validation"].labels, probabilities("validation")) \
@@ -308,10 +309,9 @@ def image_datasets(args, setup, parts, binary) -> dict:
     return datasets
 
 
-def stored_features(args, network, parts) -> dict:
+def stored_features(args, extractor, parts) -> dict:
     """{partition: (views, images, dim) backbone features}: every view for training, the image itself for the
     others. Read from the feature store where a run has computed them before."""
-    extractor, _ = models.split_at_pool(network)
     store = features.store_for(args.cache, features.extractor_id(args.arch, args.weights, args.image_size,
                                                                  args.faces), cache.DEFAULT_CACHE_DIR)
     started = time.time()
@@ -325,9 +325,9 @@ def stored_features(args, network, parts) -> dict:
     return stored
 
 
-def fit_head(args, network, num_classes: int, stored, labels, callbacks, class_weight, history) -> None:
-    """Train the network's head on the stored features (every view of every training image), in place."""
-    _, head = models.split_at_pool(network)
+def fit_head(args, head, num_classes: int, stored, labels, callbacks, class_weight, history) -> None:
+    """Train the network's head (its own layers: model.split_at_pool) on the stored features (every view of
+    every training image), in place."""
     views, count, dim = stored["train"].shape
     # A step costs microseconds: run a whole epoch per call into the graph, not one Python round trip a batch.
     models.compile_model(head, num_classes, args.learning_rate, steps_per_execution=-(-views * count // args.batch_size))
@@ -394,17 +394,6 @@ def near_copy_lists(files: data.Files, groups: list, data_dir) -> list:
     for path, group in zip(data.relative(files, data_dir), groups):
         members.setdefault(group, []).append(path)
     return [paths for paths in members.values() if len(paths) > 1]
-
-
-def undecodable_error(args, files: data.Files):
-    """A DataError naming the files that broke the pipeline, found by decoding each again; None if none did."""
-    bad = data.find_undecodable(files.paths, args.image_size)
-    if not bad:
-        return None
-    listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
-    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    return data.DataError(f"{len(bad)} file(s) cannot be decoded by TensorFlow: {listing}{more}; "
-                          f"run `python -m happysad.clean {args.data}` first")
 
 
 @dataclass
