@@ -14,7 +14,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from happysad import classifier, data, evaluate, gpu, summaries  # noqa: E402
+from happysad import classifier, data, evaluate, runtime, summaries  # noqa: E402
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
-    gpu.enable_memory_growth()
+    runtime.enable_memory_growth()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     model = classifier.load(args.model)
     target = evaluate.folder_target(args.data, model.class_names)

@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from happysad import classifier, export, gpu, images, record  # noqa: E402
+from happysad import classifier, export, images, record, runtime  # noqa: E402
 
 FORMATS = (("keras", "none"), ("savedmodel", "none"), ("tflite", "none"), ("tflite", "dynamic"),
            ("tflite", "float16"))
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--images", required=True, help="a folder of images (searched recursively)")
     parser.add_argument("--count", type=int, default=64, help="how many of its images to time")
     args = parser.parse_args()
-    gpu.enable_memory_growth()
+    runtime.enable_memory_growth()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
     with tempfile.TemporaryDirectory() as folder:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-# The environment before happysad is imported (importing it sets TF_ENABLE_ONEDNN_OPTS): the tutorial runs
-# in it, with TensorFlow's defaults, as it would on this machine.
+# The environment before happysad loads TensorFlow (happysad.runtime sets TF_ENABLE_ONEDNN_OPTS then): the
+# tutorial runs in it, with TensorFlow's defaults, as it would on this machine.
 USER_ENV = dict(os.environ)
 MEASUREMENTS = ("matmul", "layers", "train", "clean", "predict")
 
@@ -323,9 +323,9 @@ WORKERS = {f.__name__: f for f in (matmul, layers, tutorial_train, happysad_trai
 
 def worker(name: str, options_json: str) -> None:
     if not name.startswith("tutorial"):  # the tutorial's processes never import happysad
-        from happysad import gpu
+        from happysad import runtime
 
-        gpu.enable_memory_growth()
+        runtime.enable_memory_growth()
     result = WORKERS[name](json.loads(options_json))
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))

@@ -7,11 +7,10 @@ record's class names, never from a hard-coded "0 = happy".
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from happysad import images, metrics, record
+from happysad.runtime import keras, tf
 
 
 class ModelError(Exception):

@@ -42,6 +42,8 @@ Python's imghdr, which the classic tutorial uses to filter images, returns None 
 marker is not JFIF, Exif or a quantisation table (Adobe APP14, an ICC profile, a comment...), so the tutorial
 deletes good photos. Here any file starting with the JPEG start-of-image bytes FF D8 FF counts as a JPEG.
 """
+from __future__ import annotations
+
 import argparse
 import hashlib
 import json
@@ -56,11 +58,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import tensorflow as tf
 
 from happysad import files, images, near_copies
 from happysad.data import DataError, class_folders as subfolders, walk_class
-from happysad.gpu import enable_memory_growth
+from happysad.runtime import enable_memory_growth, tf
 
 with warnings.catch_warnings():
     # Python 3.11 and 3.12 warn that imghdr leaves the standard library in 3.13 (the standard-imghdr package

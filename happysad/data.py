@@ -11,15 +11,17 @@ three partitions disjoint and identical on every epoch and every run, and lets t
 The files are found the way `image_dataset_from_directory` finds them: every non-hidden subfolder is a class
 (sorted by name; the label is the index), searched recursively for the extensions it reads.
 """
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from happysad import images, near_copies
 from happysad.cache import image_bytes
+from happysad.runtime import tf
 
 PARTITIONS = ("train", "validation", "test")
 # Shuffle buffer of a disk-cached partition (a memory-cached one shuffles all of it at no extra cost).

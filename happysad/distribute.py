@@ -25,6 +25,8 @@ metrics), so `fit` below trains multi-worker runs with its own loop: Keras' own 
 on every replica under the strategy, metrics are Keras' (summed across workers when read), and the same Keras
 callbacks (History, progress bar, TensorBoard, early stopping...) are driven epoch by epoch as `fit` does.
 """
+from __future__ import annotations
+
 import atexit
 import json
 import os
@@ -33,8 +35,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
-import tensorflow as tf
+from happysad.runtime import keras, tf
+
 
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")

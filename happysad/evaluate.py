@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-from happysad import classifier, data, gpu, images, metrics, record, reports, summaries
+from happysad import classifier, data, images, metrics, record, reports, summaries
+from happysad.runtime import enable_memory_growth, tf
 
 
 class EvaluateError(Exception):
@@ -371,7 +371,7 @@ def print_table(report: dict) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    gpu.enable_memory_growth()
+    enable_memory_growth()
     try:
         report = evaluate(args)
     except EvaluateError as error:

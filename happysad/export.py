@@ -16,6 +16,8 @@ augmentation layers are off and batch normalization uses its moving statistics. 
 anything it is loaded back the way predict loads it and compared with the source model on probe images;
 a float export that disagrees is refused.
 """
+from __future__ import annotations
+
 import argparse
 import dataclasses
 import functools
@@ -25,11 +27,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from happysad import classifier, files, gpu, record
+from happysad import classifier, files, record
+from happysad.runtime import enable_memory_growth, keras, tf
 
 SUFFIXES = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite"}
 QUANTIZATIONS = ("none", "dynamic", "float16")
@@ -168,7 +169,7 @@ def export(model_path, fmt: str, quantize: str = "none", out=None) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    gpu.enable_memory_growth()
+    enable_memory_growth()
     try:
         result = export(args.model, args.format, args.quantize, args.out)
     except (ExportError, classifier.ModelError) as error:

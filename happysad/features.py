@@ -10,6 +10,8 @@ A stored vector is found by what it depends on: the file's bytes (sha256), the b
 image size, the preprocessing and the view. Views are fixed augmentations computed once per training image
 (`VIEWS`), instead of random ones redrawn every epoch.
 """
+from __future__ import annotations
+
 import hashlib
 import io
 import os
@@ -19,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from happysad import files
+from happysad.runtime import tf
 
 # Stored views per image, by --views. "zoom" is the central 80 % of the picture, resized back up.
 VIEWS = {1: ("original",), 2: ("original", "flip"), 4: ("original", "flip", "zoom", "zoom-flip")}

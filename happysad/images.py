@@ -6,11 +6,12 @@ square and scaled to [0, 1]. Models that want another range (ImageNet backbones)
 With faces=True (a model trained with --faces, recorded in its record's preprocessing) the largest face is
 cropped out first (happysad.faces), and the whole picture is kept when none is found.
 """
+from __future__ import annotations
+
 import re
 
-import tensorflow as tf
-
 from happysad import faces as face_detector
+from happysad.runtime import tf
 
 # The extensions keras.utils.image_dataset_from_directory reads; it silently skips every other file.
 TRAINABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")

@@ -6,12 +6,16 @@ between those two ends is a layer inside it: the augmentation (`augment`, active
 each ImageNet backbone's own input conversion. So a saved model (.h5 or .keras) predicts with no extra code,
 and only built-in Keras layers are used, because a Lambda layer does not load back safely.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import numpy as np
-from keras import layers
+
+from happysad.runtime import deferred, keras
+
+layers = deferred("keras.layers")
 
 BACKBONE_NAME = "backbone"
 

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import tensorflow as tf
 
 from happysad import images
+from happysad.runtime import tf
 
 THUMBNAIL = 64  # pixels of the square the DCT runs on
 SQUARE = 2 * THUMBNAIL  # the picture is first reduced to this square, then cropped

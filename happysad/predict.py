@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-from happysad import classifier, gpu, images
+from happysad import classifier, images
+from happysad.runtime import enable_memory_growth, tf
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,7 +69,7 @@ def load_images(paths, model: classifier.Classifier):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    gpu.enable_memory_growth()
+    enable_memory_growth()
     try:
         model = classifier.load(args.model)
         names = read_category_names(args.category_names) if args.category_names else {}

@@ -37,6 +37,8 @@ back, and never overwrite a file. A move to another class is recorded with the r
 Speed, 865 web photos on 2 busy CPU cores: the first review of a folder spends 20-45 s on MobileNet features
 (224 px); once they are stored a review takes about 10 s (near copies 2 s, five heads 6 s, the page 2 s).
 """
+from __future__ import annotations
+
 import argparse
 import base64
 import html
@@ -47,11 +49,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from happysad import cache, clean, data, features, gpu, images, model as models, reports
+from happysad import cache, clean, data, features, images, model as models, reports
+from happysad.runtime import enable_memory_growth, keras, tf
 
 # A prediction this close to 1/classes (as a share of the way from 1/classes to 1) is near chance: 0.525 for
 # two classes, 0.37 for three. Such an image is as much one class as the other.
@@ -472,7 +473,7 @@ def write_pictures(args, rows: list, files: data.Files, summary: str) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    gpu.enable_memory_growth()
+    enable_memory_growth()
     try:
         review(args)
     except (data.DataError, models.BuildError) as error:

@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 import uvicorn
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from happysad import classifier, gpu, images
+from happysad import classifier, images
+from happysad.runtime import enable_memory_growth, tf
 
 STATIC = Path(__file__).with_name("static")
 FORMATS = "JPEG, PNG, GIF or BMP"  # what training reads (images.TRAINABLE_EXTENSIONS)
@@ -212,7 +212,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    gpu.enable_memory_growth()
+    enable_memory_growth()
     try:
         model = classifier.load(args.model)
     except classifier.ModelError as error:

@@ -13,12 +13,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from happysad import cache, data, distribute, features, gpu, images, metrics, model as models, record, reports, summaries
+from happysad import cache, data, distribute, features, images, metrics, model as models, record, reports, summaries
 from happysad.files import write_atomic
+from happysad.runtime import deferred, enable_memory_growth, keras, tf
+
+callbacks = deferred("happysad.callbacks")  # defines Keras classes: imported when training starts
 
 # Command-line options that name files or tune speed rather than change what the model learns.
 NOT_HYPERPARAMETERS = {"model", "logdir", "run_name", "cache", "fractions", "checkpoint"}
@@ -133,17 +134,6 @@ def run_folder(logdir, run_name) -> Path:
     return folder
 
 
-def stopping_callbacks(args) -> list:
-    """Early stopping (keeping the best epoch's weights) and learning-rate reduction on a plateau, both
-    watching the validation loss."""
-    if not args.patience:
-        return []
-    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True,
-                                          verbose=1),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=max(1, args.patience // 2),
-                                              min_lr=1e-6, verbose=1)]
-
-
 def train(args) -> dict:
     # -- setup: devices, precision, seeds ------------------------------------------------------------------
     setup = distribute.make(args.strategy)  # first: multi-worker collectives must exist before TF starts
@@ -201,24 +191,24 @@ def train(args) -> dict:
         run_dir = backup.run_dir
     else:
         run_dir = run_folder(args.logdir, args.run_name) if setup.is_chief else distribute.scratch_folder(setup)
-    timing = EpochTiming(len(parts["train"]))
-    board = summaries.training_callbacks(
+    timing = callbacks.EpochTiming(len(parts["train"]))
+    board = callbacks.tensorboard(
         run_dir, hyperparameters, parts["train"], datasets.get("validation"), parts["validation"].labels,
         class_names, args.image_size, faces=args.faces, seed=args.seed)
     if pretrained:
         board[1].watch(features.dataset(stored["validation"][0], labels["validation"], args.batch_size),
                            matrix_every_epoch=False)
     checkpoint = run_dir / f"checkpoint{Path(args.model).suffix}" if args.checkpoint and setup.is_chief else None
-    callbacks = [*stopping_callbacks(args), timing, *board]
+    run_callbacks = [*callbacks.stopping(args), timing, *board]
     # Fits on images (the CNN, fine-tuning) take minutes an epoch: they checkpoint and can be resumed. A head
     # on stored features trains again in seconds, the same way for the same seed (and is not a whole model).
-    image_callbacks = list(callbacks)
+    image_callbacks = list(run_callbacks)
     if checkpoint:
         image_callbacks.insert(0, keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss",
                                                                   save_best_only=True))
     if backup:
         image_callbacks = [keras.callbacks.BackupAndRestore(str(backup.folder / "keras")), *image_callbacks,
-                           ResumeState(backup, run_dir, image_callbacks, timing)]
+                           callbacks.ResumeState(backup, run_dir, image_callbacks, timing)]
     if checkpoint:  # a record beside the checkpoint makes it usable by predict even if this run never ends
         provisional = record.Record(class_names, args.image_size, seed=args.seed, run_dir=str(run_dir))
         provisional.preprocessing["faces"] = args.faces
@@ -229,7 +219,7 @@ def train(args) -> dict:
     history = keras.callbacks.History()
     try:
         if pretrained:
-            fit_head(args, head, len(class_names), stored, labels, callbacks, class_weight, history)
+            fit_head(args, head, len(class_names), stored, labels, run_callbacks, class_weight, history)
         else:
             history = distribute.fit(network, setup, datasets["train"], datasets["validation"],
                                      epochs=args.epochs, callbacks=image_callbacks, class_weight=class_weight)
@@ -427,82 +417,9 @@ def resume_backup(args) -> Backup:
     return Backup(folder, {})
 
 
-class ResumeState(keras.callbacks.Callback):
-    """What Keras' BackupAndRestore does not keep, saved after every epoch and put back when a run resumes:
-    the run folder, the epochs' history and timings, and the state of early stopping (with its best weights
-    so far) and of the learning-rate reduction. Goes after those callbacks, so it sees their updated state."""
-
-    STATE = {keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch", "stopped_epoch"),
-             keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter")}
-
-    def __init__(self, backup: Backup, run_dir, callbacks, timing):
-        super().__init__()
-        self.backup, self.run_dir, self.timing = backup, run_dir, timing
-        self.watched = [c for c in callbacks if type(c) in self.STATE]
-        self.history = {}
-
-    def on_train_begin(self, logs=None):
-        state = self.backup.state
-        self.history = {key: list(values) for key, values in state.get("history", {}).items()}
-        for callback, values in zip(self.watched, state.get("callbacks", [])):
-            for name, value in values.items():
-                setattr(callback, name, value)
-            best = self.backup.folder / "best.npz"
-            if isinstance(callback, keras.callbacks.EarlyStopping) and best.exists():
-                with np.load(best) as saved:
-                    callback.best_weights = [saved[f"w{i}"] for i in range(len(saved.files))]
-        if state:
-            self.timing.seconds[:] = state["epoch_seconds"]
-        self.save()
-
-    def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
-        for callback in self.watched:
-            if isinstance(callback, keras.callbacks.EarlyStopping) and callback.best_epoch == epoch:
-                np.savez(self.backup.folder / "best.npz", **{f"w{i}": w for i, w in enumerate(callback.best_weights)})
-        self.save()
-
-    def on_train_end(self, logs=None):
-        """The history fit returns holds only this process's epochs: put the earlier ones in front."""
-        resumed = self.backup.state.get("history", {})
-        for key, values in self.model.history.history.items():
-            values[:0] = resumed.get(key, [])
-        self.backup.state = {}
-
-    def save(self) -> None:
-        state = {"run_dir": str(self.run_dir), "history": self.history, "epoch_seconds": self.timing.seconds,
-                 "callbacks": [{name: json_number(getattr(callback, name)) for name in self.STATE[type(callback)]}
-                               for callback in self.watched]}
-        write_atomic(self.backup.folder / "state.json", json.dumps(state))
-
-
-def json_number(value):
-    return value if value is None or isinstance(value, int) else float(value)
-
-
-class EpochTiming(keras.callbacks.Callback):
-    """Adds epoch_seconds and images_per_second to each epoch's logs, so TensorBoard records them."""
-
-    def __init__(self, train_images: int):
-        super().__init__()
-        self.train_images = train_images
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        elapsed = time.perf_counter() - self.started
-        self.seconds.append(elapsed)
-        if logs is not None:
-            logs["epoch_seconds"] = elapsed
-            logs["images_per_second"] = self.train_images / elapsed
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
-    gpu.enable_memory_growth()
+    enable_memory_growth()
     try:
         train(args)
     except (data.DataError, distribute.DistributeError, models.BuildError) as error:

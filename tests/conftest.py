@@ -1,11 +1,11 @@
 """Shared fixtures: tiny generated datasets and one small trained model, built once per test session."""
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
 from happysad import sample, train
+from happysad.runtime import keras
 
 # ImageNet weights that load without a network, beside the project root where the project's machines have them
 # (never in a user's clone: tests that need them skip and say why).

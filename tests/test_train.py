@@ -105,13 +105,13 @@ def test_fine_tune_stage_continues_the_epoch_count(tmp_path, faces_dir):
 
 KILL_AFTER_SECOND_EPOCH = """
 import os, signal, sys
-from happysad import train
-original = train.ResumeState.on_epoch_end
+from happysad import callbacks, train
+original = callbacks.ResumeState.on_epoch_end
 def on_epoch_end(self, epoch, logs=None):
     original(self, epoch, logs)
     if epoch == 1:
         os.kill(os.getpid(), signal.SIGKILL)
-train.ResumeState.on_epoch_end = on_epoch_end
+callbacks.ResumeState.on_epoch_end = on_epoch_end
 train.main(sys.argv[1:])
 """
 

@@ -1,0 +1,223 @@
+"""The Keras callbacks of a training run: early stopping, timing, TensorBoard summaries and the state
+--resume needs. Defining them needs Keras, so the training command imports this module when it trains."""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from happysad import images, metrics, reports, summaries
+from happysad.files import write_atomic
+from happysad.runtime import deferred, keras, tf
+
+hparams_api = deferred("tensorboard.plugins.hparams.api")
+
+
+def stopping(args) -> list:
+    """Early stopping (keeping the best epoch's weights) and learning-rate reduction on a plateau, both
+    watching the validation loss."""
+    if not args.patience:
+        return []
+    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True,
+                                          verbose=1),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=max(1, args.patience // 2),
+                                              min_lr=1e-6, verbose=1)]
+
+
+class ResumeState(keras.callbacks.Callback):
+    """What Keras' BackupAndRestore does not keep, saved after every epoch and put back when a run resumes:
+    the run folder, the epochs' history and timings, and the state of early stopping (with its best weights
+    so far) and of the learning-rate reduction. Goes after those callbacks, so it sees their updated state."""
+
+    STATE = {keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch", "stopped_epoch"),
+             keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter")}
+
+    def __init__(self, backup, run_dir, callbacks, timing):
+        super().__init__()
+        self.backup, self.run_dir, self.timing = backup, run_dir, timing
+        self.watched = [c for c in callbacks if type(c) in self.STATE]
+        self.history = {}
+
+    def on_train_begin(self, logs=None):
+        state = self.backup.state
+        self.history = {key: list(values) for key, values in state.get("history", {}).items()}
+        for callback, values in zip(self.watched, state.get("callbacks", [])):
+            for name, value in values.items():
+                setattr(callback, name, value)
+            best = self.backup.folder / "best.npz"
+            if isinstance(callback, keras.callbacks.EarlyStopping) and best.exists():
+                with np.load(best) as saved:
+                    callback.best_weights = [saved[f"w{i}"] for i in range(len(saved.files))]
+        if state:
+            self.timing.seconds[:] = state["epoch_seconds"]
+        self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        for callback in self.watched:
+            if isinstance(callback, keras.callbacks.EarlyStopping) and callback.best_epoch == epoch:
+                np.savez(self.backup.folder / "best.npz", **{f"w{i}": w for i, w in enumerate(callback.best_weights)})
+        self.save()
+
+    def on_train_end(self, logs=None):
+        """The history fit returns holds only this process's epochs: put the earlier ones in front."""
+        resumed = self.backup.state.get("history", {})
+        for key, values in self.model.history.history.items():
+            values[:0] = resumed.get(key, [])
+        self.backup.state = {}
+
+    def save(self) -> None:
+        state = {"run_dir": str(self.run_dir), "history": self.history, "epoch_seconds": self.timing.seconds,
+                 "callbacks": [{name: json_number(getattr(callback, name)) for name in self.STATE[type(callback)]}
+                               for callback in self.watched]}
+        write_atomic(self.backup.folder / "state.json", json.dumps(state))
+
+
+def json_number(value):
+    return value if value is None or isinstance(value, int) else float(value)
+
+
+class EpochTiming(keras.callbacks.Callback):
+    """Adds epoch_seconds and images_per_second to each epoch's logs, so TensorBoard records them."""
+
+    def __init__(self, train_images: int):
+        super().__init__()
+        self.train_images = train_images
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        elapsed = time.perf_counter() - self.started
+        self.seconds.append(elapsed)
+        if logs is not None:
+            logs["epoch_seconds"] = elapsed
+            logs["images_per_second"] = self.train_images / elapsed
+
+
+class TrainingSummaries(keras.callbacks.Callback):
+    """Op graph and sample images when training starts; validation confusion matrix and PR curves each epoch.
+
+    The validation predictions take one extra pass over the (cached) validation set per epoch. One instance
+    may serve several fits of the same model (fine-tuning): the graph and the samples are written once.
+    """
+
+    def __init__(self, run_dir, train_files, validation_dataset, validation_labels, class_names,
+                 image_size: int, faces: bool = False, samples: int = 16, seed: int = 0):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.train_files = train_files
+        self.validation_dataset = validation_dataset
+        self.validation_labels = np.asarray(validation_labels, dtype=int)
+        self.class_names = list(class_names)
+        self.image_size = image_size
+        self.faces = faces
+        self.samples = samples
+        self.seed = seed
+        self.validation_writer = None
+        self.matrix_every_epoch = True
+        self.last_matrix = None
+
+    def watch(self, validation_dataset, matrix_every_epoch: bool = True) -> None:
+        """What the next fit validates on. A head trained on stored features runs an epoch in milliseconds,
+        where drawing a confusion matrix takes a tenth of a second: it draws only the last epoch's."""
+        self.validation_dataset = validation_dataset
+        self.matrix_every_epoch = matrix_every_epoch
+
+    def on_train_begin(self, logs=None):
+        if self.validation_writer is not None:
+            return
+        train_writer = tf.summary.create_file_writer(str(self.run_dir / "train"))
+        with train_writer.as_default():
+            self.write_graph()
+            self.write_samples()
+        train_writer.close()
+        self.validation_writer = tf.summary.create_file_writer(str(self.run_dir / "validation"))
+
+    def write_graph(self) -> None:
+        spec = tf.TensorSpec(self.model.input_shape, self.model.inputs[0].dtype, name="image")
+        inference = tf.function(lambda batch: self.model(batch, training=False), autograph=False)
+        tf.summary.graph(inference.get_concrete_function(spec).graph)
+
+    def pick_samples(self) -> list:
+        """Indices of up to `samples` training images, spread evenly over the classes, seeded."""
+        labels = np.asarray(self.train_files.labels, dtype=int)
+        per_class = -(-self.samples // len(self.class_names))
+        rng = np.random.default_rng(self.seed)
+        picked = []
+        for label in range(len(self.class_names)):
+            members = np.flatnonzero(labels == label)
+            picked.extend(rng.choice(members, min(per_class, len(members)), replace=False).tolist())
+        return picked[:self.samples]
+
+    def write_samples(self) -> None:
+        picked = self.pick_samples()
+        pixels = [images.load(self.train_files.paths[i], self.image_size, self.faces).numpy() for i in picked]
+        titles = [self.class_names[self.train_files.labels[i]] for i in picked]
+        summaries.write_png("samples", reports.png_bytes(reports.image_grid_figure(
+            pixels, titles, title="training images as the model sees them, with their labels")), step=0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if getattr(self, "traced_for", None) is not self.model:
+            # One traced forward pass per model (the head, then the whole model when fine-tuning): `predict`
+            # would trace anew at every epoch.
+            model = self.traced_for = self.model
+            self.forward = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+        outputs = np.concatenate([self.forward(batch).numpy() for batch, _ in self.validation_dataset])
+        probabilities = metrics.class_probabilities(outputs)
+        matrix = metrics.confusion_matrix(self.validation_labels, metrics.predicted_labels(probabilities),
+                                          len(self.class_names))
+        with self.validation_writer.as_default():
+            summaries.write_pr_curves(self.validation_labels, probabilities, self.class_names, step=epoch)
+        self.last_matrix = (matrix, epoch)
+        if self.matrix_every_epoch:
+            self.write_matrix()
+        self.validation_writer.flush()
+
+    def write_matrix(self) -> None:
+        matrix, epoch = self.last_matrix
+        with self.validation_writer.as_default():
+            summaries.write_png("confusion_matrix", reports.png_bytes(reports.confusion_matrix_figure(
+                matrix, self.class_names, f"validation, epoch {epoch + 1}")), step=epoch)
+        self.last_matrix = None
+
+    def on_train_end(self, logs=None):
+        if self.last_matrix is not None:
+            self.write_matrix()
+        self.validation_writer.flush()
+
+
+class HParams(keras.callbacks.Callback):
+    """The run's hyper-parameters for the HParams dashboard, written in the run folder when training first
+    starts. (hparams_api.KerasCallback does the same but refuses a second fit, which fine-tuning makes.)"""
+
+    def __init__(self, run_dir, values: dict):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.values = values
+        self.written = False
+
+    def on_train_begin(self, logs=None):
+        if self.written:
+            return
+        writer = tf.summary.create_file_writer(str(self.run_dir))
+        with writer.as_default():
+            hparams_api.hparams(self.values, trial_id=self.run_dir.name)
+        writer.close()
+        self.written = True
+
+
+def tensorboard(run_dir, options: dict, train_files, validation_dataset, validation_labels,
+                       class_names, image_size: int, faces: bool = False, seed: int = 0) -> list:
+    """Keras' TensorBoard callback (scalars, learning rate, Keras graph), TrainingSummaries and the HParams
+    record. Put them after callbacks that add values to the epoch logs, so those values are written too."""
+    return [
+        keras.callbacks.TensorBoard(log_dir=str(run_dir), write_graph=True),
+        TrainingSummaries(run_dir, train_files, validation_dataset, validation_labels, class_names,
+                          image_size, faces=faces, seed=seed),
+        HParams(run_dir, summaries.hyperparameters(options)),
+    ]
+
+
