@@ -14,7 +14,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from happysad import classifier, data, evaluate, runtime, summaries  # noqa: E402
+from happysad import callbacks, classifier, data, evaluate, runtime  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     started = time.perf_counter()
     scores = evaluate.score(model, target.files, args.batch_size, keep_mistakes=16)
     seconds = time.perf_counter() - started
-    print(f"score: {len(scores.labels)} images at {model.image_size} px in {seconds:.2f} s = "
+    print(f"score: {len(scores.labels)} images at {model.preprocessing.image_size} px in {seconds:.2f} s = "
           f"{len(scores.labels) / seconds:.0f} images/s ({len(scores.skipped)} skipped)")
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
@@ -41,15 +41,15 @@ def main() -> None:
         print(f"evaluate --data (in-process, TensorFlow already imported): {time.perf_counter() - started:.2f} s")
 
         validation = evaluate.partition_target(model.record, "validation").files
-        dataset = data.make_dataset(validation, model.image_size, 32, binary=model.record.binary, cache="memory")
+        dataset = data.make_dataset(validation, model.preprocessing, 32, binary=model.record.binary, cache="memory")
         model.model.compile(loss="binary_crossentropy" if model.record.binary else
                             "sparse_categorical_crossentropy")
         model.model.evaluate(dataset, verbose=0)  # fills the cache, as training's first epoch does
         started = time.perf_counter()
         model.model.evaluate(dataset, verbose=0)
         keras_seconds = time.perf_counter() - started
-        callback = summaries.TrainingSummaries(out, validation, dataset, validation.labels, model.class_names,
-                                                  model.image_size)
+        callback = callbacks.TrainingSummaries(out, validation, dataset, validation.labels, model.class_names,
+                                               model.preprocessing)
         callback.set_model(model.model)
         callback.on_train_begin()
         started = time.perf_counter()

@@ -62,7 +62,7 @@ def main() -> None:
         reference = classifier.load(source)
         pixels = np.stack([reference.load_image(path) for path in sample(args.images, args.count)])
         want = reference.probabilities(pixels)
-        print(f"{len(pixels)} images from {args.images} at {reference.image_size} px\n")
+        print(f"{len(pixels)} images from {args.images} at {reference.preprocessing.image_size} px\n")
         print("| format | file | size (MB) | load (s) | 1 image/call (ms) | batch 32 (ms/image) "
               "| labels = .h5 | max abs Δp |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")

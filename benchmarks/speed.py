@@ -208,7 +208,7 @@ def happysad_train(options) -> dict:
     """happysad's pipeline and model exactly as train.py builds them (without its TensorBoard callbacks)."""
     import keras
 
-    from happysad import cache, data, model as models, record
+    from happysad import cache, data, images, model as models, record
 
     keras.utils.set_random_seed(1337)
     size, batch = options["image_size"], options["batch_size"]
@@ -216,8 +216,9 @@ def happysad_train(options) -> dict:
     files, _ = data.list_images(options["data"], class_names)
     parts = data.split(files)
     binary = models.is_binary(len(class_names))
-    caches = cache.choose_caches(options["cache"], parts, size, "v1", folder=options["cache_dir"])
-    datasets = {name: data.make_dataset(parts[name], size, batch, binary=binary, cache=caches[name],
+    preprocessing = images.Preprocessing(size)
+    caches = cache.choose_caches(options["cache"], parts, preprocessing, folder=options["cache_dir"])
+    datasets = {name: data.make_dataset(parts[name], preprocessing, batch, binary=binary, cache=caches[name],
                                         shuffle_seed=1337 if name == "train" else None)
                 for name in ("train", "validation")}
     network = models.compile_model(models.build_cnn(len(class_names), size), len(class_names))
@@ -226,7 +227,7 @@ def happysad_train(options) -> dict:
     clock = EpochClock()
     network.fit(datasets["train"], validation_data=datasets["validation"], epochs=options["epochs"],
                 callbacks=[clock], shuffle=False, verbose=0)
-    record.save(network, options["save"], record.Record(class_names, size))
+    record.save(network, options["save"], record.Record(class_names, preprocessing))
     result = epoch_summary(clock, len(parts["train"]), model_flops(network), len(parts["validation"]))
     result["cache"] = caches["train"] if caches["train"] in (None, "memory") else "disk"
     return result

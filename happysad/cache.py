@@ -16,9 +16,9 @@ DEFAULT_CACHE_DIR = ".cache/happysad"
 CACHE_MAX_AGE_DAYS = 14
 
 
-def cache_key(files, image_size: int, preprocessing: str = "") -> str:
-    """Changes whenever the images, their size on disk, the image size or the preprocessing change."""
-    digest = hashlib.sha256(f"{image_size}|{preprocessing}".encode())
+def cache_key(files, preprocessing) -> str:
+    """Changes whenever the images, their size on disk or the preprocessing (images.Preprocessing) change."""
+    digest = hashlib.sha256(preprocessing.key.encode())
     for path, label in zip(files.paths, files.labels):
         stat = os.stat(path)
         digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
@@ -54,7 +54,7 @@ def memory_cache_budget() -> int:
     return available_memory() // 2
 
 
-def choose_caches(setting: str, partitions: dict, image_size: int, preprocessing: str, budget: int = None,
+def choose_caches(setting: str, partitions: dict, preprocessing, budget: int = None,
                   folder=DEFAULT_CACHE_DIR) -> dict:
     """How each partition keeps its decoded images between epochs: "memory", a disk cache prefix, or None.
 
@@ -66,14 +66,14 @@ def choose_caches(setting: str, partitions: dict, image_size: int, preprocessing
         raise ValueError(f"--cache must be auto, memory, disk[:PATH] or none, got {setting!r}")
     cached = {name: files for name, files in partitions.items() if name != "test"}
     if setting == "auto":
-        total = sum(decoded_bytes(files, image_size) for files in cached.values())
+        total = sum(decoded_bytes(files, preprocessing.image_size) for files in cached.values())
         setting = "memory" if total <= (memory_cache_budget() if budget is None else budget) else "disk"
     caches = {name: None for name in partitions}
     for name, files in cached.items():
         if setting == "memory":
             caches[name] = "memory"
         elif setting.startswith("disk"):
-            caches[name] = disk_cache(Path(setting[5:] or folder), cache_key(files, image_size, preprocessing))
+            caches[name] = disk_cache(Path(setting[5:] or folder), cache_key(files, preprocessing))
     return caches
 
 

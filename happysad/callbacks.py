@@ -105,15 +105,14 @@ class TrainingSummaries(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir, train_files, validation_dataset, validation_labels, class_names,
-                 image_size: int, faces: bool = False, samples: int = 16, seed: int = 0):
+                 preprocessing: images.Preprocessing, samples: int = 16, seed: int = 0):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.train_files = train_files
         self.validation_dataset = validation_dataset
         self.validation_labels = np.asarray(validation_labels, dtype=int)
         self.class_names = list(class_names)
-        self.image_size = image_size
-        self.faces = faces
+        self.preprocessing = preprocessing
         self.samples = samples
         self.seed = seed
         self.validation_writer = None
@@ -154,7 +153,7 @@ class TrainingSummaries(keras.callbacks.Callback):
 
     def write_samples(self) -> None:
         picked = self.pick_samples()
-        pixels = [images.load(self.train_files.paths[i], self.image_size, self.faces).numpy() for i in picked]
+        pixels = [self.preprocessing.load(self.train_files.paths[i]).numpy() for i in picked]
         titles = [self.class_names[self.train_files.labels[i]] for i in picked]
         summaries.write_png("samples", reports.png_bytes(reports.image_grid_figure(
             pixels, titles, title="training images as the model sees them, with their labels")), step=0)
@@ -210,13 +209,13 @@ class HParams(keras.callbacks.Callback):
 
 
 def tensorboard(run_dir, options: dict, train_files, validation_dataset, validation_labels,
-                       class_names, image_size: int, faces: bool = False, seed: int = 0) -> list:
+                       class_names, preprocessing: images.Preprocessing, seed: int = 0) -> list:
     """Keras' TensorBoard callback (scalars, learning rate, Keras graph), TrainingSummaries and the HParams
     record. Put them after callbacks that add values to the epoch logs, so those values are written too."""
     return [
         keras.callbacks.TensorBoard(log_dir=str(run_dir), write_graph=True),
         TrainingSummaries(run_dir, train_files, validation_dataset, validation_labels, class_names,
-                          image_size, faces=faces, seed=seed),
+                          preprocessing, seed=seed),
         HParams(run_dir, summaries.hyperparameters(options)),
     ]
 

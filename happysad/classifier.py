@@ -50,19 +50,15 @@ class Classifier:
         return self.record.class_names
 
     @property
-    def image_size(self) -> int:
-        return self.record.image_size
-
-    @property
-    def faces(self) -> bool:
-        """Whether the model was trained on face crops (--faces): its images are cropped the same way."""
-        return bool(self.record.preprocessing.get("faces", False))
+    def preprocessing(self) -> images.Preprocessing:
+        """How the model's training images were prepared (its record's): every image it scores is the same."""
+        return self.record.preprocessing
 
     def load_image(self, path) -> np.ndarray:
-        return images.load(str(path), self.image_size, self.faces).numpy()
+        return self.preprocessing.load(str(path)).numpy()
 
     def decode(self, encoded: bytes) -> np.ndarray:
-        return images.decode(tf.constant(encoded), self.image_size, self.faces).numpy()
+        return self.preprocessing.decode(tf.constant(encoded)).numpy()
 
     def probabilities(self, batch: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """(n, size, size, 3) images in [0, 1] -> (n, num_classes) probabilities."""

@@ -72,9 +72,6 @@ with warnings.catch_warnings():
 QUARANTINE = ".quarantine"
 MANIFEST = "manifest.jsonl"
 REASONS = ("empty", "not-image", "corrupt", "too-small", "mis-extended", "duplicate", "label-conflict")
-# The formats training reads and the extensions each may carry (images.TRAINABLE_EXTENSIONS); the first one
-# names a converted copy.
-EXTENSIONS = {"jpeg": (".jpg", ".jpeg"), "png": (".png",), "gif": (".gif",), "bmp": (".bmp",)}
 
 
 @dataclass
@@ -133,12 +130,12 @@ def list_files(data_dir) -> tuple:
 def sniff(data: bytes):
     """The image format named by the first bytes ("jpeg", "png", "webp", "tiff"...), or None.
 
-    imghdr, except that every JPEG is found: imghdr only knows JPEGs that open with JFIF, Exif or a
-    quantisation table, while all JPEGs start with SOI (FF D8) followed by the FF of their first marker.
+    images.FORMATS for the formats training reads, imghdr (to name it) for any other. Not imghdr for all:
+    it only knows JPEGs that open with JFIF, Exif or a quantisation table, while all JPEGs start with SOI
+    (FF D8) followed by the FF of their first marker.
     """
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    return imghdr.what(None, h=data)
+    trainable = images.trainable_format(data)
+    return trainable.kind if trainable else imghdr.what(None, h=data)
 
 
 def training_pixels(data: bytes):
@@ -157,7 +154,7 @@ def readable_copy(data: bytes, pixels=None) -> bytes:
 
     OpenCV decodes to BGR and its encoder expects BGR, so the colours in the PNG are right.
     """
-    if sniff(data) in EXTENSIONS:
+    if images.trainable_format(data):
         return data
     if pixels is None:
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -181,10 +178,10 @@ def check_file(data_dir: Path, path: str, label: str, min_size: int) -> tuple:
 
     if not data:
         return finding("empty", "zero bytes"), "", None
-    kind = sniff(data)
+    kind, trainable = sniff(data), images.trainable_format(data)
     name = kind.upper() if kind else "image"
     pixels = None
-    if kind in EXTENSIONS:
+    if trainable:
         rgb = training_pixels(data)
         if rgb is None:
             return finding("corrupt", f"{name} that TensorFlow cannot decode (truncated or damaged)"), "", None
@@ -201,10 +198,10 @@ def check_file(data_dir: Path, path: str, label: str, min_size: int) -> tuple:
     fingerprint = near_copies.fingerprint(rgb)
     extension = Path(path).suffix.lower()
     named = f"named {extension}" if extension else "without an extension"
-    if kind in EXTENSIONS:
-        if extension in EXTENSIONS[kind]:
+    if trainable:
+        if extension in trainable.extensions:
             return None, sha256, fingerprint
-        return finding("mis-extended", f"{name} {named}", EXTENSIONS[kind][0]), sha256, fingerprint
+        return finding("mis-extended", f"{name} {named}", trainable.extensions[0]), sha256, fingerprint
     copy = readable_copy(data, pixels)
     why = f"{name} {named}, a format training skips" if kind else f"image {named} that training cannot read"
     return finding("mis-extended", why, ".png"), hashlib.sha256(copy).hexdigest(), fingerprint

@@ -1,7 +1,7 @@
 """From a folder of class folders to leak-free tf.data pipelines.
 
 `data/<class>/<image>` → file list → seeded, stratified split into train / validation / test file lists
-→ one tf.data pipeline per partition: decode with `happysad.images.load`, cache, (train only) shuffle, batch,
+→ one tf.data pipeline per partition: decode with `happysad.images.Preprocessing.load`, cache, (train only) shuffle, batch,
 prefetch.
 
 Why file lists instead of the tutorial's `image_dataset_from_directory(shuffle=True)` + `take`/`skip`:
@@ -175,15 +175,14 @@ def relative(files: Files, data_dir) -> list:
     return [Path(os.path.relpath(p, data_dir)).as_posix() for p in files.paths]
 
 
-def make_dataset(files: Files, image_size: int, batch_size: int, *, binary: bool, shuffle_seed=None,
-                 cache=None, faces: bool = False, drop_remainder: bool = False) -> tf.data.Dataset:
+def make_dataset(files: Files, preprocessing: images.Preprocessing, batch_size: int, *, binary: bool,
+                 shuffle_seed=None, cache=None, drop_remainder: bool = False) -> tf.data.Dataset:
     """(image, label) batches for one partition.
 
     cache: None (decode every epoch), "memory", or a file path prefix for tf.data's on-disk cache (see
     happysad.cache.choose_caches). Memory use: the whole partition for "memory", SHUFFLE_BUFFER_BYTES for a disk cache,
     a few batches for None.
     shuffle_seed: shuffle every epoch (training); None keeps the file order (validation, test).
-    faces: crop the largest face first (see happysad.images); the cache then holds the crops.
     drop_remainder: only full batches (training on several replicas, see happysad.distribute).
     """
     label_dtype = tf.float32 if binary else tf.int32
@@ -198,7 +197,7 @@ def make_dataset(files: Files, image_size: int, batch_size: int, *, binary: bool
     if shuffle_seed is not None and cache is None:
         # Nothing cached: shuffle the file names (bytes each), not the decoded images (size²×12 bytes each).
         dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(lambda path, label: (images.load(path, image_size, faces), label),
+    dataset = dataset.map(lambda path, label: (preprocessing.load(path), label),
                           num_parallel_calls=tf.data.AUTOTUNE)
     if cache == "memory":
         dataset = dataset.cache()
@@ -209,14 +208,14 @@ def make_dataset(files: Files, image_size: int, batch_size: int, *, binary: bool
         dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
     elif shuffle_seed is not None and cache:
         # Images read back from disk are fresh copies: bound the buffer so a dataset larger than memory fits.
-        buffer = max(1, min(len(paths), SHUFFLE_BUFFER_BYTES // image_bytes(image_size)))
+        buffer = max(1, min(len(paths), SHUFFLE_BUFFER_BYTES // image_bytes(preprocessing.image_size)))
         dataset = dataset.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
-def undecodable_error(paths, image_size: int, data_dir):
+def undecodable_error(paths, preprocessing: images.Preprocessing, data_dir):
     """A DataError naming the files that broke a pipeline, found by decoding each again; None if none did."""
-    bad = find_undecodable(paths, image_size)
+    bad = find_undecodable(paths, preprocessing)
     if not bad:
         return None
     listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
@@ -225,12 +224,12 @@ def undecodable_error(paths, image_size: int, data_dir):
                      f"run `python -m happysad.clean {data_dir}` first")
 
 
-def find_undecodable(paths, image_size: int) -> list:
+def find_undecodable(paths, preprocessing: images.Preprocessing) -> list:
     """(path, reason) for each file TensorFlow's decoder rejects; used to explain a failed pipeline."""
     bad = []
     for path in paths:
         try:
-            images.load(path, image_size)
+            preprocessing.load(path)
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as error:
             bad.append((path, images.error_reason(error)))
     return bad

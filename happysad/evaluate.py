@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import classifier, data, images, metrics, record, reports, summaries
+from happysad import classifier, data, metrics, record, reports, summaries
 from happysad.runtime import enable_memory_growth, tf
 
 
@@ -154,7 +154,7 @@ def score(model: classifier.Classifier, files: data.Files, batch_size: int, keep
     """
     threshold = model.record.threshold
     dataset = tf.data.Dataset.from_tensor_slices((tf.constant(files.paths, tf.string), tf.range(len(files))))
-    dataset = dataset.map(lambda path, i: (images.load(path, model.image_size, model.faces), i),
+    dataset = dataset.map(lambda path, i: (model.preprocessing.load(path), i),
                           num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
     labels_all = np.asarray(files.labels, dtype=int)
@@ -175,7 +175,7 @@ def score(model: classifier.Classifier, files: data.Files, batch_size: int, keep
         progress.update(len(kept))
     progress.close()
     lost = [files.paths[i] for i in sorted(set(range(len(files))) - set(kept))]
-    reasons = dict(data.find_undecodable(lost, model.image_size))
+    reasons = dict(data.find_undecodable(lost, model.preprocessing))
     skipped = [(path, reasons.get(path, "could not be prepared for the model")) for path in lost]
     num_columns = model.record.num_classes
     return Scores([files.paths[i] for i in kept], labels_all[kept],

@@ -153,7 +153,7 @@ def export(model_path, fmt: str, quantize: str = "none", out=None) -> dict:
     tmp = out.with_name(f".{out.name.split('.')[0]}.tmp-{os.getpid()}{SUFFIXES[fmt]}")
     try:
         write(network.model, fmt, quantize, tmp)
-        difference = compare(network.model, tmp, network.image_size)
+        difference = compare(network.model, tmp, network.preprocessing.image_size)
         if quantize == "none" and difference > MAX_FLOAT_DIFFERENCE:
             raise ExportError(f"the {fmt} export differs from {model_path} by {difference:.2g} in probability "
                               f"(more than {MAX_FLOAT_DIFFERENCE:g}); nothing was written")

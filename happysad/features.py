@@ -47,12 +47,12 @@ def content_hashes(paths) -> list:
         return list(pool.map(files.sha256, paths))
 
 
-def extractor_id(arch: str, weights: str, image_size: int, faces: bool) -> str:
+def extractor_id(arch: str, weights: str, preprocessing) -> str:
     """What the vectors of one backbone depend on, apart from the image: a weights file counts by its bytes."""
     weights_id = weights
     if weights not in ("imagenet", "none") and Path(weights).is_file():
         weights_id = files.sha256(weights)
-    text = f"{FORMAT}|{arch}|{weights_id}|{image_size}|{'faces' if faces else 'whole'}"
+    text = f"{FORMAT}|{arch}|{weights_id}|{preprocessing.key}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -101,20 +101,20 @@ def prune(folder: Path, keep: str, max_age_days: float = MAX_AGE_DAYS) -> list:
     return removed
 
 
-def compute(extractor, paths, preprocess, view: str, batch_size: int = 32) -> np.ndarray:
+def compute(extractor, paths, preprocessing, view: str, batch_size: int = 32) -> np.ndarray:
     """Run the backbone over the files: (len(paths), dim) float32 features of one view.
 
-    preprocess(path) -> the model's input image: happysad.images.load with the model's settings.
+    preprocessing: the model's images.Preprocessing.
     """
     dataset = (tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string))
-               .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+               .map(preprocessing.load, num_parallel_calls=tf.data.AUTOTUNE)
                .batch(batch_size)
                .map(lambda batch: transform(batch, view))
                .prefetch(tf.data.AUTOTUNE))
     return np.asarray(extractor.predict(dataset, verbose=0), np.float32)
 
 
-def extract(extractor, paths, store: Store, preprocess, views=("original",), digests=None) -> np.ndarray:
+def extract(extractor, paths, store: Store, preprocessing, views=("original",), digests=None) -> np.ndarray:
     """(len(views), len(paths), dim) features: read from the store where they are, computed once where not."""
     digests = digests or content_hashes(paths)
     out = []
@@ -122,7 +122,7 @@ def extract(extractor, paths, store: Store, preprocess, views=("original",), dig
         found = [store.get(view, digest) for digest in digests]
         missing = [i for i, vector in enumerate(found) if vector is None]
         if missing:
-            computed = compute(extractor, [paths[i] for i in missing], preprocess, view)
+            computed = compute(extractor, [paths[i] for i in missing], preprocessing, view)
             for i, vector in zip(missing, computed):
                 store.put(view, digests[i], vector)
                 found[i] = vector

@@ -1,50 +1,102 @@
-"""The one image preprocessing every stage shares: train, evaluate, predict and serve call these,
-so a model always sees pictures prepared exactly as it was trained on.
+"""What training reads and how a picture becomes a model's input, for every stage.
+
+`FORMATS` is the one table of the image formats training reads: clean checks files against it, training
+lists files by it, serve accepts uploads by it. `Preprocessing` is the one object that turns a file into a
+model's input: train, evaluate, predict, serve and review call it, the caches are keyed by it, and the record
+stores it, so a model always sees pictures prepared exactly as it was trained on.
 
 Pixels are decoded by TensorFlow's own decoder (always RGB, never OpenCV's BGR), resized bilinearly to a
 square and scaled to [0, 1]. Models that want another range (ImageNet backbones) convert inside the model.
-With faces=True (a model trained with --faces, recorded in its record's preprocessing) the largest face is
-cropped out first (happysad.faces), and the whole picture is kept when none is found.
+With faces=True (--faces) the largest face is cropped out first (happysad.faces), and the whole picture is
+kept when none is found.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
+from dataclasses import dataclass
+from typing import ClassVar
 
 from happysad import faces as face_detector
 from happysad.runtime import tf
 
-# The extensions keras.utils.image_dataset_from_directory reads; it silently skips every other file.
-TRAINABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+@dataclass(frozen=True)
+class ImageFormat:
+    name: str  # as people write it: "JPEG"
+    kind: str  # as imghdr names it: "jpeg"
+    extensions: tuple  # that a file of this format may carry; clean renames to the first
+    signatures: tuple  # the bytes a file of this format starts with
 
 
-def decode_pixels(encoded: tf.Tensor) -> tf.Tensor:
+# What TensorFlow's decode_image reads, and keras.utils.image_dataset_from_directory lists (it skips every
+# other extension silently).
+FORMATS = (
+    ImageFormat("JPEG", "jpeg", (".jpg", ".jpeg"), (b"\xff\xd8\xff",)),
+    ImageFormat("PNG", "png", (".png",), (b"\x89PNG\r\n\x1a\n",)),
+    ImageFormat("GIF", "gif", (".gif",), (b"GIF87a", b"GIF89a")),
+    ImageFormat("BMP", "bmp", (".bmp",), (b"BM",)),
+)
+TRAINABLE_EXTENSIONS = tuple(extension for image_format in FORMATS for extension in image_format.extensions)
+FORMAT_NAMES = ", ".join(f.name for f in FORMATS[:-1]) + f" or {FORMATS[-1].name}"  # "JPEG, PNG, GIF or BMP"
+
+
+def trainable_format(data: bytes) -> ImageFormat | None:
+    """The trainable format the bytes start like, or None."""
+    return next((f for f in FORMATS if data.startswith(f.signatures)), None)
+
+
+def is_trainable_name(name: str) -> bool:
+    return name.lower().endswith(TRAINABLE_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The settings that turn a file into a model's input. A setting added here reaches every stage, the
+    cache keys and the record."""
+
+    image_size: int
+    faces: bool = False
+
+    # Fixed steps, written into the record for whoever audits a model; VERSION names them in cache keys.
+    STEPS: ClassVar[dict] = {"decode": "tf.io.decode_image RGB", "resize": "bilinear", "scale": "1/255"}
+    VERSION: ClassVar[str] = "v1"
+
+    def decode(self, encoded) -> tf.Tensor:
+        """Encoded image bytes -> float32 RGB tensor of shape (image_size, image_size, 3) in [0, 1]."""
+        image = decode_pixels(encoded)
+        if self.faces:
+            image = crop_face(image)
+        image = tf.image.resize(image, (self.image_size, self.image_size), method="bilinear")
+        image = tf.ensure_shape(image, (self.image_size, self.image_size, 3))
+        return image / 255.0
+
+    def load(self, path) -> tf.Tensor:
+        """Read and decode one file (a str or a string tensor, so it works inside tf.data.map)."""
+        return self.decode(tf.io.read_file(path))
+
+    @property
+    def key(self) -> str:
+        """Names these settings in cache keys: any change makes new caches."""
+        return f"{self.VERSION}|{self.image_size}|{'faces' if self.faces else 'whole'}"
+
+    def to_record(self) -> dict:
+        return {**dataclasses.asdict(self), **self.STEPS}
+
+    @classmethod
+    def from_record(cls, values: dict) -> Preprocessing:
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+def decode_pixels(encoded) -> tf.Tensor:
     """Encoded image bytes -> uint8 RGB tensor at the file's own size (the first frame of a GIF)."""
     return tf.io.decode_image(encoded, channels=3, expand_animations=False)
-
-
-def decode(encoded: tf.Tensor, image_size: int, faces: bool = False) -> tf.Tensor:
-    """Encoded image bytes -> float32 RGB tensor of shape (image_size, image_size, 3) in [0, 1]."""
-    image = decode_pixels(encoded)
-    if faces:
-        image = crop_face(image)
-    image = tf.image.resize(image, (image_size, image_size), method="bilinear")
-    image = tf.ensure_shape(image, (image_size, image_size, 3))
-    return image / 255.0
-
-
-def load(path, image_size: int, faces: bool = False) -> tf.Tensor:
-    """Read and decode one file (a str or a string tensor, so it works inside tf.data.map)."""
-    return decode(tf.io.read_file(path), image_size, faces)
 
 
 def crop_face(image: tf.Tensor) -> tf.Tensor:
     """The largest face of a decoded uint8 RGB image (OpenCV, via tf.numpy_function so tf.data can call it)."""
     cropped = tf.numpy_function(face_detector.crop, [image], tf.uint8, stateful=False)
     return tf.ensure_shape(cropped, (None, None, 3))
-
-
-def is_trainable_name(name: str) -> bool:
-    return name.lower().endswith(TRAINABLE_EXTENSIONS)
 
 
 def error_reason(error: Exception) -> str:

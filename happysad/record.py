@@ -1,8 +1,8 @@
 """The record of a trained model: the JSON sidecar saved beside it, and the atomic save of both.
 
 `models/happysad.h5` holds the network; `models/happysad.json` holds everything needed to use and audit it:
-class names in label order, image size, decision threshold, preprocessing, the seed, the exact file lists of
-each partition, the test metrics and the hyper-parameters. A copy of the record also goes into the run's
+class names in label order, the preprocessing (image size, face crops), the decision threshold, the seed,
+the exact file lists of each partition, the test metrics and the hyper-parameters. A copy of the record also goes into the run's
 TensorBoard folder as `record.json`, so every run can be listed and compared later.
 """
 import dataclasses
@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from happysad import files
+from happysad.images import Preprocessing
 
-# 2: near_copies and the per-epoch history. Version 1 records read as they are (those fields empty).
-FORMAT_VERSION = 2
+# 2: near_copies and the per-epoch history. 3: `preprocessing` holds every setting (image_size and faces, the
+# first at the top level before). Older records read as they are: missing fields empty, settings moved in.
+FORMAT_VERSION = 3
 
 
 class RecordError(Exception):
@@ -25,7 +27,7 @@ class RecordError(Exception):
 @dataclass
 class Record:
     class_names: list
-    image_size: int
+    preprocessing: Preprocessing
     threshold: float = 0.5
     seed: int = 1337
     data_dir: str = ""
@@ -34,8 +36,6 @@ class Record:
     metrics: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)  # per-epoch values as Keras logs them ("loss", "val_loss"...)
     hyperparameters: dict = field(default_factory=dict)
-    preprocessing: dict = field(default_factory=lambda: {"decode": "tf.io.decode_image RGB",
-                                                          "resize": "bilinear", "scale": "1/255"})
     run_dir: str = ""
     created: str = ""
     model_file: str = ""
@@ -51,12 +51,14 @@ class Record:
         return len(self.class_names) == 2
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        return json.dumps({**dataclasses.asdict(self), "preprocessing": self.preprocessing.to_record()}, indent=2)
 
     @classmethod
     def from_dict(cls, values: dict) -> "Record":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        known = {f.name for f in dataclasses.fields(cls)} - {"preprocessing"}
+        settings = {"image_size": values.get("image_size"), **values.get("preprocessing", {})}  # versions 1-2
+        return cls(**{k: v for k, v in values.items() if k in known},
+                   preprocessing=Preprocessing.from_record(settings))
 
 
 def sidecar_path(model_path) -> Path:

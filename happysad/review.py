@@ -273,17 +273,18 @@ def image_features(args, files: data.Files, digests: list) -> tuple:
 
     The backbone is built only when some image is missing from the store.
     """
-    store = features.store_for(args.cache, features.extractor_id(args.arch, args.weights, args.image_size, False),
+    preprocessing = images.Preprocessing(args.image_size)  # the whole picture: faces are train's choice
+    store = features.store_for(args.cache, features.extractor_id(args.arch, args.weights, preprocessing),
                                cache.DEFAULT_CACHE_DIR)
     missing = sum(store.get("original", digest) is None for digest in digests)
     extractor = None
     if missing:
-        extractor, _ = models.split_at_pool(models.build(args.arch, 2, args.image_size, weights=args.weights))
-    load = lambda path: images.load(path, args.image_size)  # noqa: E731
+        extractor, _ = models.split_at_pool(models.build(args.arch, 2, preprocessing.image_size,
+                                                         weights=args.weights))
     try:
-        vectors = features.extract(extractor, files.paths, store, load, digests=digests)[0]
+        vectors = features.extract(extractor, files.paths, store, preprocessing, digests=digests)[0]
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-        error = data.undecodable_error(files.paths, args.image_size, args.data_dir)
+        error = data.undecodable_error(files.paths, preprocessing, args.data_dir)
         if error is None:
             raise
         raise error from None

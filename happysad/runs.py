@@ -5,6 +5,7 @@ metrics, timing); that is all this reads, so it needs neither TensorFlow nor Ten
 The best run is marked by test accuracy when every listed run has one, otherwise by validation accuracy.
 """
 import argparse
+import dataclasses
 import datetime
 import json
 import shlex
@@ -169,15 +170,21 @@ def list_runs(args) -> None:
     print(f"view them: {command}")
 
 
+def facts(run_record: record.Record) -> dict:
+    """What two runs can differ in besides their flags: the classes, the data and the preprocessing."""
+    return {"class_names": run_record.class_names, "data_dir": run_record.data_dir,
+            **dataclasses.asdict(run_record.preprocessing)}
+
+
 def comparison(run_a: Run, run_b: Run) -> dict:
     metrics = {label: [run_a.metric(*key), run_b.metric(*key)] for label, key in COMPARED_METRICS}
     metrics["train minutes"] = [None if run.seconds is None else run.seconds / 60 for run in (run_a, run_b)]
     hyper_a, hyper_b = run_a.record.hyperparameters, run_b.record.hyperparameters
     differing = {key: [hyper_a.get(key), hyper_b.get(key)] for key in sorted(set(hyper_a) | set(hyper_b))
                  if hyper_a.get(key) != hyper_b.get(key)}
-    for name in ("class_names", "data_dir", "image_size"):
-        if getattr(run_a.record, name) != getattr(run_b.record, name) and name not in differing:
-            differing[name] = [getattr(run_a.record, name), getattr(run_b.record, name)]
+    facts_a, facts_b = (facts(run.record) for run in (run_a, run_b))
+    differing.update({name: [facts_a[name], facts_b[name]] for name in facts_a
+                      if facts_a[name] != facts_b[name] and name not in differing})
     return {"runs": [run_a.name, run_b.name], "metrics": metrics, "differing_hyperparameters": differing}
 
 

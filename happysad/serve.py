@@ -28,9 +28,6 @@ from happysad import classifier, images
 from happysad.runtime import enable_memory_growth, tf
 
 STATIC = Path(__file__).with_name("static")
-FORMATS = "JPEG, PNG, GIF or BMP"  # what training reads (images.TRAINABLE_EXTENSIONS)
-MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-         (b"BM", "BMP"))
 HEADER_BYTES = {"PNG": 24, "GIF": 13, "BMP": 26}
 MULTIPART_OVERHEAD = 64 * 1024  # allowance per request for multipart boundaries and part headers
 
@@ -97,9 +94,10 @@ def gif_frames(data: bytes) -> tuple:
 
 def header_size(data: bytes) -> tuple:
     """(format, pixels) from the file's header alone, without decoding; Rejected for other formats."""
-    fmt = next((name for magic, name in MAGIC if data.startswith(magic)), None)
-    if fmt is None:
-        raise Rejected(415, f"not an image: send {FORMATS}")
+    trainable = images.trainable_format(data)
+    if trainable is None:
+        raise Rejected(415, f"not an image: send {images.FORMAT_NAMES}")
+    fmt = trainable.name
     if fmt == "JPEG":
         try:
             height, width, _ = tf.image.extract_jpeg_shape(data).numpy()
@@ -140,7 +138,7 @@ def read_image(model: classifier.Classifier, data: bytes, limits: Limits) -> np.
 
 def model_info(model: classifier.Classifier, model_path, limits: Limits) -> dict:
     saved = model.record
-    return {"name": Path(model_path).name, "class_names": model.class_names, "image_size": model.image_size,
+    return {"name": Path(model_path).name, "class_names": model.class_names, "image_size": model.preprocessing.image_size,
             "threshold": saved.threshold, "metrics": saved.metrics.get("test", {}), "created": saved.created,
             "architecture": saved.hyperparameters.get("arch", ""), "limits": asdict(limits)}
 
@@ -217,7 +215,8 @@ def main(argv=None) -> None:
         model = classifier.load(args.model)
     except classifier.ModelError as error:
         sys.exit(f"happysad.serve: error: {error}")
-    model.predict(np.zeros((1, model.image_size, model.image_size, 3), np.float32))  # trace before the first user
+    size = model.preprocessing.image_size
+    model.predict(np.zeros((1, size, size, 3), np.float32))  # trace before the first user
     limits = Limits(args.max_bytes, args.max_pixels, args.max_files)
     try:
         server_socket = listen(args.host, args.port)

@@ -148,6 +148,7 @@ def train(args) -> dict:
     if skipped:
         print(f"note: {len(skipped)} file(s) with extensions training does not read are ignored "
               f"(e.g. {skipped[0]}): run `python -m happysad.clean {args.data}` to convert or quarantine them")
+    preprocessing = images.Preprocessing(args.image_size, args.faces)
     groups = data.near_copy_groups(files)
     parts = data.split(files, args.fractions, args.seed, groups=groups)
     copies = near_copy_lists(files, groups, args.data)
@@ -169,7 +170,7 @@ def train(args) -> dict:
     augment = args.augment and (not pretrained or args.fine_tune > 0)  # a frozen head trains on stored views
     with setup.strategy.scope():
         network = models.compile_model(
-            models.build(args.arch, len(class_names), args.image_size, augment=augment,
+            models.build(args.arch, len(class_names), preprocessing.image_size, augment=augment,
                          dropout=args.dropout, weights=args.weights),
             len(class_names), args.learning_rate, jit=args.jit)
     network.summary(print_fn=print)
@@ -182,8 +183,8 @@ def train(args) -> dict:
     # -- inputs: decoded-image pipelines (CNN, fine-tuning), or stored backbone features (pretrained) ------
     labels = {name: np.asarray(parts[name].labels, np.float32 if binary else np.int32) for name in data.PARTITIONS}
     extractor, head = models.split_at_pool(network) if pretrained else (None, None)
-    stored = stored_features(args, extractor, parts) if pretrained else None
-    datasets = image_datasets(args, setup, parts, binary) if not pretrained or args.fine_tune else {}
+    stored = stored_features(args, extractor, parts, preprocessing) if pretrained else None
+    datasets = image_datasets(args, setup, parts, preprocessing, binary) if not pretrained or args.fine_tune else {}
 
     # -- callbacks: timing, early stopping, TensorBoard ----------------------------------------------------
     backup = resume_backup(args) if setup.is_chief else None
@@ -194,7 +195,7 @@ def train(args) -> dict:
     timing = callbacks.EpochTiming(len(parts["train"]))
     board = callbacks.tensorboard(
         run_dir, hyperparameters, parts["train"], datasets.get("validation"), parts["validation"].labels,
-        class_names, args.image_size, faces=args.faces, seed=args.seed)
+        class_names, preprocessing, seed=args.seed)
     if pretrained:
         board[1].watch(features.dataset(stored["validation"][0], labels["validation"], args.batch_size),
                            matrix_every_epoch=False)
@@ -210,8 +211,7 @@ def train(args) -> dict:
         image_callbacks = [keras.callbacks.BackupAndRestore(str(backup.folder / "keras")), *image_callbacks,
                            callbacks.ResumeState(backup, run_dir, image_callbacks, timing)]
     if checkpoint:  # a record beside the checkpoint makes it usable by predict even if this run never ends
-        provisional = record.Record(class_names, args.image_size, seed=args.seed, run_dir=str(run_dir))
-        provisional.preprocessing["faces"] = args.faces
+        provisional = record.Record(class_names, preprocessing, seed=args.seed, run_dir=str(run_dir))
         write_atomic(record.sidecar_path(checkpoint), provisional.to_json())
 
     # -- fit: the head on stored features or the whole CNN, then optional fine-tuning ---------------------
@@ -229,7 +229,7 @@ def train(args) -> dict:
             board[1].watch(datasets["validation"])
             fine_tune(args, network, len(class_names), setup, datasets, image_callbacks, class_weight, history)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-        error = data.undecodable_error(files.paths, args.image_size, args.data)
+        error = data.undecodable_error(files.paths, preprocessing, args.data)
         if error is None:
             raise
         raise error from None
@@ -254,7 +254,7 @@ def train(args) -> dict:
     saved = {"epoch": kept + 1, **{key: float(values[kept]) for key, values in history.history.items()}}
     run_record = record.Record(
         class_names=class_names,
-        image_size=args.image_size,
+        preprocessing=preprocessing,
         threshold=threshold,
         seed=args.seed,
         data_dir=str(Path(args.data).resolve()),
@@ -267,7 +267,6 @@ def train(args) -> dict:
         run_dir=str(run_dir),
         created=datetime.datetime.now().isoformat(timespec="seconds"),
     )
-    run_record.preprocessing["faces"] = args.faces
     if not setup.is_chief:
         print(f"worker {setup.worker_index}: done; the chief saves the model and the logs")
         return {"record": run_record, "history": history.history, "run_dir": None}
@@ -280,33 +279,30 @@ def train(args) -> dict:
     return {"record": run_record, "history": history.history, "run_dir": run_dir}
 
 
-def image_datasets(args, setup, parts, binary) -> dict:
+def image_datasets(args, setup, parts, preprocessing, binary) -> dict:
     """tf.data pipelines of decoded images: validation and test whole, training sharded over the workers."""
     # Each worker trains on its own share of the training files; all of them validate and test on all.
     train_files = parts["train"].shard(setup.worker_index, setup.num_workers)
-    preprocessing = "v1-faces" if args.faces else "v1"
-    caches = cache.choose_caches(args.cache, {**parts, "train": train_files}, args.image_size, preprocessing)
+    caches = cache.choose_caches(args.cache, {**parts, "train": train_files}, preprocessing)
     global_batch = setup.global_batch(args.batch_size)
     datasets = {
-        name: data.make_dataset(parts[name], args.image_size, global_batch, binary=binary, cache=caches[name],
-                                faces=args.faces)
+        name: data.make_dataset(parts[name], preprocessing, global_batch, binary=binary, cache=caches[name])
         for name in ("validation", "test")
     }
     datasets["train"] = distribute.training_input(
         setup, args.batch_size, len(train_files), lambda batch_size, drop_remainder: data.make_dataset(
-            train_files, args.image_size, batch_size, binary=binary, shuffle_seed=args.seed,
-            cache=caches["train"], faces=args.faces, drop_remainder=drop_remainder))
+            train_files, preprocessing, batch_size, binary=binary, shuffle_seed=args.seed, cache=caches["train"],
+            drop_remainder=drop_remainder))
     return datasets
 
 
-def stored_features(args, extractor, parts) -> dict:
+def stored_features(args, extractor, parts, preprocessing) -> dict:
     """{partition: (views, images, dim) backbone features}: every view for training, the image itself for the
     others. Read from the feature store where a run has computed them before."""
-    store = features.store_for(args.cache, features.extractor_id(args.arch, args.weights, args.image_size,
-                                                                 args.faces), cache.DEFAULT_CACHE_DIR)
+    store = features.store_for(args.cache, features.extractor_id(args.arch, args.weights, preprocessing),
+                               cache.DEFAULT_CACHE_DIR)
     started = time.time()
-    load = lambda path: images.load(path, args.image_size, args.faces)  # noqa: E731
-    stored = {name: features.extract(extractor, parts[name].paths, store, load,
+    stored = {name: features.extract(extractor, parts[name].paths, store, preprocessing,
                                      features.VIEWS[args.views] if name == "train" else ("original",))
               for name in data.PARTITIONS}
     total = sum(array.shape[0] * array.shape[1] for array in stored.values())

@@ -8,40 +8,40 @@ import pytest
 import tensorflow as tf
 from test_data import copy_partition, epoch_items
 
-from happysad import cache as image_cache, data
+from happysad import cache as image_cache, data, images
 
 
 def test_auto_cache_is_memory_within_budget_else_disk_and_test_is_never_cached(faces_dir, tmp_path):
     files, _ = data.list_images(faces_dir, data.find_classes(faces_dir))
     parts = data.split(files, seed=1)
     needed = image_cache.decoded_bytes(parts["train"], 16) + image_cache.decoded_bytes(parts["validation"], 16)
-    fits = image_cache.choose_caches("auto", parts, 16, "v1", budget=needed, folder=tmp_path)
+    fits = image_cache.choose_caches("auto", parts, images.Preprocessing(16), budget=needed, folder=tmp_path)
     assert fits == {"train": "memory", "validation": "memory", "test": None}
-    too_big = image_cache.choose_caches("auto", parts, 16, "v1", budget=needed - 1, folder=tmp_path)
+    too_big = image_cache.choose_caches("auto", parts, images.Preprocessing(16), budget=needed - 1, folder=tmp_path)
     assert too_big["test"] is None and too_big["train"] != too_big["validation"]
     assert all(too_big[name].startswith(str(tmp_path / "images-")) for name in ("train", "validation"))
-    assert image_cache.choose_caches("none", parts, 16, "v1") == {name: None for name in data.PARTITIONS}
-    elsewhere = image_cache.choose_caches(f"disk:{tmp_path / 'other'}", parts, 16, "v1")
+    assert image_cache.choose_caches("none", parts, images.Preprocessing(16)) == {name: None for name in data.PARTITIONS}
+    elsewhere = image_cache.choose_caches(f"disk:{tmp_path / 'other'}", parts, images.Preprocessing(16))
     assert elsewhere["train"].startswith(str(tmp_path / "other" / "images-"))
     assert 0 < image_cache.memory_cache_budget() < image_cache.available_memory()
     with pytest.raises(ValueError, match="--cache must be"):
-        image_cache.choose_caches("ram", parts, 16, "v1")
+        image_cache.choose_caches("ram", parts, images.Preprocessing(16))
 
 
 def test_cache_key_changes_with_the_data_the_size_and_the_preprocessing(faces_dir, tmp_path):
     part = copy_partition(faces_dir, tmp_path, per_class=3)
-    key = image_cache.cache_key(part, 16, "v1")
-    assert image_cache.cache_key(part, 16, "v1") == key
-    assert len({key, image_cache.cache_key(part, 24, "v1"), image_cache.cache_key(part, 16, "v1-faces")}) == 3
+    key = image_cache.cache_key(part, images.Preprocessing(16))
+    assert image_cache.cache_key(part, images.Preprocessing(16)) == key
+    assert len({key, image_cache.cache_key(part, images.Preprocessing(24)), image_cache.cache_key(part, images.Preprocessing(16, faces=True))}) == 3
     fewer = data.Files(part.paths[1:], part.labels[1:])
-    assert image_cache.cache_key(fewer, 16, "v1") != key
+    assert image_cache.cache_key(fewer, images.Preprocessing(16)) != key
     os.utime(part.paths[0], ns=(0, 0))  # the same file, edited (new modification time)
-    assert image_cache.cache_key(part, 16, "v1") != key
+    assert image_cache.cache_key(part, images.Preprocessing(16)) != key
 
 
 def test_disk_cache_recovers_from_a_crashed_writer_then_is_reused(faces_dir, tmp_path):
     part = copy_partition(faces_dir, tmp_path / "images")
-    key = image_cache.cache_key(part, 16, "v1")
+    key = image_cache.cache_key(part, images.Preprocessing(16))
     prefix = tmp_path / "cache" / f"images-{key}"
     prefix.parent.mkdir()
 
@@ -52,19 +52,19 @@ def test_disk_cache_recovers_from_a_crashed_writer_then_is_reused(faces_dir, tmp
 
     leave_crash_debris()
     with pytest.raises(tf.errors.AlreadyExistsError):  # what every later run got before disk_cache
-        epoch_items(data.make_dataset(part, 16, 8, binary=True, cache=str(prefix)))
+        epoch_items(data.make_dataset(part, images.Preprocessing(16), 8, binary=True, cache=str(prefix)))
     leave_crash_debris()
-    cache = image_cache.choose_caches("disk", {"train": part}, 16, "v1", folder=prefix.parent)["train"]
+    cache = image_cache.choose_caches("disk", {"train": part}, images.Preprocessing(16), folder=prefix.parent)["train"]
     assert cache == str(prefix)
     assert not list(prefix.parent.glob(f"{prefix.name}_*"))
-    dataset = data.make_dataset(part, 16, 8, binary=True, cache=cache)
+    dataset = data.make_dataset(part, images.Preprocessing(16), 8, binary=True, cache=cache)
     first = epoch_items(dataset)
     assert Path(f"{prefix}.index").exists()
-    assert first == epoch_items(data.make_dataset(part, 16, 8, binary=True, cache=None))
+    assert first == epoch_items(data.make_dataset(part, images.Preprocessing(16), 8, binary=True, cache=None))
     for path in part.paths:  # a complete cache is read back, nothing is decoded again
         os.remove(path)
     assert image_cache.disk_cache(prefix.parent, key) == cache
-    assert epoch_items(data.make_dataset(part, 16, 8, binary=True, cache=cache)) == first
+    assert epoch_items(data.make_dataset(part, images.Preprocessing(16), 8, binary=True, cache=cache)) == first
 
 
 def test_disk_cache_being_written_by_a_live_run_is_left_alone(tmp_path):

@@ -67,7 +67,7 @@ def test_valid_jpegs_that_imghdr_misses_and_odd_pngs_are_kept(dataset):
     clean.clean(data)
     for path in broken["keep"]:
         assert path.exists()
-        assert images.load(str(path), 24).shape == (24, 24, 3)
+        assert images.Preprocessing(24).load(str(path)).shape == (24, 24, 3)
 
 
 def colour_file(bgr, extension: str, size) -> bytes:
@@ -97,7 +97,7 @@ def test_conversions_are_readable_have_the_right_colours_and_overwrite_nothing(t
     converted = [data / found.converted for found in summary.findings]
     assert len(set(converted)) == 4 and all(images.is_trainable_name(path.name) for path in converted)
     for path in converted:
-        r, g, b = images.load(str(path), 8).numpy().mean(axis=(0, 1))
+        r, g, b = images.Preprocessing(8).load(str(path)).numpy().mean(axis=(0, 1))
         assert r > 0.9 and g < 0.1 and b < 0.1, path
     renamed = {found.path: data / found.converted for found in summary.findings}
     assert renamed["colours/red.jpg"].read_bytes() == originals["red.jpg"]  # lossless: the same bytes

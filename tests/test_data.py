@@ -113,13 +113,13 @@ def test_partitions_identical_across_epochs(faces_dir):
     parts = data.split(files, seed=3)
     lookup = {}
     for path in files.paths:
-        lookup[images.load(path, 16).numpy().tobytes()] = path
+        lookup[images.Preprocessing(16).load(path).numpy().tobytes()] = path
 
     def epoch_files(dataset):
         return [lookup[image.tobytes()] for batch, _ in dataset for image in batch.numpy()]
 
     for name, seed in (("train", 3), ("validation", None), ("test", None)):
-        dataset = data.make_dataset(parts[name], 16, 8, binary=True, shuffle_seed=seed, cache="memory")
+        dataset = data.make_dataset(parts[name], images.Preprocessing(16), 8, binary=True, shuffle_seed=seed, cache="memory")
         first, second = epoch_files(dataset), epoch_files(dataset)
         assert sorted(first) == sorted(second) == sorted(parts[name].paths)
         if seed is None:
@@ -193,9 +193,9 @@ def test_training_order_mixes_classes_and_changes_every_epoch(faces_dir, tmp_pat
     monkeypatch.setattr(data, "SHUFFLE_BUFFER_BYTES", 4 * data.image_bytes(16))
     part = copy_partition(faces_dir, tmp_path / "images")
     cache = str(tmp_path / "images-cache") if cache == "disk" else cache
-    dataset = data.make_dataset(part, 16, 6, binary=True, shuffle_seed=3, cache=cache)
+    dataset = data.make_dataset(part, images.Preprocessing(16), 6, binary=True, shuffle_seed=3, cache=cache)
     epochs = [epoch_items(dataset) for _ in range(3)]
-    everything = sorted(epoch_items(data.make_dataset(part, 16, 6, binary=True)))
+    everything = sorted(epoch_items(data.make_dataset(part, images.Preprocessing(16), 6, binary=True)))
     for items in epochs:
         assert sorted(items) == everything
         assert {label for label, _ in items[:6]} == {0.0, 1.0}

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from happysad import classifier, export, files, predict, record
+from happysad import classifier, export, files, images, predict, record
 
 FLOAT_TOLERANCE = 1e-5
 QUANTIZED_TOLERANCE = 2e-2
@@ -60,7 +60,7 @@ def test_default_names_never_share_the_source_record(source, exports):
 def test_export_gives_the_same_labels_and_probabilities(exports, test_images, tag):
     _, pixels, reference = test_images
     exported = classifier.load(exports[tag])
-    assert exported.class_names == reference.class_names and exported.image_size == reference.image_size
+    assert exported.class_names == reference.class_names and exported.preprocessing.image_size == reference.preprocessing.image_size
     want, got = reference.probabilities(pixels), exported.probabilities(pixels)
     tolerance = FLOAT_TOLERANCE if FORMATS[tag][1] == "none" else QUANTIZED_TOLERANCE
     np.testing.assert_allclose(got, want, rtol=0, atol=tolerance)
@@ -79,7 +79,7 @@ def test_record_beside_the_export_names_it(source, exports, tag):
         assert copy.model_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     else:
         assert copy.model_sha256 == export.sha256(path) != export.sha256(exports["keras"])
-    for field in ("class_names", "image_size", "threshold", "split", "metrics", "preprocessing", "seed"):
+    for field in ("class_names", "preprocessing", "threshold", "split", "metrics", "seed"):
         assert getattr(copy, field) == getattr(original, field)
 
 
@@ -124,7 +124,7 @@ def test_model_with_augmentation_and_built_in_preprocessing_exports_to_every_for
     pixels = rng.random((16, 24, 24, 3), dtype=np.float32)
     model.fit(pixels, rng.integers(0, 3, 16), epochs=1, verbose=0)
     path = tmp_path / "three.h5"
-    record.save(model, path, record.Record(class_names=["a", "b", "c"], image_size=24))
+    record.save(model, path, record.Record(class_names=["a", "b", "c"], preprocessing=images.Preprocessing(24)))
     want = np.asarray(model(pixels, training=False))
     for fmt in ("keras", "savedmodel", "tflite"):
         export.main(["--format", fmt, "--model", str(path)])

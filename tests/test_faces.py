@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from happysad import classifier, faces, images, predict, record, sample, train
+from happysad import classifier, data, evaluate, faces, images, predict, record, sample, train
 
 FACE_BOX = (190, 120, 110, 140)  # x, y, width, height of the drawn face in a 360 px picture
 
@@ -76,12 +76,12 @@ def test_without_a_face_the_whole_image_is_kept():
 def test_the_shared_preprocessing_crops_only_when_asked(tmp_path):
     face_file = write_png(tmp_path / "face.png", draw_face())
     expected = tf.image.resize(faces.crop(draw_face()), (32, 32), method="bilinear") / 255.0
-    np.testing.assert_allclose(images.load(str(face_file), 32, faces=True), expected, atol=1e-6)
-    assert np.abs(images.load(str(face_file), 32, faces=False) - expected).max() > 0.1
+    np.testing.assert_allclose(images.Preprocessing(32, faces=True).load(str(face_file)), expected, atol=1e-6)
+    assert np.abs(images.Preprocessing(32, faces=False).load(str(face_file)) - expected).max() > 0.1
 
     plain_file = write_png(tmp_path / "plain.png", no_face())
-    np.testing.assert_array_equal(images.load(str(plain_file), 32, faces=True),
-                                  images.load(str(plain_file), 32, faces=False))
+    np.testing.assert_array_equal(images.Preprocessing(32, faces=True).load(str(plain_file)),
+                                  images.Preprocessing(32, faces=False).load(str(plain_file)))
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +94,11 @@ def faces_model(tmp_path_factory):
     return model_path
 
 
-def test_a_faces_model_records_it_and_predict_and_serve_crop_the_same_way(faces_model, tmp_path, capsys):
-    assert record.read(faces_model).preprocessing["faces"] is True
+def test_a_faces_model_records_it_and_predict_serve_and_evaluate_crop_the_same_way(faces_model, tmp_path, capsys):
+    assert record.read(faces_model).preprocessing == images.Preprocessing(32, faces=True)
     model = classifier.load(faces_model)
     face_file = write_png(tmp_path / "face.png", draw_face())
-    cropped = images.load(str(face_file), 32, faces=True).numpy()
+    cropped = images.Preprocessing(32, faces=True).load(str(face_file)).numpy()
     np.testing.assert_array_equal(model.load_image(face_file), cropped)
     np.testing.assert_array_equal(model.decode(face_file.read_bytes()), cropped)  # what serve calls
 
@@ -106,3 +106,5 @@ def test_a_faces_model_records_it_and_predict_and_serve_crop_the_same_way(faces_
     row = json.loads(capsys.readouterr().out)
     p_second = float(model.model(cropped[None], training=False).numpy().reshape(-1)[0])
     assert row["probabilities"][model.class_names[1]] == pytest.approx(p_second, abs=1e-5)
+    scores = evaluate.score(model, data.Files([str(face_file)], [1]), batch_size=4)  # what evaluate scores
+    assert scores.probabilities[0, 1] == pytest.approx(p_second, abs=1e-5)

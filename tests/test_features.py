@@ -38,7 +38,7 @@ def test_saved_model_gives_the_heads_output_on_the_stored_features(small_dir, we
     model = classifier.load(tmp_path / "a" / "m.h5")
     saved = record.read(tmp_path / "a" / "m.h5")
     test_paths = [str(small_dir / p) for p in saved.split["test"]]
-    store = features.Store(features.extractor_id("mobilenet025", str(weights_file), SIZE, False), tmp_path / "cache")
+    store = features.Store(features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)), tmp_path / "cache")
     vectors = stored_vectors(store, test_paths)
     _, head = models.split_at_pool(model.model)
     expected = head(vectors, training=False).numpy().reshape(-1)
@@ -62,7 +62,7 @@ def test_a_second_run_with_other_head_settings_never_runs_the_backbone(small_dir
 def test_views_are_stored_for_training_images_only(small_dir, weights_file, tmp_path):
     result = run(small_dir, weights_file, tmp_path / "views", "--views", "4")
     saved = result["record"]
-    store = features.Store(features.extractor_id("mobilenet025", str(weights_file), SIZE, False), tmp_path / "cache")
+    store = features.Store(features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)), tmp_path / "cache")
     train_paths = [str(small_dir / p) for p in saved.split["train"]]
     test_paths = [str(small_dir / p) for p in saved.split["test"]]
     digests = features.content_hashes(test_paths)
@@ -78,21 +78,21 @@ def test_vectors_are_found_by_content_and_keyed_by_everything_they_depend_on(sma
     network = models.build("mobilenet025", 2, SIZE, weights=str(weights_file))
     extractor, _ = models.split_at_pool(network)
     paths = sorted(str(p) for p in (small_dir / "happy").iterdir())[:3]
-    load = lambda path: images.load(path, SIZE)  # noqa: E731
+    preprocessing = images.Preprocessing(SIZE)
     store = features.Store("k1", tmp_path / "cache")
-    first = features.extract(extractor, paths, store, load)[0]
-    np.testing.assert_allclose(first, features.compute(extractor, paths, load, "original"), atol=1e-6)
+    first = features.extract(extractor, paths, store, preprocessing)[0]
+    np.testing.assert_allclose(first, features.compute(extractor, paths, preprocessing, "original"), atol=1e-6)
     renamed = tmp_path / "renamed.jpg"
     renamed.write_bytes(Path(paths[0]).read_bytes())
-    again = features.extract(extractor, [str(renamed)], features.Store("k1", tmp_path / "cache"), load)[0]
+    again = features.extract(extractor, [str(renamed)], features.Store("k1", tmp_path / "cache"), preprocessing)[0]
     np.testing.assert_array_equal(again[0], first[0])  # read back, by content
-    keys = {features.extractor_id(arch, str(weights_file), size, faces)
+    keys = {features.extractor_id(arch, str(weights_file), images.Preprocessing(size, faces))
             for arch in ("mobilenet", "mobilenet025") for size in (32, 64) for faces in (False, True)}
     assert len(keys) == 8
     other_weights = tmp_path / "other.weights.h5"
     other_weights.write_bytes(Path(weights_file).read_bytes() + b"\0")
-    assert features.extractor_id("mobilenet025", str(other_weights), SIZE, False) != \
-        features.extractor_id("mobilenet025", str(weights_file), SIZE, False)
+    assert features.extractor_id("mobilenet025", str(other_weights), images.Preprocessing(SIZE)) != \
+        features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE))
 
 
 def test_unused_stores_are_pruned(tmp_path):

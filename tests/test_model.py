@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from happysad import classifier, data, metrics, model as models, predict, record, sample, train
+from happysad import classifier, data, images, metrics, model as models, predict, record, sample, train
 
 SIZE = models.MIN_IMAGE_SIZE
 # keras.applications' own preprocess_input for each backbone: the layers inside our models must match them.
@@ -45,7 +45,7 @@ def test_each_arch_trains_a_step_and_predicts_the_same_after_save_and_load(arch,
     models.compile_model(network, 2)  # a fresh optimizer: the files then hold no Adam state (3x smaller)
 
     saved = tmp_path / f"{arch}.h5"
-    record.save(network, saved, record.Record(class_names=["happy", "sad"], image_size=SIZE))
+    record.save(network, saved, record.Record(class_names=["happy", "sad"], preprocessing=images.Preprocessing(SIZE)))
     loaded = classifier.load(saved)
     # The classifier scores through a traced graph, whose fused kernels round differently from eager calls
     # (up to ~2e-6 through ResNet50's 50 layers); one wrong weight would move the outputs far more.

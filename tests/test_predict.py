@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from happysad import data, predict, record
+from happysad import data, images, predict, record
 
 
 def run_predict(args, capsys):
@@ -29,7 +29,7 @@ def test_probability_equals_the_model_on_the_pipelines_own_tensor(trained, capsy
 
     network = keras.models.load_model(trained["model"], compile=False)
     files = data.Files(paths, [0] * len(paths))
-    batch, _ = next(iter(data.make_dataset(files, saved.image_size, 8, binary=True)))
+    batch, _ = next(iter(data.make_dataset(files, images.Preprocessing(saved.preprocessing.image_size), 8, binary=True)))
     p_second = network(batch, training=False).numpy().reshape(-1)
     for row, p in zip(rows, p_second):
         expected_label = saved.class_names[int(p >= saved.threshold)]
@@ -44,7 +44,7 @@ def red_minus_blue_model(tmp_path):
                               keras.layers.Dense(1, activation="sigmoid")])
     model.layers[-1].set_weights([np.array([[-20.0], [0.0], [20.0]]), np.zeros(1)])
     path = tmp_path / "colour.h5"
-    record.save(model, path, record.Record(class_names=["red", "blue"], image_size=8))
+    record.save(model, path, record.Record(class_names=["red", "blue"], preprocessing=images.Preprocessing(8)))
     return path
 
 

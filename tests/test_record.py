@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from happysad import classifier, files, model as models, record
+from happysad import classifier, files, images, model as models, record
 
 
 def small_model(seed=0):
@@ -16,10 +16,10 @@ def small_model(seed=0):
 def test_h5_round_trip_gives_identical_predictions(tmp_path):
     network = small_model()
     path = tmp_path / "m" / "happysad.h5"
-    record.save(network, path, record.Record(class_names=["happy", "sad"], image_size=24))
-    images = np.random.default_rng(0).random((5, 24, 24, 3)).astype("float32")
+    record.save(network, path, record.Record(class_names=["happy", "sad"], preprocessing=images.Preprocessing(24)))
+    batch = np.random.default_rng(0).random((5, 24, 24, 3)).astype("float32")
     loaded = keras.models.load_model(path)
-    np.testing.assert_array_equal(network.predict(images, verbose=0), loaded.predict(images, verbose=0))
+    np.testing.assert_array_equal(network.predict(batch, verbose=0), loaded.predict(batch, verbose=0))
     saved = json.loads((tmp_path / "m" / "happysad.json").read_text())
     assert saved["class_names"] == ["happy", "sad"]
     assert saved["model_sha256"] == files.sha256(path)
@@ -29,7 +29,7 @@ def test_h5_round_trip_gives_identical_predictions(tmp_path):
 def test_failed_save_keeps_the_previous_model(tmp_path, monkeypatch):
     path = tmp_path / "happysad.h5"
     first = small_model(1)
-    record.save(first, path, record.Record(class_names=["a", "b"], image_size=24))
+    record.save(first, path, record.Record(class_names=["a", "b"], preprocessing=images.Preprocessing(24)))
     before = path.read_bytes(), record.sidecar_path(path).read_text()
 
     second = small_model(2)
@@ -43,7 +43,7 @@ def test_failed_save_keeps_the_previous_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(keras.Model, "save", crash_halfway)
     with pytest.raises(OSError, match="disk full"):
-        record.save(second, path, record.Record(class_names=["x", "y"], image_size=24))
+        record.save(second, path, record.Record(class_names=["x", "y"], preprocessing=images.Preprocessing(24)))
     assert (path.read_bytes(), record.sidecar_path(path).read_text()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["happysad.h5", "happysad.json"]
 
@@ -52,4 +52,14 @@ def test_sidecar_path_and_unknown_keys():
     assert record.sidecar_path("models/happysad.h5").as_posix() == "models/happysad.json"
     assert record.sidecar_path("out/model.tflite").as_posix() == "out/model.json"
     restored = record.Record.from_dict({"class_names": ["a", "b"], "image_size": 8, "from_the_future": 1})
-    assert restored.binary and restored.image_size == 8
+    assert restored.binary and restored.preprocessing == images.Preprocessing(8)
+
+
+def test_the_preprocessing_is_stored_whole_and_read_back_from_every_format_version():
+    written = json.loads(record.Record(["a", "b"], images.Preprocessing(24, faces=True)).to_json())
+    assert "image_size" not in written and written["format_version"] == record.FORMAT_VERSION == 3
+    assert written["preprocessing"] == {"image_size": 24, "faces": True, **images.Preprocessing.STEPS}
+    assert record.Record.from_dict(written).preprocessing == images.Preprocessing(24, faces=True)
+    version_2 = {"class_names": ["a", "b"], "image_size": 24, "format_version": 2,
+                 "preprocessing": {"decode": "tf.io.decode_image RGB", "faces": True}}
+    assert record.Record.from_dict(version_2).preprocessing == images.Preprocessing(24, faces=True)

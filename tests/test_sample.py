@@ -53,7 +53,7 @@ def test_broken_files_are_what_they_claim(tmp_path):
     (truncated,) = broken["corrupt"]
     assert truncated.read_bytes()[:3] == b"\xff\xd8\xff"
     with pytest.raises(tf.errors.InvalidArgumentError):
-        images.load(str(truncated), 32)
+        images.Preprocessing(32).load(str(truncated))
     assert broken["empty"][0].stat().st_size == 0
     assert cv2.imdecode(np.frombuffer(broken["not-image"][0].read_bytes(), np.uint8), cv2.IMREAD_COLOR) is None
     assert imghdr.what(by_name["png-named.jpg"]) == "png"
@@ -67,7 +67,7 @@ def test_broken_files_are_what_they_claim(tmp_path):
 
     # The valid-but-odd files decode with the training decoder; imghdr does not know the three JPEGs.
     for path in broken["keep"]:
-        assert images.load(str(path), 32).shape == (32, 32, 3)
+        assert images.Preprocessing(32).load(str(path)).shape == (32, 32, 3)
     for name, marker in (("adobe-app14-first.jpg", 0xEE), ("icc-profile-first.jpg", 0xE2),
                          ("comment-first.jpg", 0xFE)):
         assert by_name[name].read_bytes()[:4] == bytes([0xFF, 0xD8, 0xFF, marker])

@@ -113,7 +113,7 @@ def test_health_model_and_page(server, trained):
     info = httpx.get(server.url + "model").json()
     saved = record.read(trained["model"])
     assert info["name"] == "happysad.h5" and info["class_names"] == saved.class_names
-    assert info["image_size"] == saved.image_size and info["threshold"] == saved.threshold
+    assert info["image_size"] == saved.preprocessing.image_size and info["threshold"] == saved.threshold
     assert info["metrics"] == saved.metrics["test"] and info["metrics"]["count"] > 0
     assert info["limits"] == {"max_bytes": MAX_BYTES, "max_pixels": MAX_PIXELS, "max_files": MAX_FILES}
     page = httpx.get(server.url)

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.util import tensor_util
 
-from happysad import callbacks, data, model as models, record, summaries
+from happysad import callbacks, data, images, model as models, record
 
 SCALARS = ("epoch_loss", "epoch_accuracy", "epoch_precision", "epoch_recall", "epoch_auc")
 
@@ -141,12 +141,12 @@ def test_callbacks_serve_a_second_fit_as_fine_tuning_makes(tmp_path):
             labels.append(label)
             cv2.imwrite(paths[-1], np.full((8, 8, 3), colour, np.uint8))
     files = data.Files(paths, labels)
-    dataset = data.make_dataset(files, 8, 4, binary=True)
+    dataset = data.make_dataset(files, images.Preprocessing(8), 4, binary=True)
     network = models.compile_model(keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
                                                      keras.layers.Dense(1, activation="sigmoid")]), 2)
     run_dir = tmp_path / "run"
     board = callbacks.tensorboard(run_dir, {"epochs": 1, "weights": None, "class_weight": {0: 1.0}}, files,
-                                  dataset, labels, ["blue", "red"], 8)
+                                  dataset, labels, ["blue", "red"], images.Preprocessing(8))
     network.fit(dataset, validation_data=dataset, epochs=1, callbacks=board, shuffle=False, verbose=0)
     network.fit(dataset, validation_data=dataset, epochs=2, initial_epoch=1, callbacks=board, shuffle=False,
                 verbose=0)

@@ -32,7 +32,7 @@ def test_training_learns_and_generalises_to_new_faces(trained, tmp_path):
 def test_record_lists_the_exact_split(trained):
     saved = record.read(trained["model"])
     assert saved.class_names == ["happy", "sad"]
-    assert saved.image_size == 48 and saved.seed == 3
+    assert saved.preprocessing.image_size == 48 and saved.seed == 3
     assert 0 < saved.threshold < 1 and saved.metrics["test"]["threshold"] == saved.threshold  # chosen on validation
     files, _ = data.list_images(trained["data"], saved.class_names)
     expected = data.split(files, tuple(saved.hyperparameters["split"]), saved.seed,

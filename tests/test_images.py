@@ -1,0 +1,58 @@
+"""happysad.images owns two facts every stage reads: which formats training reads (FORMATS) and how a file
+becomes a model's input (Preprocessing). These tests fail if a stage starts to disagree with them."""
+import cv2
+import numpy as np
+import pytest
+
+from happysad import clean, data, images, sample, serve
+
+SIZE = 48
+
+
+def encoded_face(extension: str) -> bytes:
+    face = sample.draw_face(np.random.default_rng(0), "happy", 0, SIZE)
+    ok, encoded = cv2.imencode(extension, face)
+    assert ok
+    return encoded.tobytes()
+
+
+@pytest.mark.parametrize("image_format", images.FORMATS, ids=lambda image_format: image_format.name)
+def test_every_format_training_reads_is_listed_kept_by_clean_and_accepted_by_serve(image_format, tmp_path):
+    encoded = encoded_face(image_format.extensions[0])
+    assert images.trainable_format(encoded) == image_format
+    other = next(f for f in images.FORMATS if f is not image_format).extensions[0]
+    folder = tmp_path / "happy"
+    folder.mkdir()
+    for extension in (*image_format.extensions, other):
+        (folder / f"face{extension}").write_bytes(encoded)
+    listed, skipped = data.list_images(tmp_path, ["happy"])
+    assert len(listed) == len(image_format.extensions) + 1 and not skipped
+    for extension in image_format.extensions:
+        assert clean.check_file(tmp_path, f"happy/face{extension}", "happy", 32)[0] is None
+    misnamed = clean.check_file(tmp_path, f"happy/face{other}", "happy", 32)[0]
+    assert (misnamed.reason, misnamed.convert_to) == ("mis-extended", image_format.extensions[0])
+    assert serve.header_size(encoded) == (image_format.name, SIZE * SIZE)
+    assert images.Preprocessing(16).decode(encoded).shape == (16, 16, 3)
+
+
+def test_a_format_training_skips_is_left_out_by_every_stage(tmp_path):
+    encoded = encoded_face(".webp")
+    assert images.trainable_format(encoded) is None and not images.is_trainable_name("face.webp")
+    (tmp_path / "happy").mkdir()
+    (tmp_path / "happy" / "face.webp").write_bytes(encoded)
+    (tmp_path / "happy" / "face.jpg").write_bytes(encoded_face(".jpg"))
+    listed, skipped = data.list_images(tmp_path, ["happy"])
+    assert [p.endswith("face.jpg") for p in listed.paths] == [True] and len(skipped) == 1
+    finding = clean.check_file(tmp_path, "happy/face.webp", "happy", 32)[0]
+    assert (finding.reason, finding.convert_to) == ("mis-extended", ".png")
+    with pytest.raises(serve.Rejected, match="JPEG, PNG, GIF or BMP"):
+        serve.header_size(encoded)
+
+
+def test_preprocessing_settings_name_their_caches_and_round_trip_through_the_record_form():
+    settings = [images.Preprocessing(size, faces) for size in (32, 64) for faces in (False, True)]
+    assert len({preprocessing.key for preprocessing in settings}) == len(settings)
+    for preprocessing in settings:
+        assert images.Preprocessing.from_record(preprocessing.to_record()) == preprocessing
+    with pytest.raises(AttributeError):
+        settings[0].image_size = 128  # frozen: a stage cannot change it under the others
