@@ -26,21 +26,25 @@ def stopping(args) -> list:
 
 class ResumeState(keras.callbacks.Callback):
     """What Keras' BackupAndRestore does not keep, saved after every epoch and put back when a run resumes:
-    the run folder, the epochs' history and timings, and the state of early stopping (with its best weights
-    so far) and of the learning-rate reduction. Goes after those callbacks, so it sees their updated state."""
+    the run folder, this fit's epochs in the run's History, and the state of early stopping (with its best
+    weights so far) and of the learning-rate reduction. Goes after those callbacks and the History, so it
+    sees their updated state."""
 
     STATE = {keras.callbacks.EarlyStopping: ("wait", "best", "best_epoch", "stopped_epoch"),
              keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter")}
 
-    def __init__(self, backup, run_dir, callbacks, timing):
+    def __init__(self, backup, run_dir, callbacks, history: keras.callbacks.History):
         super().__init__()
-        self.backup, self.run_dir, self.timing = backup, run_dir, timing
+        self.backup, self.run_dir, self.run_history = backup, run_dir, history
         self.watched = [c for c in callbacks if type(c) in self.STATE]
-        self.history = {}
+        self.stage_start = {}
 
     def on_train_begin(self, logs=None):
         state = self.backup.state
-        self.history = {key: list(values) for key, values in state.get("history", {}).items()}
+        # Epochs logged before this fit (the head's, when fine-tuning) were not interrupted: not saved here.
+        self.stage_start = {key: len(values) for key, values in self.run_history.history.items()}
+        for key, values in state.get("history", {}).items():
+            self.run_history.history.setdefault(key, []).extend(values)
         for callback, values in zip(self.watched, state.get("callbacks", [])):
             for name, value in values.items():
                 setattr(callback, name, value)
@@ -48,27 +52,21 @@ class ResumeState(keras.callbacks.Callback):
             if isinstance(callback, keras.callbacks.EarlyStopping) and best.exists():
                 with np.load(best) as saved:
                     callback.best_weights = [saved[f"w{i}"] for i in range(len(saved.files))]
-        if state:
-            self.timing.seconds[:] = state["epoch_seconds"]
         self.save()
 
     def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
         for callback in self.watched:
             if isinstance(callback, keras.callbacks.EarlyStopping) and callback.best_epoch == epoch:
                 np.savez(self.backup.folder / "best.npz", **{f"w{i}": w for i, w in enumerate(callback.best_weights)})
         self.save()
 
     def on_train_end(self, logs=None):
-        """The history fit returns holds only this process's epochs: put the earlier ones in front."""
-        resumed = self.backup.state.get("history", {})
-        for key, values in self.model.history.history.items():
-            values[:0] = resumed.get(key, [])
-        self.backup.state = {}
+        self.backup.state = {}  # restored once: a later fit in this process starts afresh
 
     def save(self) -> None:
-        state = {"run_dir": str(self.run_dir), "history": self.history, "epoch_seconds": self.timing.seconds,
+        epochs = {key: [float(value) for value in values[self.stage_start.get(key, 0):]]
+                  for key, values in self.run_history.history.items()}
+        state = {"run_dir": str(self.run_dir), "history": epochs,
                  "callbacks": [{name: json_number(getattr(callback, name)) for name in self.STATE[type(callback)]}
                                for callback in self.watched]}
         write_atomic(self.backup.folder / "state.json", json.dumps(state))
@@ -84,14 +82,12 @@ class EpochTiming(keras.callbacks.Callback):
     def __init__(self, train_images: int):
         super().__init__()
         self.train_images = train_images
-        self.seconds = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         elapsed = time.perf_counter() - self.started
-        self.seconds.append(elapsed)
         if logs is not None:
             logs["epoch_seconds"] = elapsed
             logs["images_per_second"] = self.train_images / elapsed

@@ -200,7 +200,8 @@ def train(args) -> dict:
         board[1].watch(features.dataset(stored["validation"][0], labels["validation"], args.batch_size),
                            matrix_every_epoch=False)
     checkpoint = run_dir / f"checkpoint{Path(args.model).suffix}" if args.checkpoint and setup.is_chief else None
-    run_callbacks = [*callbacks.stopping(args), timing, *board]
+    history = keras.callbacks.History()  # one for every fit of the run: Keras appends each stage's epochs
+    run_callbacks = [*callbacks.stopping(args), timing, *board, history]
     # Fits on images (the CNN, fine-tuning) take minutes an epoch: they checkpoint and can be resumed. A head
     # on stored features trains again in seconds, the same way for the same seed (and is not a whole model).
     image_callbacks = list(run_callbacks)
@@ -209,25 +210,25 @@ def train(args) -> dict:
                                                                   save_best_only=True))
     if backup:
         image_callbacks = [keras.callbacks.BackupAndRestore(str(backup.folder / "keras")), *image_callbacks,
-                           callbacks.ResumeState(backup, run_dir, image_callbacks, timing)]
+                           callbacks.ResumeState(backup, run_dir, image_callbacks, history)]
     if checkpoint:  # a record beside the checkpoint makes it usable by predict even if this run never ends
         provisional = record.Record(class_names, preprocessing, seed=args.seed, run_dir=str(run_dir))
         write_atomic(record.sidecar_path(checkpoint), provisional.to_json())
 
     # -- fit: the head on stored features or the whole CNN, then optional fine-tuning ---------------------
     started = time.time()
-    history = keras.callbacks.History()
     try:
         if pretrained:
-            fit_head(args, head, len(class_names), stored, labels, run_callbacks, class_weight, history)
+            fit_head(args, head, len(class_names), stored, labels, run_callbacks, class_weight)
         else:
-            history = distribute.fit(network, setup, datasets["train"], datasets["validation"],
-                                     epochs=args.epochs, callbacks=image_callbacks, class_weight=class_weight)
+            distribute.fit(network, setup, datasets["train"], datasets["validation"], epochs=args.epochs,
+                           callbacks=image_callbacks, class_weight=class_weight)
         warn_if_nothing_learnt(history.history)
         stage_start = len(history.history["loss"]) if args.fine_tune else 0
         if args.fine_tune:
             board[1].watch(datasets["validation"])
-            fine_tune(args, network, len(class_names), setup, datasets, image_callbacks, class_weight, history)
+            fine_tune(args, network, len(class_names), setup, datasets, image_callbacks, class_weight,
+                      initial_epoch=stage_start)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
         error = data.undecodable_error(files.paths, preprocessing, args.data)
         if error is None:
@@ -260,7 +261,7 @@ def train(args) -> dict:
         data_dir=str(Path(args.data).resolve()),
         split={name: data.relative(parts[name], args.data) for name in data.PARTITIONS},
         near_copies=copies,
-        metrics={"test": test_metrics, "final_epoch": final, "saved_epoch": saved, "epoch_seconds": timing.seconds,
+        metrics={"test": test_metrics, "final_epoch": final, "saved_epoch": saved, "epoch_seconds": history.history["epoch_seconds"],
                  "train_seconds": train_seconds},
         history={key: [float(value) for value in values] for key, values in history.history.items()},
         hyperparameters=hyperparameters,
@@ -311,7 +312,7 @@ def stored_features(args, extractor, parts, preprocessing) -> dict:
     return stored
 
 
-def fit_head(args, head, num_classes: int, stored, labels, callbacks, class_weight, history) -> None:
+def fit_head(args, head, num_classes: int, stored, labels, callbacks, class_weight) -> None:
     """Train the network's head (its own layers: model.split_at_pool) on the stored features (every view of
     every training image), in place."""
     views, count, dim = stored["train"].shape
@@ -323,25 +324,21 @@ def fit_head(args, head, num_classes: int, stored, labels, callbacks, class_weig
     started = time.time()
     result = head.fit(train_set, validation_data=validation_set, epochs=args.epochs, callbacks=callbacks,
                       class_weight=class_weight, shuffle=False, verbose=0)
-    history.history.update(result.history)
     best = int(np.argmin(result.history["val_loss"]))
     print(f"head: {len(result.history['loss'])} epochs on stored features in {time.time() - started:.1f} s; "
           f"best epoch {best + 1}: val loss {result.history['val_loss'][best]:.3f}, "
           f"val accuracy {result.history['val_accuracy'][best]:.3f}")
 
 
-def fine_tune(args, network, num_classes: int, setup, datasets, callbacks, class_weight, history) -> None:
+def fine_tune(args, network, num_classes: int, setup, datasets, callbacks, class_weight, initial_epoch: int) -> None:
     """Open the backbone's top --fine-tune layers and train the whole model on augmented images, continuing
-    the epoch count (and history) of the first stage."""
+    the epoch count of the first stage (its History, among the callbacks, appends the new epochs)."""
     with setup.strategy.scope():
         opened = models.unfreeze_top(network, args.fine_tune)
         models.compile_model(network, num_classes, args.learning_rate / 10, jit=args.jit)
     print(f"fine-tuning the top {opened} layers of {args.arch} at learning rate {args.learning_rate / 10:g}")
-    tuned = distribute.fit(network, setup, datasets["train"], datasets["validation"], epochs=args.fine_tune_epochs,
-                           callbacks=callbacks, class_weight=class_weight,
-                           initial_epoch=len(history.history["loss"]))
-    for key, values in tuned.history.items():
-        history.history.setdefault(key, []).extend(values)
+    distribute.fit(network, setup, datasets["train"], datasets["validation"], epochs=args.fine_tune_epochs,
+                   callbacks=callbacks, class_weight=class_weight, initial_epoch=initial_epoch)
 
 
 def saved_epoch(history: dict, args, stage_start: int) -> int:
