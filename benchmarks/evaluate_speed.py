@@ -42,15 +42,15 @@ def main() -> None:
 
         validation = evaluate.partition_target(model.record, "validation").files
         dataset = data.make_dataset(validation, model.preprocessing, 32, binary=model.record.binary, cache="memory")
-        model.model.compile(loss="binary_crossentropy" if model.record.binary else
+        model.network.compile(loss="binary_crossentropy" if model.record.binary else
                             "sparse_categorical_crossentropy")
-        model.model.evaluate(dataset, verbose=0)  # fills the cache, as training's first epoch does
+        model.network.evaluate(dataset, verbose=0)  # fills the cache, as training's first epoch does
         started = time.perf_counter()
-        model.model.evaluate(dataset, verbose=0)
+        model.network.evaluate(dataset, verbose=0)
         keras_seconds = time.perf_counter() - started
         callback = callbacks.TrainingSummaries(out, validation, dataset, validation.labels, model.class_names,
                                                model.preprocessing)
-        callback.set_model(model.model)
+        callback.set_model(model.network)
         callback.on_train_begin()
         started = time.perf_counter()
         callback.on_epoch_end(0)

@@ -1,4 +1,5 @@
-"""A saved model and its record, ready to label images: what predict, evaluate and serve share.
+"""A model: a saved network and its record, ready to label images. What predict, evaluate, serve and export
+load (see happysad.model for the words).
 
 Images are prepared by `happysad.images` exactly as in training; probabilities always come back as one
 column per class (for a two-class model, [1 - p, p] where p is the sigmoid output), and labels come from the
@@ -35,15 +36,15 @@ class Prediction:
 
 @dataclass
 class Classifier:
-    model: object
+    network: object  # a Keras model, or the runner of a SavedModel or TFLite export
     record: record.Record
 
     def __post_init__(self):
         # A Keras model called eagerly runs op by op; traced once into a graph it scores images ~1.6x faster.
         # reduce_retracing: the last, smaller chunk of a batch does not trigger a trace of its own each time.
-        self.forward = self.model
-        if isinstance(self.model, keras.Model):
-            self.forward = tf.function(lambda images: self.model(images, training=False), reduce_retracing=True)
+        self.forward = self.network
+        if isinstance(self.network, keras.Model):
+            self.forward = tf.function(lambda images: self.network(images, training=False), reduce_retracing=True)
 
     @property
     def class_names(self) -> list:

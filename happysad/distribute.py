@@ -173,33 +173,33 @@ def training_input(setup: Setup, per_replica_batch: int, images: int, make_datas
     return setup.strategy.distribute_datasets_from_function(per_worker)
 
 
-def fit(model: keras.Model, setup: Setup, train, validation, *, epochs: int, callbacks: list,
+def fit(network: keras.Model, setup: Setup, train, validation, *, epochs: int, callbacks: list,
         verbose: int = 2, class_weight: dict = None, initial_epoch: int = 0) -> keras.callbacks.History:
-    """model.fit, or for several workers the same epochs, metrics and callbacks in a loop that works there.
+    """network.fit, or for several workers the same epochs, metrics and callbacks in a loop that works there.
 
     Trains `epochs` epochs numbered from `initial_epoch`, so a second stage (fine-tuning) continues the
     first one's epoch count in TensorBoard instead of drawing over it.
     """
     if setup.num_workers == 1:
-        return model.fit(train, validation_data=validation, epochs=initial_epoch + epochs,
+        return network.fit(train, validation_data=validation, epochs=initial_epoch + epochs,
                          initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False, verbose=verbose,
                          class_weight=class_weight)
-    return _fit_multiworker(model, setup.strategy, train, validation, epochs, callbacks,
+    return _fit_multiworker(network, setup.strategy, train, validation, epochs, callbacks,
                             verbose if setup.is_chief else 0, class_weight, initial_epoch)
 
 
-def _fit_multiworker(model, strategy, train, validation, epochs, callbacks, verbose, class_weight,
+def _fit_multiworker(network, strategy, train, validation, epochs, callbacks, verbose, class_weight,
                      initial_epoch=0):
     with strategy.scope():
-        model.optimizer.build(model.trainable_variables)
+        network.optimizer.build(network.trainable_variables)
     weights = None if class_weight is None else tf.constant(
         [class_weight[i] for i in range(len(class_weight))], tf.float32)
 
     def replica_train_step(images, labels):
         if weights is None:
-            return model.train_step((images, labels))
+            return network.train_step((images, labels))
         # class_weight as fit applies it: each training image weighted by its class's weight.
-        return model.train_step((images, labels, tf.gather(weights, tf.cast(tf.reshape(labels, [-1]), tf.int32))))
+        return network.train_step((images, labels, tf.gather(weights, tf.cast(tf.reshape(labels, [-1]), tf.int32))))
 
     @tf.function
     def train_step(batch):
@@ -207,7 +207,7 @@ def _fit_multiworker(model, strategy, train, validation, epochs, callbacks, verb
 
     @tf.function
     def test_step(batch):
-        strategy.run(model.test_step, args=(batch,))
+        strategy.run(network.test_step, args=(batch,))
 
     if isinstance(validation, tf.data.Dataset):
         # Every worker holds the whole validation set (so callbacks can predict on it); each evaluates its
@@ -217,12 +217,12 @@ def _fit_multiworker(model, strategy, train, validation, epochs, callbacks, verb
         validation = strategy.experimental_distribute_dataset(validation.with_options(options))
 
     callback_list = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0,
-                                                 verbose=verbose, epochs=initial_epoch + epochs, steps=None, model=model)
-    model.stop_training = False
+                                                 verbose=verbose, epochs=initial_epoch + epochs, steps=None, model=network)
+    network.stop_training = False
     callback_list.on_train_begin()
     logs = {}
     for epoch in range(initial_epoch, initial_epoch + epochs):
-        model.reset_metrics()
+        network.reset_metrics()
         callback_list.on_epoch_begin(epoch)
         for step, batch in enumerate(train):  # no early exit: every worker must take every step
             callback_list.on_train_batch_begin(step)
@@ -230,19 +230,19 @@ def _fit_multiworker(model, strategy, train, validation, epochs, callbacks, verb
             callback_list.on_train_batch_end(step)
         # Reading a metric's variables outside the replicas sums them over all workers (a collective op,
         # so every worker reads the same metrics in the same order and gets the same numbers).
-        logs = {name: float(value) for name, value in model.get_metrics_result().items()}
+        logs = {name: float(value) for name, value in network.get_metrics_result().items()}
         if validation is not None:
-            model.reset_metrics()
+            network.reset_metrics()
             callback_list.on_test_begin()
             for step, batch in enumerate(validation):
                 callback_list.on_test_batch_begin(step)
                 test_step(batch)
                 callback_list.on_test_batch_end(step)
-            val_logs = {name: float(value) for name, value in model.get_metrics_result().items()}
+            val_logs = {name: float(value) for name, value in network.get_metrics_result().items()}
             callback_list.on_test_end(val_logs)
             logs.update({f"val_{name}": value for name, value in val_logs.items()})
         callback_list.on_epoch_end(epoch, logs)
-        if model.stop_training:
+        if network.stop_training:
             break
     callback_list.on_train_end(logs)
     return next(c for c in callback_list.callbacks if isinstance(c, keras.callbacks.History))

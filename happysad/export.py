@@ -146,14 +146,14 @@ def export(model_path, fmt: str, quantize: str = "none", out=None) -> dict:
     model_path = Path(model_path)
     out = Path(out) if out else default_out(model_path, fmt, quantize)
     check_out(model_path, fmt, out)
-    network = classifier.load(model_path)
-    if not isinstance(network.model, keras.Model):
+    model = classifier.load(model_path)
+    if not isinstance(model.network, keras.Model):
         raise ExportError(f"{model_path} is already an export: export from the Keras model (.h5 or .keras)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name.split('.')[0]}.tmp-{os.getpid()}{SUFFIXES[fmt]}")
     try:
-        write(network.model, fmt, quantize, tmp)
-        difference = compare(network.model, tmp, network.preprocessing.image_size)
+        write(model.network, fmt, quantize, tmp)
+        difference = compare(model.network, tmp, model.preprocessing.image_size)
         if quantize == "none" and difference > MAX_FLOAT_DIFFERENCE:
             raise ExportError(f"the {fmt} export differs from {model_path} by {difference:.2g} in probability "
                               f"(more than {MAX_FLOAT_DIFFERENCE:g}); nothing was written")
@@ -162,7 +162,7 @@ def export(model_path, fmt: str, quantize: str = "none", out=None) -> dict:
         if tmp.is_dir():
             shutil.rmtree(tmp)
         tmp.unlink(missing_ok=True)
-    copy = dataclasses.replace(network.record, model_file=out.name, model_sha256=sha256(out))
+    copy = dataclasses.replace(model.record, model_file=out.name, model_sha256=sha256(out))
     files.write_atomic(record.sidecar_path(out), copy.to_json())
     return {"out": out, "record": copy, "difference": difference}
 

@@ -1,7 +1,11 @@
 """The classifier networks and how they are compiled.
 
-Every model takes RGB images scaled to [0, 1] (see `happysad.images`) and ends in one sigmoid unit for two
-classes (the probability of the second class) or a softmax over the classes for more. Whatever a model does
+Words, the same in every module: a *network* is a Keras model (layers and weights; what this module builds);
+a *model* is what a user trains and keeps: a saved network with its record (`happysad.classifier.Classifier`,
+as predict, evaluate, serve and export load it).
+
+Every network takes RGB images scaled to [0, 1] (see `happysad.images`) and ends in one sigmoid unit for two
+classes (the probability of the second class) or a softmax over the classes for more. Whatever a network does
 between those two ends is a layer inside it: the augmentation (`augment`, active only while training) and
 each ImageNet backbone's own input conversion. So a saved model (.h5 or .keras) predicts with no extra code,
 and only built-in Keras layers are used, because a Lambda layer does not load back safely.
@@ -200,26 +204,26 @@ def build_backbone(arch: str, num_classes: int, image_size: int, *, augment: boo
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    model = keras.Model(inputs, head(num_classes)(x), name=arch)
+    network = keras.Model(inputs, head(num_classes)(x), name=arch)
     for layer in converters:
         if layer.name == "caffe_input":
             layer.set_weights(caffe_weights())
-    return model
+    return network
 
 
-def split_at_pool(model: keras.Model) -> tuple:
-    """(features, head) of a backbone model: image -> pooled backbone features, and features -> prediction.
+def split_at_pool(network: keras.Model) -> tuple:
+    """(features, head) of a backbone network: image -> pooled backbone features, and features -> prediction.
 
-    Both share the model's own layers, so training the head trains the model's head: the saved model stays
-    one Keras model (input conversion, backbone, head) and needs nothing else to predict.
+    Both share the network's own layers, so training the head trains the network's head: the saved model
+    stays one Keras network (input conversion, backbone, head) and needs nothing else to predict.
     """
-    pooled = model.get_layer("pool").output
-    features = keras.Model(model.input, pooled, name="features")
+    pooled = network.get_layer("pool").output
+    features = keras.Model(network.input, pooled, name="features")
     inputs = keras.Input(pooled.shape[1:], name="features")
     x = inputs
-    if any(layer.name == "dropout" for layer in model.layers):
-        x = model.get_layer("dropout")(x)
-    return features, keras.Model(inputs, model.get_layer("prediction")(x), name="head")
+    if any(layer.name == "dropout" for layer in network.layers):
+        x = network.get_layer("dropout")(x)
+    return features, keras.Model(inputs, network.get_layer("prediction")(x), name="head")
 
 
 def build(arch: str, num_classes: int, image_size: int, *, augment: bool = False, dropout: float = 0.0,
@@ -231,12 +235,12 @@ def build(arch: str, num_classes: int, image_size: int, *, augment: bool = False
     return build_backbone(arch, num_classes, image_size, augment=augment, dropout=dropout, weights=weights)
 
 
-def unfreeze_top(model: keras.Model, count: int) -> int:
+def unfreeze_top(network: keras.Model, count: int) -> int:
     """Make the top `count` layers of the backbone trainable, BatchNormalization excepted; returns how many.
 
-    Compile the model again afterwards (with a lower learning rate) for the change to take effect.
+    Compile the network again afterwards (with a lower learning rate) for the change to take effect.
     """
-    base = model.get_layer(BACKBONE_NAME)
+    base = network.get_layer(BACKBONE_NAME)
     base.trainable = True
     opened = 0
     for index, layer in enumerate(base.layers):
@@ -246,7 +250,7 @@ def unfreeze_top(model: keras.Model, count: int) -> int:
     return opened
 
 
-def compile_model(model: keras.Model, num_classes: int, learning_rate: float = 1e-3, jit: bool = False,
+def compile_model(network: keras.Model, num_classes: int, learning_rate: float = 1e-3, jit: bool = False,
                   steps_per_execution: int = 1) -> keras.Model:
     """Adam, cross-entropy and accuracy (plus precision, recall and AUC for two classes); jit: XLA."""
     if is_binary(num_classes):
@@ -258,6 +262,6 @@ def compile_model(model: keras.Model, num_classes: int, learning_rate: float = 1
     else:
         loss = "sparse_categorical_crossentropy"
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics, jit_compile=jit,
+    network.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics, jit_compile=jit,
                   steps_per_execution=steps_per_execution)
-    return model
+    return network

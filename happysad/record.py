@@ -89,7 +89,7 @@ def update(model_path, **changes) -> Record:
     return saved
 
 
-def save(model, model_path, record: Record) -> None:
+def save(network, model_path, record: Record) -> None:
     """Write the model and its record so that a crash at any moment leaves the previous pair usable.
 
     The model goes to a temporary file in the same folder (same filesystem, so the final rename is atomic)
@@ -106,7 +106,7 @@ def save(model, model_path, record: Record) -> None:
         try:
             # Without the optimizer's state an .h5 is a third of the size; happysad never resumes from it.
             options = {"include_optimizer": False} if model_path.suffix == ".h5" else {}
-            model.save(tmp, **options)
+            network.save(tmp, **options)
         finally:
             legacy_warning.setLevel(level)
         with open(tmp, "rb+") as f:

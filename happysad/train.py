@@ -165,7 +165,7 @@ def train(args) -> dict:
         print("class weights (from the training partition): " + "  ".join(
             f"{name}={class_weight[i]:.3f}" for i, name in enumerate(class_names)))
 
-    # -- model ---------------------------------------------------------------------------------------------
+    # -- network -------------------------------------------------------------------------------------------
     pretrained = args.arch != "cnn" and args.weights != "none"
     augment = args.augment and (not pretrained or args.fine_tune > 0)  # a frozen head trains on stored views
     with setup.strategy.scope():

@@ -104,7 +104,7 @@ def test_a_faces_model_records_it_and_predict_serve_and_evaluate_crop_the_same_w
 
     predict.main([str(face_file), "--model", str(faces_model), "--json"])
     row = json.loads(capsys.readouterr().out)
-    p_second = float(model.model(cropped[None], training=False).numpy().reshape(-1)[0])
+    p_second = float(model.network(cropped[None], training=False).numpy().reshape(-1)[0])
     assert row["probabilities"][model.class_names[1]] == pytest.approx(p_second, abs=1e-5)
     scores = evaluate.score(model, data.Files([str(face_file)], [1]), batch_size=4)  # what evaluate scores
     assert scores.probabilities[0, 1] == pytest.approx(p_second, abs=1e-5)

@@ -40,7 +40,7 @@ def test_saved_model_gives_the_heads_output_on_the_stored_features(small_dir, we
     test_paths = [str(small_dir / p) for p in saved.split["test"]]
     store = features.Store(features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)), tmp_path / "cache")
     vectors = stored_vectors(store, test_paths)
-    _, head = models.split_at_pool(model.model)
+    _, head = models.split_at_pool(model.network)
     expected = head(vectors, training=False).numpy().reshape(-1)
     assert np.ptp(expected) > 1e-3  # the images get different probabilities: the features carry them
     pixels = np.stack([model.load_image(path) for path in test_paths])

@@ -128,7 +128,7 @@ def test_the_saved_model_is_the_best_validation_epoch_and_the_checkpoint_holds_i
 
 
 def test_augmentation_is_only_active_in_training(imbalanced):
-    network = classifier.load(imbalanced["model"]).model
+    network = classifier.load(imbalanced["model"]).network
     assert network.get_layer("augment") is not None
     batch = np.stack([classifier.load(imbalanced["model"]).load_image(p)
                       for p in sorted((imbalanced["data"] / "happy").iterdir())[:4]])

@@ -34,7 +34,7 @@ def test_three_classes_train_a_softmax_with_labels_from_the_record(three_classes
     assert saved.class_names == sorted(CLASSES)  # folder order, not the order they were generated in
     assert not saved.binary
     model = classifier.load(three_classes["model"])
-    assert model.model.output_shape == (None, 3)
+    assert model.network.output_shape == (None, 3)
     paths = [three_classes["data"] / p for p in saved.split["test"]]
     probabilities = model.probabilities(np.stack([model.load_image(p) for p in paths]))
     assert probabilities.shape == (len(paths), 3)
