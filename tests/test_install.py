@@ -1,5 +1,6 @@
 """The package installs with pip from the repository's own files and runs from any folder."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,15 @@ def test_pip_install_gives_commands_that_run_from_any_folder(tmp_path):
     """`pip install .` (into a folder of its own, with this environment's packages as the dependencies, so
     nothing is downloaded); from another folder, `python -m happysad.sample` then runs the installed copy,
     which has its web page's files and the package's one version, and the console script works too."""
+    # Built from a copy of what the package is made of: pip builds in the source folder, and a build/ left in
+    # the repository would keep (and ship) modules that no longer exist.
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "happysad", source / "happysad", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(REPO)], check=True, cwd=tmp_path, capture_output=True)
+                    "--target", str(target), str(source)], check=True, cwd=tmp_path, capture_output=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
