@@ -205,7 +205,7 @@ class HParams(keras.callbacks.Callback):
 
 
 def tensorboard(run_dir, options: dict, train_files, validation_dataset, validation_labels,
-                       class_names, preprocessing: images.Preprocessing, seed: int = 0) -> list:
+                class_names, preprocessing: images.Preprocessing, seed: int = 0) -> list:
     """Keras' TensorBoard callback (scalars, learning rate, Keras graph), TrainingSummaries and the HParams
     record. Put them after callbacks that add values to the epoch logs, so those values are written too."""
     return [

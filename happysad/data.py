@@ -1,8 +1,8 @@
 """From a folder of class folders to leak-free tf.data pipelines.
 
 `data/<class>/<image>` → file list → seeded, stratified split into train / validation / test file lists
-→ one tf.data pipeline per partition: decode with `happysad.images.Preprocessing.load`, cache, (train only) shuffle, batch,
-prefetch.
+→ one tf.data pipeline per partition: decode with `happysad.images.Preprocessing.load`, cache, (train only)
+shuffle, batch, prefetch.
 
 Why file lists instead of the tutorial's `image_dataset_from_directory(shuffle=True)` + `take`/`skip`:
 that dataset reshuffles on every pass, so `take`/`skip` hand different files to train, validation and test

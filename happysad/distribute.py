@@ -37,8 +37,6 @@ from pathlib import Path
 
 from happysad.runtime import keras, tf
 
-
-
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 
 

@@ -2,8 +2,8 @@
 
 `models/happysad.h5` holds the network; `models/happysad.json` holds everything needed to use and audit it:
 class names in label order, the preprocessing (image size, face crops), the decision threshold, the seed,
-the exact file lists of each partition, the test metrics and the hyper-parameters. A copy of the record also goes into the run's
-TensorBoard folder as `record.json`, so every run can be listed and compared later.
+the exact file lists of each partition, the test metrics and the hyper-parameters. A copy of the record also
+goes into the run's TensorBoard folder as `record.json`, so every run can be listed and compared later.
 """
 import dataclasses
 import json
@@ -55,8 +55,12 @@ class Record:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Record":
-        known = {f.name for f in dataclasses.fields(cls)} - {"preprocessing"}
+        """A record as read (of any format version read() accepts), in the current format: written back, it
+        says FORMAT_VERSION."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"preprocessing", "format_version"}
         settings = {"image_size": values.get("image_size"), **values.get("preprocessing", {})}  # versions 1-2
+        if not isinstance(settings["image_size"], int):
+            raise RecordError("the record names no image size")
         return cls(**{k: v for k, v in values.items() if k in known},
                    preprocessing=Preprocessing.from_record(settings))
 
@@ -69,15 +73,28 @@ def sidecar_path(model_path) -> Path:
 
 
 def read(model_path) -> Record:
+    """The record beside a model."""
     path = sidecar_path(model_path)
     if not path.exists():
         raise FileNotFoundError(f"no record {path} beside the model {model_path}")
-    values = json.loads(path.read_text())
+    return read_file(path)
+
+
+def read_file(path) -> Record:
+    """A record file (beside a model, or a run folder's record.json); RecordError for one this happysad cannot
+    read."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except ValueError as error:
+        raise RecordError(f"{path} is not a record ({error})") from None
     version = values.get("format_version", 1)
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise RecordError(f"{path} is a record of format version {version}; this happysad reads versions 1 to "
                           f"{FORMAT_VERSION}: upgrade happysad to use this model")
-    return Record.from_dict(values)
+    try:
+        return Record.from_dict(values)
+    except (RecordError, TypeError) as error:
+        raise RecordError(f"{path}: {error}") from None
 
 
 def update(model_path, **changes) -> Record:

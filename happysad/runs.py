@@ -85,8 +85,8 @@ class Run:
 def read_run(folder: Path) -> Run:
     path = folder / "record.json"
     try:
-        return Run(folder.name, folder, record.Record.from_dict(json.loads(path.read_text())))
-    except (OSError, ValueError, TypeError) as error:
+        return Run(folder.name, folder, record.read_file(path))
+    except (OSError, record.RecordError) as error:
         raise RunsError(f"cannot read {path}: {error}") from None
 
 

@@ -45,9 +45,12 @@ def stderr_silenced():
 
 
 class Deferred(types.ModuleType):
-    """A module imported, after TensorFlow, when one of its attributes is first used."""
+    """A module imported, after TensorFlow, when one of its public attributes is first used. Private and
+    special names (what inspect, copy or pytest probe an object for) do not import it."""
 
     def __getattr__(self, attribute):
+        if attribute.startswith("_") and self.__name__ not in sys.modules:
+            raise AttributeError(attribute)
         load_tensorflow()
         return getattr(importlib.import_module(self.__name__), attribute)
 

@@ -261,7 +261,8 @@ def train(args) -> dict:
         data_dir=str(Path(args.data).resolve()),
         split={name: data.relative(parts[name], args.data) for name in data.PARTITIONS},
         near_copies=copies,
-        metrics={"test": test_metrics, "final_epoch": final, "saved_epoch": saved, "epoch_seconds": history.history["epoch_seconds"],
+        metrics={"test": test_metrics, "final_epoch": final, "saved_epoch": saved,
+                 "epoch_seconds": history.history["epoch_seconds"],
                  "train_seconds": train_seconds},
         history={key: [float(value) for value in values] for key, values in history.history.items()},
         hyperparameters=hyperparameters,
@@ -317,7 +318,8 @@ def fit_head(args, head, num_classes: int, stored, labels, callbacks, class_weig
     every training image), in place."""
     views, count, dim = stored["train"].shape
     # A step costs microseconds: run a whole epoch per call into the graph, not one Python round trip a batch.
-    models.compile_model(head, num_classes, args.learning_rate, steps_per_execution=-(-views * count // args.batch_size))
+    models.compile_model(head, num_classes, args.learning_rate,
+                         steps_per_execution=-(-views * count // args.batch_size))
     train_set = features.dataset(stored["train"].reshape(views * count, dim), np.tile(labels["train"], views),
                                 args.batch_size, shuffle_seed=args.seed)
     validation_set = features.dataset(stored["validation"][0], labels["validation"], args.batch_size)

@@ -4,8 +4,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from happysad import sample, train
+from happysad import runtime, sample, train
 from happysad.runtime import keras
+
+# The project's TensorFlow start-up (oneDNN on, no C++ chatter), before a test module imports TensorFlow itself.
+runtime.load_tensorflow()
 
 # ImageNet weights that load without a network, beside the project root where the project's machines have them
 # (never in a user's clone: tests that need them skip and say why).

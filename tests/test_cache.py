@@ -32,7 +32,8 @@ def test_cache_key_changes_with_the_data_the_size_and_the_preprocessing(faces_di
     part = copy_partition(faces_dir, tmp_path, per_class=3)
     key = image_cache.cache_key(part, images.Preprocessing(16))
     assert image_cache.cache_key(part, images.Preprocessing(16)) == key
-    assert len({key, image_cache.cache_key(part, images.Preprocessing(24)), image_cache.cache_key(part, images.Preprocessing(16, faces=True))}) == 3
+    others = (images.Preprocessing(24), images.Preprocessing(16, faces=True))
+    assert len({key, *(image_cache.cache_key(part, preprocessing) for preprocessing in others)}) == 3
     fewer = data.Files(part.paths[1:], part.labels[1:])
     assert image_cache.cache_key(fewer, images.Preprocessing(16)) != key
     os.utime(part.paths[0], ns=(0, 0))  # the same file, edited (new modification time)

@@ -62,7 +62,8 @@ def forced(tmp_path_factory):
     run_dir.mkdir(parents=True)
     model_path = root / "models" / "forced.h5"
     record.save(forced_model(2), model_path, record.Record(
-        class_names=["happy", "sad"], preprocessing=images.Preprocessing(SIZE), data_dir=str(data_dir), split=split, run_dir=str(run_dir)))
+        class_names=["happy", "sad"], preprocessing=images.Preprocessing(SIZE), data_dir=str(data_dir), split=split,
+        run_dir=str(run_dir)))
     folder = root / "labelled"
     write_folder(folder, FOLDER)
     (folder / "sad" / "broken.jpg").write_bytes(b"not a picture at all")
@@ -196,7 +197,8 @@ def test_multiclass_uses_argmax_and_refuses_a_threshold(tmp_path, capsys):
             cv2.imwrite(str(folder / name / f"{i}.png"), np.full((SIZE, SIZE, 3), bgr, np.uint8))
     cv2.imwrite(str(folder / "red" / "2.png"), np.full((SIZE, SIZE, 3), (0, 255, 0), np.uint8))  # looks green
     model_path = tmp_path / "colour.h5"
-    record.save(forced_model(3), model_path, record.Record(class_names=["blue", "green", "red"], preprocessing=images.Preprocessing(SIZE)))
+    record.save(forced_model(3), model_path,
+                record.Record(class_names=["blue", "green", "red"], preprocessing=images.Preprocessing(SIZE)))
     report = run_json(capsys, ["--model", str(model_path), "--data", str(folder), "--out", str(tmp_path / "r")])
     assert report["metrics"]["confusion_matrix"] == [[2, 0, 0], [0, 2, 0], [0, 1, 2]]
     assert report["threshold"] is None and "roc_auc" not in report["metrics"]

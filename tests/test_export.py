@@ -60,7 +60,7 @@ def test_default_names_never_share_the_source_record(source, exports):
 def test_export_gives_the_same_labels_and_probabilities(exports, test_images, tag):
     _, pixels, reference = test_images
     exported = classifier.load(exports[tag])
-    assert exported.class_names == reference.class_names and exported.preprocessing.image_size == reference.preprocessing.image_size
+    assert exported.class_names == reference.class_names and exported.preprocessing == reference.preprocessing
     want, got = reference.probabilities(pixels), exported.probabilities(pixels)
     tolerance = FLOAT_TOLERANCE if FORMATS[tag][1] == "none" else QUANTIZED_TOLERANCE
     np.testing.assert_allclose(got, want, rtol=0, atol=tolerance)

@@ -38,7 +38,8 @@ def test_saved_model_gives_the_heads_output_on_the_stored_features(small_dir, we
     model = classifier.load(tmp_path / "a" / "m.h5")
     saved = record.read(tmp_path / "a" / "m.h5")
     test_paths = [str(small_dir / p) for p in saved.split["test"]]
-    store = features.Store(features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)), tmp_path / "cache")
+    store = features.Store(features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)),
+                           tmp_path / "cache")
     vectors = stored_vectors(store, test_paths)
     _, head = models.split_at_pool(model.network)
     expected = head(vectors, training=False).numpy().reshape(-1)
@@ -62,7 +63,8 @@ def test_a_second_run_with_other_head_settings_never_runs_the_backbone(small_dir
 def test_views_are_stored_for_training_images_only(small_dir, weights_file, tmp_path):
     result = run(small_dir, weights_file, tmp_path / "views", "--views", "4")
     saved = result["record"]
-    store = features.Store(features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)), tmp_path / "cache")
+    store = features.Store(features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)),
+                           tmp_path / "cache")
     train_paths = [str(small_dir / p) for p in saved.split["train"]]
     test_paths = [str(small_dir / p) for p in saved.split["test"]]
     digests = features.content_hashes(test_paths)

@@ -29,7 +29,7 @@ def test_probability_equals_the_model_on_the_pipelines_own_tensor(trained, capsy
 
     network = keras.models.load_model(trained["model"], compile=False)
     files = data.Files(paths, [0] * len(paths))
-    batch, _ = next(iter(data.make_dataset(files, images.Preprocessing(saved.preprocessing.image_size), 8, binary=True)))
+    batch, _ = next(iter(data.make_dataset(files, saved.preprocessing, 8, binary=True)))
     p_second = network(batch, training=False).numpy().reshape(-1)
     for row, p in zip(rows, p_second):
         expected_label = saved.class_names[int(p >= saved.threshold)]

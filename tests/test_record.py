@@ -63,3 +63,16 @@ def test_the_preprocessing_is_stored_whole_and_read_back_from_every_format_versi
     version_2 = {"class_names": ["a", "b"], "image_size": 24, "format_version": 2,
                  "preprocessing": {"decode": "tf.io.decode_image RGB", "faces": True}}
     assert record.Record.from_dict(version_2).preprocessing == images.Preprocessing(24, faces=True)
+
+
+def test_an_older_record_is_written_back_in_the_current_format_and_one_without_a_size_is_refused(tmp_path):
+    sidecar = record.sidecar_path(tmp_path / "m.h5")
+    sidecar.write_text(json.dumps({"class_names": ["a", "b"], "image_size": 24, "format_version": 2,
+                                   "preprocessing": {"faces": True}}))
+    record.update(tmp_path / "m.h5", threshold=0.4)
+    written = json.loads(sidecar.read_text())
+    assert written["format_version"] == record.FORMAT_VERSION and "image_size" not in written
+    assert record.read(tmp_path / "m.h5").preprocessing == images.Preprocessing(24, faces=True)
+    sidecar.write_text(json.dumps({"class_names": ["a", "b"], "format_version": 3, "preprocessing": {}}))
+    with pytest.raises(record.RecordError, match="no image size"):
+        record.read(tmp_path / "m.h5")

@@ -15,8 +15,8 @@ def write_run(logdir, name, created, seconds=60.0, test_accuracy=None, val_accur
         metrics["test"] = {"accuracy": test_accuracy, "f1": test_accuracy - 0.01, "per_class": {}}
     hyperparameters = {"epochs": 3, "batch_size": 32, "image_size": 64, "learning_rate": 1e-3, "seed": 1,
                        "arch": "cnn", **hyper}
-    run_record = record.Record(class_names=["happy", "sad"], preprocessing=images.Preprocessing(hyperparameters["image_size"]),
-                               metrics=metrics, hyperparameters=hyperparameters, created=created)
+    run_record = record.Record(class_names=["happy", "sad"],
+                               preprocessing=images.Preprocessing(hyperparameters["image_size"]), metrics=metrics, hyperparameters=hyperparameters, created=created)
     (folder / "record.json").write_text(run_record.to_json())
     return folder
 
