@@ -1,5 +1,6 @@
 """train end to end: it learns, writes the model, the record and TensorBoard events, and fails clearly."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -103,13 +104,13 @@ def test_fine_tune_stage_continues_the_epoch_count(tmp_path, faces_dir):
     assert steps == {0, 1, 2}
 
 
-KILL_AFTER_SECOND_EPOCH = """
+KILL_AFTER_EPOCH = """
 import os, signal, sys
 from happysad import callbacks, train
 original = callbacks.ResumeState.on_epoch_end
 def on_epoch_end(self, epoch, logs=None):
     original(self, epoch, logs)
-    if epoch == 1:
+    if epoch == int(os.environ["KILL_AFTER_EPOCH"]):
         os.kill(os.getpid(), signal.SIGKILL)
 callbacks.ResumeState.on_epoch_end = on_epoch_end
 train.main(sys.argv[1:])
@@ -124,7 +125,8 @@ def test_a_killed_run_resumes_at_its_next_epoch_with_the_same_split(tmp_path, fa
     flags = ["--data", str(faces_dir), "--epochs", "4", "--image-size", "32", "--batch-size", "64",
              "--model", str(model_path), "--logdir", str(tmp_path / "logs"), "--run-name", "killed",
              "--patience", "3", "--seed", "5"]
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SECOND_EPOCH, *flags], capture_output=True, text=True)
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH, *flags], capture_output=True, text=True,
+                            env={**os.environ, "KILL_AFTER_EPOCH": "1"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not model_path.exists() and (tmp_path / ".m.h5.resume" / "state.json").exists()
 
@@ -149,6 +151,34 @@ def test_a_killed_run_resumes_at_its_next_epoch_with_the_same_split(tmp_path, fa
             if any(value.tag == "epoch_loss" for value in event.summary.value):
                 steps.add(event.step)
     assert steps == {0, 1, 2, 3}
+
+
+def test_a_killed_fine_tuning_resumes_after_the_head_with_every_epoch_in_the_record(tmp_path, faces_dir, capsys):
+    """The head (2 epochs on stored features) trains again in seconds; the fine-tuning resumes from its backup,
+    and the record's history holds the head's epochs, the fine-tuning's from before the kill and the rest."""
+    import subprocess
+    import sys
+
+    import keras
+
+    weights = tmp_path / "mobilenet_v2_notop.weights.h5"  # stands in for Keras' downloaded ImageNet file
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+    model_path = tmp_path / "m.h5"
+    flags = ["--data", str(faces_dir), "--arch", "mobilenetv2", "--weights", str(weights), "--epochs", "2",
+             "--patience", "0", "--fine-tune", "4", "--fine-tune-epochs", "3", "--image-size", "32",
+             "--batch-size", "64", "--model", str(model_path), "--logdir", str(tmp_path / "logs"), "--run-name", "ft"]
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH, *flags], capture_output=True, text=True,
+                            env={**os.environ, "KILL_AFTER_EPOCH": "3"})  # the fine-tuning's second epoch
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    saved_before_kill = json.loads((tmp_path / ".m.h5.resume" / "state.json").read_text())["history"]
+    assert len(saved_before_kill["val_loss"]) == 2  # the fine-tuning's epochs only: the head's re-train
+
+    train.main([*flags, "--resume"])
+    out = capsys.readouterr().out
+    assert "Epoch 5/5" in out and "Epoch 3/5" not in out and "Epoch 4/5" not in out
+    history = record.read(model_path).history
+    assert len(history["val_loss"]) == len(history["epoch_seconds"]) == 5
+    assert history["val_loss"][2:4] == saved_before_kill["val_loss"]
 
 
 def test_resume_with_nothing_to_resume_is_a_clear_error_and_a_leftover_is_named(tmp_path, faces_dir, capsys):
