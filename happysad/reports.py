@@ -3,16 +3,25 @@
 
 Figures are built with matplotlib's object API (`matplotlib.figure.Figure`, rendered by Agg), never pyplot,
 so nothing depends on a display or on pyplot's global state; the same figures go to PNG files, to the HTML
-page and, as images, to TensorBoard.
+page and, as images, to TensorBoard. matplotlib (half a second to import) loads when a first figure is drawn.
 """
+from __future__ import annotations
+
 import base64
 import html
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+
+from happysad.runtime import deferred
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+matplotlib_figure = deferred("matplotlib.figure", after_tensorflow=False)
+matplotlib_ticker = deferred("matplotlib.ticker", after_tensorflow=False)
 
 
 def png_bytes(figure: Figure, dpi: int = 100) -> bytes:
@@ -27,7 +36,7 @@ def confusion_matrix_figure(matrix, class_names, title: str = "confusion matrix"
     totals = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
     size = 2.2 + 0.7 * len(class_names)
-    figure = Figure(figsize=(size + 1, size))
+    figure = matplotlib_figure.Figure(figsize=(size + 1, size))
     axis = figure.subplots()
     image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="share of true class")
@@ -48,7 +57,7 @@ def confusion_matrix_figure(matrix, class_names, title: str = "confusion matrix"
 
 def rate_axes(title: str, xlabel: str, ylabel: str) -> tuple:
     """(figure, axis) for a curve of two rates: square, both axes from 0 to 1."""
-    figure = Figure(figsize=(4.5, 4.5))
+    figure = matplotlib_figure.Figure(figsize=(4.5, 4.5))
     axis = figure.subplots()
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
@@ -82,7 +91,7 @@ def pr_figure(precision, recall, average_precision, positive: str, prevalence: f
 
 def threshold_figure(sweep: list, positive: str, threshold: float) -> Figure:
     """Precision, recall and F1 of the positive class and the macro F1 against the decision threshold."""
-    figure = Figure(figsize=(6, 4))
+    figure = matplotlib_figure.Figure(figsize=(6, 4))
     axis = figure.subplots()
     thresholds = [row["threshold"] for row in sweep]
     for key, label in (("precision", f"precision ({positive})"), ("recall", f"recall ({positive})"),
@@ -102,7 +111,7 @@ def image_grid_figure(pixels, titles, colors=None, columns: int = 4, title: str 
     count = len(pixels)
     columns = max(1, min(columns, count))
     rows = max(1, -(-count // columns))
-    figure = Figure(figsize=(max(2.4 * columns, 4.8 if title else 0), 3.0 * rows + (0.4 if title else 0)))
+    figure = matplotlib_figure.Figure(figsize=(max(2.4 * columns, 4.8 if title else 0), 3.0 * rows + (0.4 if title else 0)))
     axes = np.atleast_1d(figure.subplots(rows, columns)).reshape(-1)
     for index, axis in enumerate(axes):
         axis.axis("off")
@@ -120,7 +129,7 @@ def curves_figure(history: dict) -> Figure:
     names = [name for name in ("loss", "accuracy", "precision", "recall", "auc") if history.get(name)]
     columns = min(3, len(names))
     rows = -(-len(names) // columns)
-    figure = Figure(figsize=(4 * columns, 3.4 * rows))
+    figure = matplotlib_figure.Figure(figsize=(4 * columns, 3.4 * rows))
     axes = np.atleast_1d(figure.subplots(rows, columns)).reshape(-1)
     for axis in axes[len(names):]:
         axis.axis("off")
@@ -130,7 +139,7 @@ def curves_figure(history: dict) -> Figure:
         if history.get(f"val_{name}"):
             axis.plot(range(1, len(history[f"val_{name}"]) + 1), history[f"val_{name}"], label="validation")
         axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.xaxis.set_major_locator(matplotlib_ticker.MaxNLocator(integer=True))
         axis.set_title(name)
         axis.legend()
     figure.tight_layout()

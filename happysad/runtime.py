@@ -45,19 +45,25 @@ def stderr_silenced():
 
 
 class Deferred(types.ModuleType):
-    """A module imported, after TensorFlow, when one of its public attributes is first used. Private and
-    special names (what inspect, copy or pytest probe an object for) do not import it."""
+    """A module imported when one of its public attributes is first used (after TensorFlow, for one that
+    needs it). Private and special names (what inspect, copy or pytest probe an object for) do not import it."""
+
+    def __init__(self, name: str, after_tensorflow: bool):
+        super().__init__(name)
+        self._after_tensorflow = after_tensorflow
 
     def __getattr__(self, attribute):
         if attribute.startswith("_") and self.__name__ not in sys.modules:
             raise AttributeError(attribute)
-        load_tensorflow()
+        if self._after_tensorflow:
+            load_tensorflow()
         return getattr(importlib.import_module(self.__name__), attribute)
 
 
-def deferred(name: str) -> Deferred:
-    """Module `name` (one that needs TensorFlow), imported on first use."""
-    return Deferred(name)
+def deferred(name: str, after_tensorflow: bool = True) -> Deferred:
+    """Module `name`, imported on first use: after TensorFlow (the default: one that needs it), or as it is
+    (after_tensorflow=False: another slow import, such as matplotlib)."""
+    return Deferred(name, after_tensorflow)
 
 
 tf = deferred("tensorflow")

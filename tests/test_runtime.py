@@ -17,7 +17,7 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_importing_the_package_and_asking_every_command_for_help_loads_no_tensorflow():
+def test_importing_the_package_and_asking_every_command_for_help_loads_no_tensorflow_and_no_matplotlib():
     result = run_python(f"""
 import os, runpy, sys
 before = dict(os.environ)
@@ -33,7 +33,7 @@ import inspect
 from happysad.runtime import keras, tf
 inspect.unwrap(tf)  # introspection (pytest's fixture scan does this) must not load it either
 hasattr(keras, "_mock_name")
-print(sorted(m for m in ("tensorflow", "keras", "tensorboard") if m in sys.modules))
+print(sorted(m for m in ("tensorflow", "keras", "tensorboard", "matplotlib") if m in sys.modules))
 tensorflow_settings = sorted(key for key in {{*os.environ, *before}}
                              if key.startswith("TF_") and os.environ.get(key) != before.get(key))
 print(unchanged_by_package, tensorflow_settings)
