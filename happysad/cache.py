@@ -1,14 +1,22 @@
-"""Where decoded images are kept between epochs: in memory when they fit, else in tf.data's disk cache.
+"""Where decoded images are kept between epochs (in memory when they fit, else in tf.data's disk cache), and
+the store of small arrays computed once per file (backbone features, near-copy fingerprints).
 
 `choose_caches` decides per partition (`--cache auto|memory|disk[:PATH]|none`); `disk_cache` hands out a
 cache file prefix that is safe against crashed and concurrent runs; `prune_disk_caches` removes caches no run
 has used for CACHE_MAX_AGE_DAYS. A cache is named by `cache_key`, so any change of the files, the image size
-or the preprocessing makes a new one. (Backbone features have their own store: happysad.features.)
+or the preprocessing makes a new one. `ArrayStore` keeps arrays by the file's content, so a moved or renamed
+file keeps them.
 """
 import hashlib
+import io
 import os
+import shutil
 import time
 from pathlib import Path
+
+import numpy as np
+
+from happysad.files import write_atomic
 
 DEFAULT_CACHE_DIR = ".cache/happysad"
 # A disk cache nobody has used for this long is removed when a run opens the folder: every change of data,
@@ -142,3 +150,58 @@ def prune_disk_caches(folder, keep: str = "", max_age_days: float = CACHE_MAX_AG
                 path.unlink(missing_ok=True)
         removed.append(name)
     return removed
+
+
+class ArrayStore:
+    """Small arrays (backbone features, near-copy fingerprints) by (kind, content hash): in this process's
+    memory, and on disk when given a folder.
+
+    On disk: FOLDER/<family>-<key>/<kind>/<sha256>.npy, each written atomically (happysad.files), so a run
+    killed mid-write leaves no half array and concurrent runs can share a store. `key` names everything the
+    arrays depend on besides the file's bytes; opening a store marks it used, and removes the stores of the
+    same family that no run has opened for CACHE_MAX_AGE_DAYS.
+    """
+
+    def __init__(self, family: str, key: str, folder=None):
+        self.memory = {}
+        self.folder = None
+        if folder is not None:
+            self.folder = Path(folder) / f"{family}-{key}"
+            self.folder.mkdir(parents=True, exist_ok=True)
+            os.utime(self.folder)
+            prune_stores(Path(folder), family, keep=self.folder.name)
+
+    def get(self, kind: str, digest: str):
+        array = self.memory.get((kind, digest))
+        if array is None and self.folder is not None:
+            path = self.folder / kind / f"{digest}.npy"
+            if path.exists():
+                array = self.memory[(kind, digest)] = np.load(path)
+        return array
+
+    def put(self, kind: str, digest: str, array: np.ndarray) -> None:
+        self.memory[(kind, digest)] = array
+        if self.folder is not None:
+            path = self.folder / kind / f"{digest}.npy"
+            path.parent.mkdir(exist_ok=True)
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            write_atomic(path, buffer.getvalue(), durable=False)
+
+
+def prune_stores(folder: Path, family: str, keep: str, max_age_days: float = CACHE_MAX_AGE_DAYS) -> list:
+    """Remove the stores of `family` in folder unused for max_age_days (but `keep`); returns their names."""
+    cutoff = time.time() - max_age_days * 86400
+    removed = []
+    for store in sorted(folder.glob(f"{family}-*")):
+        if store.name != keep and store.is_dir() and store.stat().st_mtime < cutoff:
+            shutil.rmtree(store, ignore_errors=True)
+            removed.append(store.name)
+    return removed
+
+
+def array_store(setting: str, family: str, key: str) -> ArrayStore:
+    """The store --cache asks for: on disk (auto, disk, disk:PATH), or for this run only (memory, none)."""
+    if setting in ("memory", "none"):
+        return ArrayStore(family, key)
+    return ArrayStore(family, key, setting[5:] if setting.startswith("disk:") else DEFAULT_CACHE_DIR)

@@ -156,12 +156,13 @@ def split(files: Files, fractions=(0.7, 0.2, 0.1), seed: int = 1337, groups=None
     return {name: Files(*parts[name]) for name in PARTITIONS}
 
 
-def near_copy_groups(files: Files) -> list:
+def near_copy_groups(files: Files, store=None) -> list:
     """A group id per file, for split(groups=...): near copies of one photo share one (happysad.near_copies).
 
-    Decodes every file once, as training does; one TensorFlow cannot decode is a group of its own.
+    Decodes every file once, as training does, unless the store (near_copies.FAMILY) has its fingerprint; one
+    TensorFlow cannot decode is a group of its own.
     """
-    return near_copies.groups(near_copies.load_fingerprints(files.paths))
+    return near_copies.groups(near_copies.load_fingerprints(files.paths, store))
 
 
 def class_weights(labels, num_classes: int) -> dict:

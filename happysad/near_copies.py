@@ -35,13 +35,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from happysad import images
+from happysad import files, images
 from happysad.runtime import tf
 
 THUMBNAIL = 64  # pixels of the square the DCT runs on
 SQUARE = 2 * THUMBNAIL  # the picture is first reduced to this square, then cropped
 HASH_SIZE = 16  # the 16x16 lowest frequencies: 256 bits per hash
 CROPS = (0.0, 0.04, 0.08)  # fraction cut off every side before hashing, one hash each
+FAMILY, VERSION = "near-copies", "v1"  # stored fingerprints: VERSION changes whenever fingerprint() does
 # Largest distance (differing bits of the closest pair of hashes) at which two images are near copies.
 # Measured on happysad-web, 865 web-scraped photos (373,680 pairs, 7 of them byte-identical files). Distances
 # are even but for rare ties (every hash has 128 ones).
@@ -87,14 +88,22 @@ def file_fingerprint(path):
     return fingerprint(pixels.numpy())
 
 
-def load_fingerprints(paths) -> list:
+def load_fingerprints(paths, store=None) -> list:
     """fingerprint() of every file (None for one that TensorFlow cannot decode), in the order of paths.
 
     Decoded by happysad.images.decode_pixels, as training decodes them (JPEG, PNG, GIF, BMP). TensorFlow's
-    decoders and OpenCV release the GIL, so threads keep every core busy.
+    decoders and OpenCV release the GIL, so threads keep every core busy. With a store (a cache.ArrayStore of
+    the family FAMILY, keyed by VERSION), a file whose bytes were fingerprinted before is not decoded again.
     """
+    digests = files.sha256_each(paths) if store is not None else None
+    found = [store.get("fingerprint", digest) for digest in digests] if digests else [None] * len(paths)
+    missing = [i for i, fingerprint in enumerate(found) if fingerprint is None]
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        return list(pool.map(file_fingerprint, paths))
+        for i, fingerprint in zip(missing, pool.map(file_fingerprint, [paths[i] for i in missing])):
+            found[i] = fingerprint
+            if store is not None and fingerprint is not None:
+                store.put("fingerprint", digests[i], fingerprint)
+    return found
 
 
 def distance(first: np.ndarray, second: np.ndarray) -> int:

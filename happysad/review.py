@@ -51,7 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import cache, clean, data, features, images, model as models, reports
+from happysad import cache, clean, data, features, images, model as models, near_copies, reports
+from happysad.files import sha256_each
 from happysad.runtime import enable_memory_growth, keras, tf
 
 # A prediction this close to 1/classes (as a share of the way from 1/classes to 1) is near chance: 0.525 for
@@ -274,8 +275,8 @@ def image_features(args, files: data.Files, digests: list) -> tuple:
     The backbone is built only when some image is missing from the store.
     """
     preprocessing = images.Preprocessing(args.image_size)  # the whole picture: faces are train's choice
-    store = features.store_for(args.cache, features.extractor_id(args.arch, args.weights, preprocessing),
-                               cache.DEFAULT_CACHE_DIR)
+    store = cache.array_store(args.cache, features.FAMILY, features.extractor_id(args.arch, args.weights,
+                                                                                 preprocessing))
     missing = sum(store.get("original", digest) is None for digest in digests)
     extractor = None
     if missing:
@@ -408,14 +409,14 @@ def review(args) -> dict:
     counts = "  ".join(f"{name}={n}" for name, n in zip(class_names, files.count_per_class(len(class_names))))
     print(f"{len(files)} images in {len(class_names)} classes: {counts}")
 
-    digests = features.content_hashes(files.paths)
+    digests = sha256_each(files.paths)
     vectors, computed = image_features(args, files, digests)
     seconds = {"features": time.perf_counter() - started}
     print(f"features ({args.arch}, {args.image_size} px): {computed} computed, {len(files) - computed} from the "
           f"store, in {seconds['features']:.1f} s")
 
     mark = time.perf_counter()
-    groups = data.near_copy_groups(files)
+    groups = data.near_copy_groups(files, cache.array_store(args.cache, near_copies.FAMILY, near_copies.VERSION))
     seconds["near_copies"], mark = time.perf_counter() - mark, time.perf_counter()
     settings = HeadSettings(args.epochs, args.learning_rate, args.dropout, args.batch_size, args.seed)
     ranking = rank(vectors, labels, groups, len(class_names), args.folds, settings, args.outlier_z)

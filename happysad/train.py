@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import cache, data, distribute, features, images, metrics, model as models, record, reports, summaries
+from happysad import (cache, data, distribute, features, images, metrics, model as models, near_copies, record, reports,
+                      summaries)
 from happysad.files import write_atomic
 from happysad.runtime import deferred, enable_memory_growth, keras, tf
 
@@ -149,7 +150,7 @@ def train(args) -> dict:
         print(f"note: {len(skipped)} file(s) with extensions training does not read are ignored "
               f"(e.g. {skipped[0]}): run `python -m happysad.clean {args.data}` to convert or quarantine them")
     preprocessing = images.Preprocessing(args.image_size, args.faces)
-    groups = data.near_copy_groups(files)
+    groups = data.near_copy_groups(files, cache.array_store(args.cache, near_copies.FAMILY, near_copies.VERSION))
     parts = data.split(files, args.fractions, args.seed, groups=groups)
     copies = near_copy_lists(files, groups, args.data)
     binary = models.is_binary(len(class_names))
@@ -301,8 +302,8 @@ def image_datasets(args, setup, parts, preprocessing, binary) -> dict:
 def stored_features(args, extractor, parts, preprocessing) -> dict:
     """{partition: (views, images, dim) backbone features}: every view for training, the image itself for the
     others. Read from the feature store where a run has computed them before."""
-    store = features.store_for(args.cache, features.extractor_id(args.arch, args.weights, preprocessing),
-                               cache.DEFAULT_CACHE_DIR)
+    store = cache.array_store(args.cache, features.FAMILY, features.extractor_id(args.arch, args.weights,
+                                                                                 preprocessing))
     started = time.time()
     stored = {name: features.extract(extractor, parts[name].paths, store, preprocessing,
                                      features.VIEWS[args.views] if name == "train" else ("original",))

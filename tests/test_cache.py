@@ -1,9 +1,10 @@
 """Decoded-image caches: memory or disk by size, named by what they hold, safe against crashed and concurrent
-runs, and pruned when unused for weeks."""
+runs, and pruned when unused for weeks; the store of arrays by file content."""
 import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from test_data import copy_partition, epoch_items
@@ -116,3 +117,23 @@ def test_caches_unused_for_weeks_are_pruned_and_live_or_recent_ones_kept(tmp_pat
     os.utime(index, (old, old))
     image_cache.disk_cache(tmp_path, recent)
     assert time.time() - index.stat().st_mtime < 60
+
+
+def test_arrays_are_stored_by_content_and_unused_stores_of_the_same_family_are_pruned(tmp_path):
+    import os
+    import time
+
+    stale = time.time() - (image_cache.CACHE_MAX_AGE_DAYS + 1) * 86400
+    for name in ("features-old", "features-recent", "near-copies-old"):
+        (tmp_path / name).mkdir()
+    for name in ("features-old", "near-copies-old"):
+        os.utime(tmp_path / name, (stale, stale))
+    store = image_cache.ArrayStore("features", "new", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features-new", "features-recent", "near-copies-old"]
+    store.put("original", "ab12", np.arange(3.0))
+    again = image_cache.ArrayStore("features", "new", tmp_path)  # another run, reading from disk
+    np.testing.assert_array_equal(again.get("original", "ab12"), np.arange(3.0))
+    assert again.get("flip", "ab12") is None and again.get("original", "cd34") is None
+    assert image_cache.array_store("memory", "features", "new").folder is None
+    assert image_cache.array_store(f"disk:{tmp_path / 'elsewhere'}", "features", "k").folder == \
+        tmp_path / "elsewhere" / "features-k"

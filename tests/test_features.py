@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import SHARED_WEIGHTS
 
-from happysad import classifier, features, images, model as models, record, sample, train
+from happysad import cache, classifier, features, images, model as models, record, sample, train
+from happysad.files import sha256_each
 
 SIZE = 32
 
@@ -29,8 +30,8 @@ def run(folder, weights, out, *extra):
         "--cache", f"disk:{out.parent / 'cache'}", *extra]))
 
 
-def stored_vectors(store: features.Store, paths, view="original") -> np.ndarray:
-    return np.stack([store.get(view, digest) for digest in features.content_hashes(paths)])
+def stored_vectors(store: cache.ArrayStore, paths, view="original") -> np.ndarray:
+    return np.stack([store.get(view, digest) for digest in sha256_each(paths)])
 
 
 def test_saved_model_gives_the_heads_output_on_the_stored_features(small_dir, weights_file, tmp_path):
@@ -38,7 +39,7 @@ def test_saved_model_gives_the_heads_output_on_the_stored_features(small_dir, we
     model = classifier.load(tmp_path / "a" / "m.h5")
     saved = record.read(tmp_path / "a" / "m.h5")
     test_paths = [str(small_dir / p) for p in saved.split["test"]]
-    store = features.Store(features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)),
+    store = cache.ArrayStore(features.FAMILY, features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)),
                            tmp_path / "cache")
     vectors = stored_vectors(store, test_paths)
     _, head = models.split_at_pool(model.network)
@@ -63,11 +64,11 @@ def test_a_second_run_with_other_head_settings_never_runs_the_backbone(small_dir
 def test_views_are_stored_for_training_images_only(small_dir, weights_file, tmp_path):
     result = run(small_dir, weights_file, tmp_path / "views", "--views", "4")
     saved = result["record"]
-    store = features.Store(features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)),
+    store = cache.ArrayStore(features.FAMILY, features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)),
                            tmp_path / "cache")
     train_paths = [str(small_dir / p) for p in saved.split["train"]]
     test_paths = [str(small_dir / p) for p in saved.split["test"]]
-    digests = features.content_hashes(test_paths)
+    digests = sha256_each(test_paths)
     for view in features.VIEWS[4]:
         vectors = stored_vectors(store, train_paths, view)
         assert vectors.shape[0] == len(train_paths)
@@ -81,12 +82,12 @@ def test_vectors_are_found_by_content_and_keyed_by_everything_they_depend_on(sma
     extractor, _ = models.split_at_pool(network)
     paths = sorted(str(p) for p in (small_dir / "happy").iterdir())[:3]
     preprocessing = images.Preprocessing(SIZE)
-    store = features.Store("k1", tmp_path / "cache")
+    store = cache.ArrayStore(features.FAMILY, "k1", tmp_path / "cache")
     first = features.extract(extractor, paths, store, preprocessing)[0]
     np.testing.assert_allclose(first, features.compute(extractor, paths, preprocessing, "original"), atol=1e-6)
     renamed = tmp_path / "renamed.jpg"
     renamed.write_bytes(Path(paths[0]).read_bytes())
-    again = features.extract(extractor, [str(renamed)], features.Store("k1", tmp_path / "cache"), preprocessing)[0]
+    again = features.extract(extractor, [str(renamed)], cache.ArrayStore(features.FAMILY, "k1", tmp_path / "cache"), preprocessing)[0]
     np.testing.assert_array_equal(again[0], first[0])  # read back, by content
     keys = {features.extractor_id(arch, str(weights_file), images.Preprocessing(size, faces))
             for arch in ("mobilenet", "mobilenet025") for size in (32, 64) for faces in (False, True)}
@@ -95,19 +96,6 @@ def test_vectors_are_found_by_content_and_keyed_by_everything_they_depend_on(sma
     other_weights.write_bytes(Path(weights_file).read_bytes() + b"\0")
     assert features.extractor_id("mobilenet025", str(other_weights), images.Preprocessing(SIZE)) != \
         features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE))
-
-
-def test_unused_stores_are_pruned(tmp_path):
-    import os
-    import time
-
-    old, recent = tmp_path / "features-old", tmp_path / "features-recent"
-    for folder in (old, recent):
-        folder.mkdir()
-    stale = time.time() - 30 * 86400
-    os.utime(old, (stale, stale))
-    features.Store("new", tmp_path)
-    assert not old.exists() and recent.exists() and (tmp_path / "features-new").exists()
 
 
 def test_threshold_is_chosen_on_validation_and_used_for_the_test_metrics(small_dir, weights_file, tmp_path):

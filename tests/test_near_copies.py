@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from happysad import images, near_copies, sample
+from happysad import cache, images, near_copies, sample
 
 
 def resized_copy(bgr: np.ndarray) -> bytes:
@@ -87,3 +87,26 @@ def test_distance_is_the_closest_pair_of_crops():
     second = np.array([[0xFFFF_FFFF, 0], [0xFFFF_FFFF, 0], [0x7F, 0]], np.uint64)
     assert near_copies.distance(first, second) == 2  # crop 1 against crop 2: 0xFF against 0x7F, 0x1 against 0
     assert near_copies.distance(first, first) == 0
+
+
+def test_stored_fingerprints_are_found_by_content_without_decoding_again(tmp_path, monkeypatch):
+    paths = []
+    for index in range(3):
+        face = sample.draw_face(np.random.default_rng(index), "happy", 0, 64)
+        paths.append(str(tmp_path / f"face{index}.png"))
+        cv2.imwrite(paths[-1], face)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    paths.append(str(tmp_path / "broken.jpg"))
+    computed = near_copies.load_fingerprints(paths, cache.ArrayStore(near_copies.FAMILY, near_copies.VERSION,
+                                                                    tmp_path / "store"))
+    renamed = tmp_path / "renamed.png"
+    renamed.write_bytes((tmp_path / "face0.png").read_bytes())
+    decoded = []
+    original = near_copies.file_fingerprint
+    monkeypatch.setattr(near_copies, "file_fingerprint", lambda path: decoded.append(path) or original(path))
+    store = cache.ArrayStore(near_copies.FAMILY, near_copies.VERSION, tmp_path / "store")  # a later run
+    again = near_copies.load_fingerprints([*paths, str(renamed)], store)
+    assert decoded == [paths[-1]]  # only the file without a fingerprint to store: it is undecodable
+    assert again[3] is None and computed[3] is None
+    for first, second in zip([*computed[:3], computed[0]], [*again[:3], again[4]]):
+        np.testing.assert_array_equal(first, second)
