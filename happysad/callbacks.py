@@ -1,5 +1,6 @@
 """The Keras callbacks of a training run: early stopping, timing, TensorBoard summaries and the state
 --resume needs. Defining them needs Keras, so the training command imports this module when it trains."""
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -212,7 +213,7 @@ def tensorboard(run_dir, options: dict, train_files, validation_dataset, validat
         keras.callbacks.TensorBoard(log_dir=str(run_dir), write_graph=True),
         TrainingSummaries(run_dir, train_files, validation_dataset, validation_labels, class_names,
                           preprocessing, seed=seed),
-        HParams(run_dir, summaries.hyperparameters(options)),
+        HParams(run_dir, summaries.hyperparameters({**options, **dataclasses.asdict(preprocessing), "seed": seed})),
     ]
 
 

@@ -73,6 +73,7 @@ class Run:
             "epochs_run": len(self.record.metrics.get("epoch_seconds", [])),
             "classes": self.record.class_names,
             "hyperparameters": self.record.hyperparameters,
+            "preprocessing": dataclasses.asdict(self.record.preprocessing),
             "validation": {key[4:]: value for key, value in (self.record.metrics.get("saved_epoch")
                                                              or self.record.metrics.get("final_epoch", {})).items()
                            if key.startswith("val_")},
@@ -156,7 +157,7 @@ def list_runs(args) -> None:
         return
     rows = [["", "run", "started", "minutes", *KEY_HYPERPARAMETERS, "val acc", "val loss", "test acc", "test f1"]]
     for run in runs:
-        hyper = run.record.hyperparameters
+        hyper = settings(run.record)
         rows.append(["*" if run is best else "", run.name, run.started.strftime("%Y-%m-%d %H:%M"),
                      fmt(run.seconds / 60 if run.seconds is not None else None, 1),
                      *(fmt(hyper.get(key)) for key in KEY_HYPERPARAMETERS),
@@ -170,21 +171,20 @@ def list_runs(args) -> None:
     print(f"view them: {command}")
 
 
-def facts(run_record: record.Record) -> dict:
-    """What two runs can differ in besides their flags: the classes, the data and the preprocessing."""
-    return {"class_names": run_record.class_names, "data_dir": run_record.data_dir,
-            **dataclasses.asdict(run_record.preprocessing)}
+def settings(run_record: record.Record) -> dict:
+    """The hyper-parameters, the seed and the preprocessing settings (older records list all as hyper-parameters)."""
+    return {**run_record.hyperparameters, "seed": run_record.seed, **dataclasses.asdict(run_record.preprocessing)}
 
 
 def comparison(run_a: Run, run_b: Run) -> dict:
     metrics = {label: [run_a.metric(*key), run_b.metric(*key)] for label, key in COMPARED_METRICS}
     metrics["train minutes"] = [None if run.seconds is None else run.seconds / 60 for run in (run_a, run_b)]
-    hyper_a, hyper_b = run_a.record.hyperparameters, run_b.record.hyperparameters
+    hyper_a, hyper_b = settings(run_a.record), settings(run_b.record)
     differing = {key: [hyper_a.get(key), hyper_b.get(key)] for key in sorted(set(hyper_a) | set(hyper_b))
                  if hyper_a.get(key) != hyper_b.get(key)}
-    facts_a, facts_b = (facts(run.record) for run in (run_a, run_b))
-    differing.update({name: [facts_a[name], facts_b[name]] for name in facts_a
-                      if facts_a[name] != facts_b[name] and name not in differing})
+    for name in ("class_names", "data_dir"):
+        if getattr(run_a.record, name) != getattr(run_b.record, name) and name not in differing:
+            differing[name] = [getattr(run_a.record, name), getattr(run_b.record, name)]
     return {"runs": [run_a.name, run_b.name], "metrics": metrics, "differing_hyperparameters": differing}
 
 

@@ -22,8 +22,10 @@ from happysad.runtime import deferred, enable_memory_growth, keras, tf
 
 callbacks = deferred("happysad.callbacks")  # defines Keras classes: imported when training starts
 
-# Command-line options that name files or tune speed rather than change what the model learns.
-NOT_HYPERPARAMETERS = {"model", "logdir", "run_name", "cache", "fractions", "checkpoint"}
+# Command-line options that name files or tune speed rather than change what the model learns, and those the
+# record keeps in fields of their own (the preprocessing settings, the seed).
+NOT_HYPERPARAMETERS = {"model", "logdir", "run_name", "cache", "fractions", "checkpoint", "image_size", "faces",
+                       "seed"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

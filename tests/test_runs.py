@@ -16,7 +16,9 @@ def write_run(logdir, name, created, seconds=60.0, test_accuracy=None, val_accur
     hyperparameters = {"epochs": 3, "batch_size": 32, "image_size": 64, "learning_rate": 1e-3, "seed": 1,
                        "arch": "cnn", **hyper}
     run_record = record.Record(class_names=["happy", "sad"],
-                               preprocessing=images.Preprocessing(hyperparameters["image_size"]), metrics=metrics, hyperparameters=hyperparameters, created=created)
+                               preprocessing=images.Preprocessing(hyperparameters.pop("image_size")),
+                               seed=hyperparameters.pop("seed"), metrics=metrics, hyperparameters=hyperparameters,
+                               created=created)
     (folder / "record.json").write_text(run_record.to_json())
     return folder
 

@@ -77,8 +77,11 @@ def test_run_folder_has_hparams_and_final_test_metrics(trained):
         events.SummaryMetadata(hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content)
     hparams = {name: v.number_value or v.string_value for name, v in start.hparams.items()}
     trained_record = record.read(trained["model"])
-    for name in ("image_size", "batch_size", "epochs", "seed", "learning_rate"):
+    for name in ("batch_size", "epochs", "learning_rate"):
         assert hparams[name] == pytest.approx(trained_record.hyperparameters[name]), name
+    # Settings the record keeps in fields of their own, shown from there:
+    assert (hparams["image_size"], hparams["seed"]) == (trained_record.preprocessing.image_size, trained_record.seed)
+    assert "image_size" not in trained_record.hyperparameters and "seed" not in trained_record.hyperparameters
     assert hparams["data"] == str(trained["data"])
     assert "model" not in hparams and "logdir" not in hparams
     test = trained_record.metrics["test"]
@@ -154,6 +157,6 @@ def test_callbacks_serve_a_second_fit_as_fine_tuning_makes(tmp_path):
     assert len(root.Tensors(hparams_metadata.SESSION_START_INFO_TAG)) == 1
     start = hparams_metadata.parse_session_start_info_plugin_data(
         root.SummaryMetadata(hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content)
-    assert set(start.hparams) == {"epochs"}  # None values and dicts cannot be shown as hyper-parameters
+    assert set(start.hparams) == {"epochs", "image_size", "faces", "seed"}  # no None values or dicts
     assert len(load(run_dir / "train").Tensors("samples")) == 1
     assert [e.step for e in load(run_dir / "validation").Tensors("confusion_matrix")] == [0, 1]
