@@ -215,5 +215,3 @@ def tensorboard(run_dir, options: dict, train_files, validation_dataset, validat
                           preprocessing, seed=seed),
         HParams(run_dir, summaries.hyperparameters({**options, **dataclasses.asdict(preprocessing), "seed": seed})),
     ]
-
-

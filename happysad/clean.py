@@ -252,11 +252,9 @@ def mark_near_copies(findings: dict, usable: list) -> list:
 
     A member that is already a label-conflict (the same bytes in another class) keeps its detail.
     """
-    members = defaultdict(list)
-    for item, group in zip(usable, near_copies.groups([fingerprint for *_, fingerprint in usable])):
-        members[group].append(item)
     kept = []
-    for group in members.values():
+    for indices in near_copies.members(near_copies.groups([fingerprint for *_, fingerprint in usable])):
+        group = [usable[i] for i in indices]
         if len({label for _, label, _, _ in group}) > 1:
             for path, label, key, _ in group:
                 if path not in findings or findings[path].reason != "label-conflict":
@@ -276,6 +274,15 @@ def mark(findings: dict, path: str, label: str, key: str, reason: str, detail: s
     """
     found = findings.setdefault(path, Finding(path, label, reason, detail, key))
     found.reason, found.detail, found.convert_to = reason, detail, ""
+
+
+def manifest_entry(data_dir: Path, original: str, target: Path, reason: str, detail: str, sha256: str,
+                   copy_path: Path = None, copy_data: bytes = None) -> dict:
+    """The manifest line of one move (by clean, or by happysad.review): what --restore reads to undo it."""
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "original": original,
+            "quarantine": target.relative_to(data_dir).as_posix(), "reason": reason, "detail": detail,
+            "sha256": sha256, "converted": copy_path and copy_path.relative_to(data_dir).as_posix(),
+            "converted_sha256": copy_data and hashlib.sha256(copy_data).hexdigest()}
 
 
 def append_entry(manifest, entry: dict):
@@ -302,11 +309,8 @@ def quarantine(data_dir: Path, found: Finding, manifest):
     if found.convert_to:
         copy_data = readable_copy(source.read_bytes())
         copy_path = free_path(source.with_suffix(found.convert_to))
-    append_entry(manifest, {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "original": found.path,
-        "quarantine": target.relative_to(data_dir).as_posix(), "reason": found.reason, "detail": found.detail,
-        "sha256": found.sha256, "converted": copy_path and copy_path.relative_to(data_dir).as_posix(),
-        "converted_sha256": copy_data and hashlib.sha256(copy_data).hexdigest()})
+    append_entry(manifest, manifest_entry(data_dir, found.path, target, found.reason, found.detail, found.sha256,
+                                          copy_path, copy_data))
     if copy_path:
         files.write_atomic(copy_path, copy_data)
         found.converted = copy_path.relative_to(data_dir).as_posix()

@@ -13,6 +13,7 @@ The files are found the way `image_dataset_from_directory` finds them: every non
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,14 +124,13 @@ def split(files: Files, fractions=(0.7, 0.2, 0.1), seed: int = 1337, groups=None
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
         raise DataError(f"split fractions must be three positive numbers summing to 1, got {fractions}")
     labels = np.asarray(files.labels, dtype=int)
-    members = {}  # group id -> indices of its files, in file order
-    for index, group in enumerate(range(len(files)) if groups is None else groups):
-        members.setdefault(group, []).append(index)
-    if sum(len(indices) for indices in members.values()) != len(files):
-        raise ValueError(f"split got {sum(map(len, members.values()))} group ids for {len(files)} files")
+    groups = range(len(files)) if groups is None else groups
+    if len(groups) != len(files):
+        raise ValueError(f"split got {len(groups)} group ids for {len(files)} files")
+    by_class = groups_by_class(labels, groups)
     parts = {name: ([], []) for name in PARTITIONS}
     for label in np.unique(labels):
-        class_groups = [indices for indices in members.values() if labels[indices[0]] == label]
+        class_groups = by_class.get(int(label), [])
         if len(class_groups) < 3:
             count = int(np.sum(labels == label))
             copies = "" if len(class_groups) == count else f", {len(class_groups)} once near copies count as one"
@@ -156,13 +156,22 @@ def split(files: Files, fractions=(0.7, 0.2, 0.1), seed: int = 1337, groups=None
     return {name: Files(*parts[name]) for name in PARTITIONS}
 
 
-def near_copy_groups(files: Files, store=None) -> list:
+def groups_by_class(labels, groups) -> dict:
+    """{label: its groups, each the index list of its files}. A group belongs to the class of its first file
+    (near copies in two classes are clean's label conflicts); the groups in the order of their first file."""
+    by_class = {}
+    for indices in near_copies.members(groups):
+        by_class.setdefault(int(labels[indices[0]]), []).append(indices)
+    return by_class
+
+
+def near_copy_groups(files: Files, store=None, digests=None) -> list:
     """A group id per file, for split(groups=...): near copies of one photo share one (happysad.near_copies).
 
     Decodes every file once, as training does, unless the store (near_copies.FAMILY) has its fingerprint; one
     TensorFlow cannot decode is a group of its own.
     """
-    return near_copies.groups(near_copies.load_fingerprints(files.paths, store))
+    return near_copies.groups(near_copies.load_fingerprints(files.paths, store, digests))
 
 
 def class_weights(labels, num_classes: int) -> dict:
@@ -212,6 +221,19 @@ def make_dataset(files: Files, preprocessing: images.Preprocessing, batch_size: 
         buffer = max(1, min(len(paths), SHUFFLE_BUFFER_BYTES // image_bytes(preprocessing.image_size)))
         dataset = dataset.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+@contextlib.contextmanager
+def undecodable_explained(paths, preprocessing: images.Preprocessing, data_dir):
+    """Turn TensorFlow's decode error from a pipeline over `paths` into a DataError naming the bad files (and
+    the clean command); any other error, or one no file explains, passes unchanged."""
+    try:
+        yield
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+        error = undecodable_error(paths, preprocessing, data_dir)
+        if error is None:
+            raise
+        raise error from None
 
 
 def undecodable_error(paths, preprocessing: images.Preprocessing, data_dir):

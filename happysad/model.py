@@ -151,7 +151,7 @@ RECIPES = {"cnn": Recipe(image_size=128, epochs=60), **{arch: Recipe(image_size=
 def recipe(arch: str, weights: str) -> Recipe:
     """The recipe for --arch; a backbone trained from scratch (--weights none) trains like the CNN."""
     return RECIPES["cnn" if weights == "none" else arch]
-MIN_IMAGE_SIZE = 32  # the smallest input keras.applications accepts for these backbones
+MIN_IMAGE_SIZE = 32  # the smallest input keras.applications accepts for these backbones, and the CNN's pooling
 
 
 def backbone_weights(arch: str, weights: str):

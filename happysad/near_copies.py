@@ -88,15 +88,17 @@ def file_fingerprint(path):
     return fingerprint(pixels.numpy())
 
 
-def load_fingerprints(paths, store=None) -> list:
+def load_fingerprints(paths, store=None, digests=None) -> list:
     """fingerprint() of every file (None for one that TensorFlow cannot decode), in the order of paths.
 
     Decoded by happysad.images.decode_pixels, as training decodes them (JPEG, PNG, GIF, BMP). TensorFlow's
     decoders and OpenCV release the GIL, so threads keep every core busy. With a store (a cache.ArrayStore of
-    the family FAMILY, keyed by VERSION), a file whose bytes were fingerprinted before is not decoded again.
+    the family FAMILY, keyed by VERSION), a file whose bytes were fingerprinted before is not decoded again;
+    digests: the files' sha256 where the caller has them (files.sha256_each), so they are not read twice.
     """
-    digests = files.sha256_each(paths) if store is not None else None
-    found = [store.get("fingerprint", digest) for digest in digests] if digests else [None] * len(paths)
+    if store is not None and digests is None:
+        digests = files.sha256_each(paths)
+    found = [store.get("fingerprint", digest) for digest in digests] if store is not None else [None] * len(paths)
     missing = [i for i, fingerprint in enumerate(found) if fingerprint is None]
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         for i, fingerprint in zip(missing, pool.map(file_fingerprint, [paths[i] for i in missing])):
@@ -157,3 +159,12 @@ def groups(fingerprints, max_distance: int = THRESHOLD) -> list:
             first, second = root(present[i]), root(present[j])
             parent[max(first, second)] = min(first, second)  # the smaller index stays the root: the group id
     return [root(item) for item in range(len(fingerprints))]
+
+
+def members(groups) -> list:
+    """The items of each group (one id per item, as groups() gives), as index lists in item order; the groups
+    in the order of their first item."""
+    indices = {}
+    for index, group in enumerate(groups):
+        indices.setdefault(group, []).append(index)
+    return list(indices.values())

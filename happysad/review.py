@@ -158,18 +158,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def make_folds(labels, groups, n_folds: int, seed: int) -> np.ndarray:
     """The fold of each image: near-copy groups whole, each class spread evenly, the same for a seed.
 
-    Each class's groups (a group belongs to the class of its first image, as in data.split) are shuffled with a
-    generator seeded by (seed, label) and dealt one at a time to the fold with the fewest images of that class
-    so far (ties: the fewest images in all, then the lowest index).
+    Each class's groups (data.groups_by_class, as data.split takes them) are shuffled with a generator seeded
+    by (seed, label) and dealt one at a time to the fold with the fewest images of that class so far (ties: the
+    fewest images in all, then the lowest index).
     """
     labels = np.asarray(labels, dtype=int)
-    members = {}
-    for index, group in enumerate(groups):
-        members.setdefault(group, []).append(index)
+    by_class = data.groups_by_class(labels, groups)
     folds = np.zeros(len(labels), int)
     totals = np.zeros(n_folds, int)
     for label in np.unique(labels):
-        class_groups = [indices for indices in members.values() if labels[indices[0]] == label]
+        class_groups = by_class.get(int(label), [])
         if len(class_groups) < 2:
             raise data.DataError(f"class with label {label} has {len(class_groups)} image(s) once near copies "
                                  "count as one; cross-validation needs at least 2")
@@ -282,13 +280,8 @@ def image_features(args, files: data.Files, digests: list) -> tuple:
     if missing:
         extractor, _ = models.split_at_pool(models.build(args.arch, 2, preprocessing.image_size,
                                                          weights=args.weights))
-    try:
+    with data.undecodable_explained(files.paths, preprocessing, args.data_dir):
         vectors = features.extract(extractor, files.paths, store, preprocessing, digests=digests)[0]
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-        error = data.undecodable_error(files.paths, preprocessing, args.data_dir)
-        if error is None:
-            raise
-        raise error from None
     return vectors, missing
 
 
@@ -368,11 +361,9 @@ def move_to_class(data_dir: Path, row: dict, sha256: str, manifest) -> str:
     clean's manifest so that `clean --restore` moves it back; returns where it went, relative to data_dir."""
     source = data_dir / row["path"]
     target = clean.free_path(data_dir / row["suggested"] / Path(*Path(row["path"]).parts[1:]))
-    clean.append_entry(manifest, {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "original": row["path"],
-        "quarantine": target.relative_to(data_dir).as_posix(), "reason": "review-relabel",
-        "detail": f"in {row['folder']}, the model says {row['suggested']} (p {row['confidence']:.3f})",
-        "sha256": sha256, "converted": None, "converted_sha256": None})
+    clean.append_entry(manifest, clean.manifest_entry(
+        data_dir, row["path"], target, "review-relabel",
+        f"in {row['folder']}, the model says {row['suggested']} (p {row['confidence']:.3f})", sha256))
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(source, target)
     return target.relative_to(data_dir).as_posix()
@@ -416,7 +407,8 @@ def review(args) -> dict:
           f"store, in {seconds['features']:.1f} s")
 
     mark = time.perf_counter()
-    groups = data.near_copy_groups(files, cache.array_store(args.cache, near_copies.FAMILY, near_copies.VERSION))
+    groups = data.near_copy_groups(files, cache.array_store(args.cache, near_copies.FAMILY, near_copies.VERSION),
+                                   digests)
     seconds["near_copies"], mark = time.perf_counter() - mark, time.perf_counter()
     settings = HeadSettings(args.epochs, args.learning_rate, args.dropout, args.batch_size, args.seed)
     ranking = rank(vectors, labels, groups, len(class_names), args.folds, settings, args.outlier_z)

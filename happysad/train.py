@@ -17,8 +17,8 @@ import numpy as np
 
 from happysad import (cache, data, distribute, features, images, metrics, model as models, near_copies, record, reports,
                       summaries)
-from happysad.files import write_atomic
-from happysad.runtime import deferred, enable_memory_growth, keras, tf
+from happysad.files import sha256_each, write_atomic
+from happysad.runtime import deferred, enable_memory_growth, keras
 
 callbacks = deferred("happysad.callbacks")  # defines Keras classes: imported when training starts
 
@@ -94,8 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("epochs", "batch_size", "image_size", "fine_tune_epochs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.image_size < 32:
-        parser.error("--image-size must be at least 32 (smaller images vanish in the networks' pooling)")
+    if args.image_size < models.MIN_IMAGE_SIZE:
+        parser.error(f"--image-size must be at least {models.MIN_IMAGE_SIZE} (smaller images vanish in the "
+                     "networks' pooling)")
     if not 0 <= args.dropout < 1:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.patience < 0 or args.fine_tune < 0:
@@ -152,7 +153,9 @@ def train(args) -> dict:
         print(f"note: {len(skipped)} file(s) with extensions training does not read are ignored "
               f"(e.g. {skipped[0]}): run `python -m happysad.clean {args.data}` to convert or quarantine them")
     preprocessing = images.Preprocessing(args.image_size, args.faces)
-    groups = data.near_copy_groups(files, cache.array_store(args.cache, near_copies.FAMILY, near_copies.VERSION))
+    digests = dict(zip(files.paths, sha256_each(files.paths)))  # what the stores find each file's arrays by
+    groups = data.near_copy_groups(files, cache.array_store(args.cache, near_copies.FAMILY, near_copies.VERSION),
+                                   list(digests.values()))
     parts = data.split(files, args.fractions, args.seed, groups=groups)
     copies = near_copy_lists(files, groups, args.data)
     binary = models.is_binary(len(class_names))
@@ -186,7 +189,7 @@ def train(args) -> dict:
     # -- inputs: decoded-image pipelines (CNN, fine-tuning), or stored backbone features (pretrained) ------
     labels = {name: np.asarray(parts[name].labels, np.float32 if binary else np.int32) for name in data.PARTITIONS}
     extractor, head = models.split_at_pool(network) if pretrained else (None, None)
-    stored = stored_features(args, extractor, parts, preprocessing) if pretrained else None
+    stored = stored_features(args, extractor, parts, preprocessing, digests) if pretrained else None
     datasets = image_datasets(args, setup, parts, preprocessing, binary) if not pretrained or args.fine_tune else {}
 
     # -- callbacks: timing, early stopping, TensorBoard ----------------------------------------------------
@@ -220,7 +223,7 @@ def train(args) -> dict:
 
     # -- fit: the head on stored features or the whole CNN, then optional fine-tuning ---------------------
     started = time.time()
-    try:
+    with data.undecodable_explained(files.paths, preprocessing, args.data):
         if pretrained:
             fit_head(args, head, len(class_names), stored, labels, run_callbacks, class_weight)
         else:
@@ -232,11 +235,6 @@ def train(args) -> dict:
             board[1].watch(datasets["validation"])
             fine_tune(args, network, len(class_names), setup, datasets, image_callbacks, class_weight,
                       initial_epoch=stage_start)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-        error = data.undecodable_error(files.paths, preprocessing, args.data)
-        if error is None:
-            raise
-        raise error from None
     train_seconds = time.time() - started
 
     # -- evaluate: threshold on validation, metrics on the untouched test partition ------------------------
@@ -301,14 +299,15 @@ def image_datasets(args, setup, parts, preprocessing, binary) -> dict:
     return datasets
 
 
-def stored_features(args, extractor, parts, preprocessing) -> dict:
+def stored_features(args, extractor, parts, preprocessing, digests: dict) -> dict:
     """{partition: (views, images, dim) backbone features}: every view for training, the image itself for the
     others. Read from the feature store where a run has computed them before."""
     store = cache.array_store(args.cache, features.FAMILY, features.extractor_id(args.arch, args.weights,
                                                                                  preprocessing))
     started = time.time()
     stored = {name: features.extract(extractor, parts[name].paths, store, preprocessing,
-                                     features.VIEWS[args.views] if name == "train" else ("original",))
+                                     features.VIEWS[args.views] if name == "train" else ("original",),
+                                     digests=[digests[path] for path in parts[name].paths])
               for name in data.PARTITIONS}
     total = sum(array.shape[0] * array.shape[1] for array in stored.values())
     print(f"backbone features: {total} image views in {time.time() - started:.1f} s "
@@ -378,10 +377,8 @@ def test_line(summary: dict, class_names) -> str:
 
 def near_copy_lists(files: data.Files, groups: list, data_dir) -> list:
     """The near-copy groups of two or more images, as lists of paths relative to the data folder."""
-    members = {}
-    for path, group in zip(data.relative(files, data_dir), groups):
-        members.setdefault(group, []).append(path)
-    return [paths for paths in members.values() if len(paths) > 1]
+    relative = data.relative(files, data_dir)
+    return [[relative[i] for i in indices] for indices in near_copies.members(groups) if len(indices) > 1]
 
 
 @dataclass
