@@ -1,6 +1,5 @@
 """The Keras callbacks of a training run: early stopping, timing, TensorBoard summaries and the state
 --resume needs. Defining them needs Keras, so the training command imports this module when it trains."""
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -9,9 +8,7 @@ import numpy as np
 
 from happysad import images, metrics, reports, summaries
 from happysad.files import write_atomic
-from happysad.runtime import deferred, keras, tf
-
-hparams_api = deferred("tensorboard.plugins.hparams.api")
+from happysad.runtime import keras, tf
 
 
 def stopping(args) -> list:
@@ -189,20 +186,15 @@ class HParams(keras.callbacks.Callback):
     """The run's hyper-parameters for the HParams dashboard, written in the run folder when training first
     starts. (hparams_api.KerasCallback does the same but refuses a second fit, which fine-tuning makes.)"""
 
-    def __init__(self, run_dir, values: dict):
+    def __init__(self, run_dir, options: dict, preprocessing: images.Preprocessing, seed: int):
         super().__init__()
-        self.run_dir = Path(run_dir)
-        self.values = values
+        self.run_dir, self.options, self.preprocessing, self.seed = run_dir, options, preprocessing, seed
         self.written = False
 
     def on_train_begin(self, logs=None):
-        if self.written:
-            return
-        writer = tf.summary.create_file_writer(str(self.run_dir))
-        with writer.as_default():
-            hparams_api.hparams(self.values, trial_id=self.run_dir.name)
-        writer.close()
-        self.written = True
+        if not self.written:
+            summaries.write_hyperparameters(self.run_dir, self.options, self.preprocessing, self.seed)
+            self.written = True
 
 
 def tensorboard(run_dir, options: dict, train_files, validation_dataset, validation_labels,
@@ -213,5 +205,5 @@ def tensorboard(run_dir, options: dict, train_files, validation_dataset, validat
         keras.callbacks.TensorBoard(log_dir=str(run_dir), write_graph=True),
         TrainingSummaries(run_dir, train_files, validation_dataset, validation_labels, class_names,
                           preprocessing, seed=seed),
-        HParams(run_dir, summaries.hyperparameters({**options, **dataclasses.asdict(preprocessing), "seed": seed})),
+        HParams(run_dir, options, preprocessing, seed),
     ]

@@ -22,7 +22,9 @@ import numpy as np
 
 from happysad import images, near_copies
 from happysad.cache import image_bytes
-from happysad.runtime import tf
+from happysad.runtime import deferred, tf
+
+model_selection = deferred("sklearn.model_selection", after_tensorflow=False)
 
 PARTITIONS = ("train", "validation", "test")
 # Shuffle buffer of a disk-cached partition (a memory-cached one shuffles all of it at no extra cost).
@@ -45,6 +47,9 @@ class Files:
 
     def count_per_class(self, num_classes: int) -> list:
         return np.bincount(np.asarray(self.labels, dtype=int), minlength=num_classes).tolist()
+
+    def subset(self, indices) -> "Files":
+        return Files([self.paths[i] for i in indices], [self.labels[i] for i in indices])
 
     def shard(self, index: int, count: int) -> "Files":
         """Share `index` of `count` (a worker's, when several machines train): strided, so every file goes to
@@ -154,6 +159,31 @@ def split(files: Files, fractions=(0.7, 0.2, 0.1), seed: int = 1337, groups=None
             parts[name][0].extend(files.paths[i] for i in indices)
             parts[name][1].extend(int(labels[i]) for i in indices)
     return {name: Files(*parts[name]) for name in PARTITIONS}
+
+
+def make_folds(labels, groups, n_folds: int, seed: int, class_names=None) -> np.ndarray:
+    """The fold (0..n_folds-1) of each image for cross-validation: seeded, each class spread evenly over the
+    folds (scikit-learn's StratifiedGroupKFold), every group of near copies in one fold, so no image is scored
+    by a model that trained on its twin. train and review both cut their folds here."""
+    labels = np.asarray(labels, dtype=int)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    for label, class_groups in sorted(groups_by_class(labels, groups).items()):
+        if len(class_groups) < n_folds:
+            name = class_names[label] if class_names else f"with label {label}"
+            raise DataError(f"class {name} has {len(class_groups)} image(s) once near copies count as one; "
+                            f"{n_folds} folds need at least {n_folds} (use fewer folds or add images)")
+    folds = np.empty(len(labels), int)
+    splitter = model_selection.StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
+    for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        folds[held_out] = fold
+    return folds
+
+
+def hold_out(files: Files, fraction: float, seed: int, groups) -> tuple:
+    """(the rest, a test partition of about `fraction` of the images): one fold of make_folds, so the test
+    images are stratified and share no near copy with the rest."""
+    test = make_folds(files.labels, groups, max(2, round(1 / fraction)), seed) == 0
+    return files.subset(np.flatnonzero(~test)), files.subset(np.flatnonzero(test))
 
 
 def groups_by_class(labels, groups) -> dict:

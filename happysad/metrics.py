@@ -137,18 +137,19 @@ def wilson_interval(successes: int, count: int, z: float = 1.96) -> tuple:
     return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
-def summarize(y_true, probabilities, class_names, threshold: float = 0.5) -> dict:
+def summarize(y_true, probabilities, class_names, threshold: float = 0.5, predicted=None) -> dict:
     """Accuracy, per-class and macro precision / recall / F1, per-class accuracy, confusion matrix (counts
     and normalised by true class) and log loss; for two classes also ROC-AUC and PR-AUC (average precision)
     of the second class, whose probability the model's sigmoid outputs.
 
     Per-class accuracy is the share of that class's images labelled correctly (equal to its recall);
-    accuracy_interval is its 95 % Wilson interval.
+    accuracy_interval is its 95 % Wilson interval. predicted: the labels, where they were not all made with
+    one threshold (cross-validation: each fold its own).
     """
     y_true = np.asarray(y_true, dtype=int)
     probabilities = np.asarray(probabilities, dtype=float)
     num_classes = len(class_names)
-    y_pred = predicted_labels(probabilities, threshold)
+    y_pred = predicted_labels(probabilities, threshold) if predicted is None else np.asarray(predicted, int)
     matrix = confusion_matrix(y_true, y_pred, num_classes)
     true_positives = np.diag(matrix)
     precision = _safe_divide(true_positives, matrix.sum(axis=0))

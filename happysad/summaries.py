@@ -9,13 +9,19 @@ A run folder `logs/<run>/` holds (run names as TensorBoard shows them):
   training images with their labels (`samples`, once) in `train`, and every epoch in `validation` the
   confusion matrix as an image (`confusion_matrix`) and precision-recall curves (pr_curve plugin).
 - `<run>`: the hyper-parameters for the HParams dashboard (`tensorboard.plugins.hparams.api`) and, after
-  training, the test metrics as scalars `test/<metric>`, so the HParams table compares runs on them.
+  training, what the run measured as scalars `cross_validation/<metric>` (out of fold) and `test/<metric>`
+  (a held-out partition), so the HParams table compares runs on them. A head fitted by cross-validation on
+  stored features has no epochs: its run folder holds only these.
 - `<run>/evaluate[-<folder>]`: what `python -m happysad.evaluate` measured: scalars, pictures, PR curve.
 """
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 
 from happysad.runtime import deferred, tf
 
+hparams_api = deferred("tensorboard.plugins.hparams.api")
 pr_curve_summary = deferred("tensorboard.plugins.pr_curve.summary")
 
 SCALAR_METRICS = ("accuracy", "precision", "recall", "f1", "log_loss", "roc_auc", "pr_auc")
@@ -44,21 +50,32 @@ def hyperparameters(options: dict) -> dict:
     return {key: value for key, value in options.items() if isinstance(value, (bool, int, float, str))}
 
 
+def write_hyperparameters(run_dir, options: dict, preprocessing, seed: int) -> None:
+    """The run's hyper-parameters, preprocessing settings and seed, for the HParams dashboard."""
+    writer = tf.summary.create_file_writer(str(run_dir))
+    with writer.as_default():
+        hparams_api.hparams(hyperparameters({**options, **dataclasses.asdict(preprocessing), "seed": seed}),
+                            trial_id=Path(run_dir).name)
+    writer.close()
+
+
+def write_measured(run_dir, run_metrics: dict, step: int = 0) -> None:
+    """What a run measured: `cross_validation/<metric>` (out of fold) and `test/<metric>` (a held-out
+    partition) scalars in the run folder itself, where the HParams dashboard takes them as the run's results."""
+    writer = tf.summary.create_file_writer(str(run_dir))
+    with writer.as_default():
+        for kind in ("cross_validation", "test"):
+            if kind in run_metrics:
+                write_scalars(run_metrics[kind], step, kind)
+    writer.close()
+
+
 def write_scalars(values: dict, step: int, prefix: str) -> None:
     """The metrics of one evaluation (metrics.summarize's dict) as scalars `<prefix>/<metric>` under the
     default writer."""
     for name in SCALAR_METRICS:
         if values.get(name) is not None:
             tf.summary.scalar(f"{prefix}/{name}", values[name], step=step)
-
-
-def write_test_metrics(run_dir, test_metrics: dict, step: int) -> None:
-    """Training's final test metrics as `test/<metric>` in the run folder itself, where the HParams
-    dashboard takes them as the run's results."""
-    writer = tf.summary.create_file_writer(str(run_dir))
-    with writer.as_default():
-        write_scalars(test_metrics, step, "test")
-    writer.close()
 
 
 def write_evaluation(log_dir, summary: dict, pictures: dict, labels, probabilities, class_names,

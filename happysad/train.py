@@ -1,11 +1,15 @@
 """python -m happysad.train: train a classifier on data/<class>/ images.
 
-folder → leak-free split (file lists) → cached tf.data pipelines → model → fit with TensorBoard →
-test metrics on the held-out partition → models/happysad.h5 + models/happysad.json, and a run folder
-logs/<run>/ with TensorBoard events, the training curves and a copy of the record.
+A pretrained backbone (--arch mobilenet, a '+' list, or auto): folder → near-copy groups → backbone features,
+stored once per image → nested cross-validation of a logistic-regression head (happysad.crossval): every photo
+scored by a head that never saw it nor its near copies → the same choices on every photo → models/happysad.h5
++ models/happysad.json. The CNN, and fine-tuning: folder → leak-free split (file lists) → cached tf.data
+pipelines → fit with TensorBoard → test metrics on the held-out partition → the same files. Either way a run
+folder logs/<run>/ gets TensorBoard events and a copy of the record.
 """
 import argparse
 import datetime
+import itertools
 import json
 import shutil
 import sys
@@ -15,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import (cache, data, distribute, features, images, metrics, model as models, near_copies, record, reports,
-                      summaries)
+from happysad import (cache, crossval, data, distribute, features, images, metrics, model as models, near_copies,
+                      record, reports, summaries)
 from happysad.files import sha256_each, write_atomic
 from happysad.runtime import deferred, enable_memory_growth, keras
 
@@ -34,8 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         epilog="Options marked 'recipe' default to the measured recipe of the --arch: "
                + "; ".join(f"{arch}: {recipe_text(arch)}" for arch in models.ARCHITECTURES))
     parser.add_argument("--data", default="data", help="folder with one subfolder of images per class")
-    parser.add_argument("--arch", default="cnn", choices=models.ARCHITECTURES,
-                        help="cnn: the design card's network; or a Keras Applications backbone under a new head")
+    parser.add_argument("--arch", default="cnn", metavar="|".join(("cnn", models.AUTO, "BACKBONE[+BACKBONE]")),
+                        help="cnn: the design card's network; a Keras Applications backbone "
+                             f"({', '.join(models.BACKBONES)}) or several joined with '+' (their features side "
+                             f"by side); {models.AUTO}: cross-validation picks among "
+                             f"{', '.join(models.AUTO_BACKBONES)}, alone and together (their ImageNet weights "
+                             "are downloaded once; offline, those in Keras' cache folder are tried)")
     parser.add_argument("--weights", default="imagenet",
                         help="backbone weights: imagenet (downloaded once by Keras), none (train from scratch) "
                              "or PATH to a Keras *_notop.h5 file (default: imagenet)")
@@ -43,7 +51,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, help="images are resized to N×N; recipe")
     parser.add_argument("--seed", type=int, default=1337, help="same seed and data: same split and init")
-    parser.add_argument("--split", default="0.7,0.2,0.1", help="train,validation,test fractions")
+    parser.add_argument("--folds", type=int, default=5,
+                        help="pretrained backbone: K-fold cross-validation that measures the head, and the "
+                             "penalty, threshold and backbone choices inside it (default 5)")
+    parser.add_argument("--holdout", type=float, default=0.0, metavar="F",
+                        help="pretrained backbone: also keep a fraction F of the photos (near copies together) "
+                             "as a test partition that neither the cross-validation nor the saved model sees "
+                             "(default 0: every photo trains the saved model)")
+    parser.add_argument("--split", help="CNN and fine-tuning: train,validation,test fractions (default 0.7,0.2,0.1)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--fine-tune", type=int, metavar="N",
                         help="after training the head, unfreeze the backbone's top N layers (BatchNorm stays "
@@ -87,6 +102,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPUs")
     parser.add_argument("--jit", action="store_true", help="compile training steps with XLA")
     args = parser.parse_args(argv)
+    try:
+        args.backbones = models.parse_arch(args.arch)
+    except models.BuildError as error:
+        parser.error(str(error))
     recipe = models.recipe(args.arch, args.weights)
     for name in ("epochs", "image_size", "dropout", "augment", "patience", "fine_tune", "views"):
         if getattr(args, name) is None:
@@ -103,6 +122,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--patience and --fine-tune must not be negative")
     if args.fine_tune and (args.arch == "cnn" or args.weights == "none"):
         parser.error("--fine-tune needs a backbone (--arch) with pretrained --weights (imagenet or a file)")
+    if len(args.backbones) > 1 or args.arch == models.AUTO:
+        if args.weights != "imagenet":
+            parser.error(f"--arch {args.arch} takes each backbone's ImageNet weights from Keras' cache folder "
+                         f"({models.keras_cache_folder()}): --weights must be imagenet")
+        if args.fine_tune:
+            parser.error(f"--fine-tune opens the top of one backbone: name one (--arch {models.AUTO_BACKBONES[0]})")
+    args.cross_validate = args.arch != "cnn" and args.weights != "none" and not args.fine_tune
+    if args.cross_validate:
+        if args.split is not None:
+            parser.error("--split applies to the CNN and fine-tuning; a pretrained backbone cross-validates on "
+                         "every photo (--folds) and keeps a test partition only with --holdout")
+        if args.folds < 3:
+            parser.error("--folds must be at least 3 (each fold's choices are made on the other folds)")
+        if not 0 <= args.holdout < 0.5:
+            parser.error(f"--holdout must be in [0, 0.5), got {args.holdout}")
+    elif args.holdout:
+        parser.error("--holdout applies to a pretrained backbone's cross-validation; the CNN and fine-tuning keep "
+                     "a test partition by --split")
+    args.split = args.split or "0.7,0.2,0.1"
     if args.cache not in ("auto", "memory", "disk", "none") and not args.cache.startswith("disk:"):
         parser.error(f"--cache must be auto, memory, disk[:PATH] or none, got {args.cache!r}")
     if args.resume and args.strategy == "multiworker":
@@ -138,7 +176,174 @@ def run_folder(logdir, run_name) -> Path:
     return folder
 
 
+@dataclass(frozen=True)
+class Folder:
+    """The user's images as training reads them: classes, files, each file's sha256 (what the stores find its
+    arrays by) and near-copy group."""
+
+    class_names: list
+    files: data.Files
+    digests: dict
+    groups: list
+
+
+def read_folder(args) -> Folder:
+    class_names = data.find_classes(args.data)
+    files, skipped = data.list_images(args.data, class_names)
+    if skipped:
+        print(f"note: {len(skipped)} file(s) with extensions training does not read are ignored "
+              f"(e.g. {skipped[0]}): run `python -m happysad.clean {args.data}` to convert or quarantine them")
+    digests = dict(zip(files.paths, sha256_each(files.paths)))
+    groups = data.near_copy_groups(files, cache.array_store(args.cache, near_copies.FAMILY, near_copies.VERSION),
+                                   list(digests.values()))
+    print(f"classes: {', '.join(f'{i}={name}' for i, name in enumerate(class_names))}")
+    return Folder(class_names, files, digests, groups)
+
+
 def train(args) -> dict:
+    if args.cross_validate:
+        return train_with_folds(args)
+    return train_on_partitions(args)
+
+
+def train_with_folds(args) -> dict:
+    """A pretrained backbone: nested cross-validation of the logistic-regression head on stored features,
+    then the head the data chose, trained on every photo (but a --holdout partition)."""
+    started = time.time()
+    keras.utils.set_random_seed(args.seed)
+    folder = read_folder(args)
+    class_names, preprocessing = folder.class_names, images.Preprocessing(args.image_size, args.faces)
+    group_of = dict(zip(folder.files.paths, folder.groups))
+    if args.holdout:
+        files, test = data.hold_out(folder.files, args.holdout, args.seed, folder.groups)
+    else:
+        files, test = folder.files, data.Files([], [])
+    groups = [group_of[path] for path in files.paths]
+    copies = near_copy_lists(folder.files, folder.groups, args.data)
+    if copies:
+        print(f"near copies: {sum(map(len, copies))} images in {len(copies)} groups, each kept in one fold")
+    for name, part in (("training", files), ("holdout", test)):
+        if len(part) or name == "training":
+            print(f"{name:>10}: {len(part):5d} images  " + "  ".join(
+                f"{c}={n}" for c, n in zip(class_names, part.count_per_class(len(class_names)))))
+    folds = data.make_folds(files.labels, groups, args.folds, args.seed, class_names)
+
+    # -- features: each candidate backbone's, stored once per image -----------------------------------------
+    backbones = usable_backbones(args, preprocessing)
+    everything = data.Files(files.paths + test.paths, files.labels + test.labels)
+    per_backbone = {arch: backbone_features(args, arch, everything, preprocessing, folder.digests)
+                    for arch in backbones}
+    candidates = (["+".join(pair) for n in (1, 2) for pair in itertools.combinations(backbones, n)]
+                  if args.arch == models.AUTO else [args.arch])
+    feature_sets = {name: crossval.joined(per_backbone, name.split("+")) for name in candidates}
+
+    # -- measure: nested cross-validation; then the choices made on every photo ------------------------------
+    labels = np.asarray(files.labels, int)
+    mark = time.time()
+    measurement = crossval.cross_validate({name: vectors[:len(files)] for name, vectors in feature_sets.items()},
+                                          labels, folds, threshold=args.threshold)
+    cross_validated = measurement.summary(labels, class_names)
+    print(candidates_table(measurement))
+    choice = measurement.final
+    head = crossval.fit_head(feature_sets[choice.features][:len(files)], labels, choice.penalty)
+    print(f"cross-validation: {args.folds} folds in {time.time() - mark:.1f} s; chosen on every photo: "
+          f"{choice.features}, C {choice.penalty:g}" + (f", threshold {choice.threshold:.2f}" if len(class_names) == 2
+                                                      else ""))
+    print(cross_validation_line(cross_validated, class_names))
+
+    # -- the saved network: the chosen backbones and the head in one Keras model ----------------------------
+    network = models.build_linear(tuple(choice.features.split("+")), len(class_names), preprocessing.image_size,
+                                  args.weights)
+    models.set_head(network, head.coef_, head.intercept_)
+    model_metrics = {"cross_validation": cross_validated, "train_seconds": time.time() - started}
+    if len(test):
+        probabilities = head.predict_proba(feature_sets[choice.features][len(files):])
+        model_metrics["test"] = metrics.summarize(test.labels, probabilities, class_names, choice.threshold)
+        print(test_line(model_metrics["test"], class_names))
+
+    run_dir = run_folder(args.logdir, args.run_name)
+    hyperparameters = {"data": str(args.data), "arch": args.arch, "weights": args.weights, "folds": args.folds,
+                       "holdout": args.holdout, "threshold": args.threshold, "head": "logistic regression",
+                       "features": choice.features, "penalty": choice.penalty}
+    summaries.write_hyperparameters(run_dir, hyperparameters, preprocessing, args.seed)
+    summaries.write_measured(run_dir, model_metrics)
+    run_record = record.Record(
+        class_names=class_names,
+        preprocessing=preprocessing,
+        threshold=choice.threshold,
+        seed=args.seed,
+        data_dir=str(Path(args.data).resolve()),
+        split={"train": data.relative(files, args.data), "validation": [], "test": data.relative(test, args.data)},
+        near_copies=copies,
+        metrics=model_metrics,
+        hyperparameters=hyperparameters,
+        run_dir=str(run_dir),
+        created=datetime.datetime.now().isoformat(timespec="seconds"),
+    )
+    record.save(network, args.model, run_record)
+    write_atomic(run_dir / "record.json", run_record.to_json())
+    print(f"saved {args.model} (trained on all {len(files)} photos) and {record.sidecar_path(args.model)}; run logs "
+          f"in {run_dir} (tensorboard --logdir {args.logdir})")
+    return {"record": run_record, "measurement": measurement, "run_dir": run_dir, "network": network, "head": head,
+            "features": feature_sets[choice.features][:len(files)]}
+
+
+def usable_backbones(args, preprocessing) -> tuple:
+    """The backbones to extract features with: --arch's, or for auto those of AUTO_BACKBONES whose weights can
+    be had (downloaded once, or found in Keras' cache folder), each said."""
+    if args.arch != models.AUTO:
+        return args.backbones
+    usable = []
+    for arch in models.AUTO_BACKBONES:
+        try:
+            models.load_backbone(arch, preprocessing.image_size, args.weights)
+            usable.append(arch)
+        except models.BuildError as error:
+            print(f"note: --arch auto leaves out {arch}: {error}")
+    if not usable:
+        raise models.BuildError(
+            f"--arch auto found no backbone weights: none of {', '.join(models.AUTO_BACKBONES)} could be "
+            f"downloaded or found in Keras' cache folder {models.keras_cache_folder()}; put a weights file there, "
+            "or name one backbone and its file (--arch mobilenet --weights PATH)")
+    return tuple(usable)
+
+
+def backbone_features(args, arch: str, files: data.Files, preprocessing, digests: dict) -> np.ndarray:
+    """(images, dim) pooled features of one backbone, from the feature store where a run computed them; the
+    backbone is built only when some are missing."""
+    store = cache.array_store(args.cache, features.FAMILY, features.extractor_id(arch, args.weights, preprocessing))
+    wanted = [digests[path] for path in files.paths]
+    missing = sum(store.get("original", digest) is None for digest in wanted)
+    extractor = models.pooled_outputs(models.build_linear((arch,), 2, preprocessing.image_size, args.weights)) \
+        if missing else None
+    mark = time.time()
+    with data.undecodable_explained(files.paths, preprocessing, args.data):
+        vectors = features.extract(extractor, files.paths, store, preprocessing, digests=wanted)[0]
+    print(f"{arch} features: {missing} computed in {time.time() - mark:.1f} s, {len(files) - missing} from the store")
+    return vectors
+
+
+def candidates_table(measurement: crossval.Measurement) -> str:
+    """Each candidate's cross-validated log loss at its best penalty, on every photo: what the choice was."""
+    best = {}
+    for (name, penalty), loss in measurement.scores.items():
+        if name not in best or loss < best[name][1]:
+            best[name] = (penalty, loss)
+    return "\n".join(f"  {name:<28} log loss {loss:.3f} (C {penalty:g})" + (
+        "  <- chosen" if name == measurement.final.features else "") for name, (penalty, loss) in best.items())
+
+
+def cross_validation_line(summary: dict, class_names) -> str:
+    recalls = "  ".join(f"{name} {summary['per_class'][name]['recall']:.3f}" for name in class_names)
+    threshold = f"  (threshold {summary['threshold']:.2f})" if "threshold" in summary else ""
+    low, high = summary["accuracy_interval"]
+    return (f"cross-validated accuracy {summary['accuracy']:.3f} (95% interval {low:.2f}-{high:.2f}) on all "
+            f"{summary['count']} photos, each scored by a model that never saw it or its near copies "
+            f"({summary['folds']} folds, choices made inside each)  recall per class: {recalls}{threshold}")
+
+
+def train_on_partitions(args) -> dict:
+    """The CNN, or a backbone to fine-tune: fits on images, measured on a held-out test partition."""
     # -- setup: devices, precision, seeds ------------------------------------------------------------------
     setup = distribute.make(args.strategy)  # first: multi-worker collectives must exist before TF starts
     precision = distribute.set_precision(args.mixed_precision)
@@ -147,19 +352,12 @@ def train(args) -> dict:
     keras.utils.set_random_seed(args.seed)
 
     # -- data: class folders -> near-copy groups -> leak-free split ---------------------------------------
-    class_names = data.find_classes(args.data)
-    files, skipped = data.list_images(args.data, class_names)
-    if skipped:
-        print(f"note: {len(skipped)} file(s) with extensions training does not read are ignored "
-              f"(e.g. {skipped[0]}): run `python -m happysad.clean {args.data}` to convert or quarantine them")
+    folder = read_folder(args)
+    class_names, files, digests, groups = folder.class_names, folder.files, folder.digests, folder.groups
     preprocessing = images.Preprocessing(args.image_size, args.faces)
-    digests = dict(zip(files.paths, sha256_each(files.paths)))  # what the stores find each file's arrays by
-    groups = data.near_copy_groups(files, cache.array_store(args.cache, near_copies.FAMILY, near_copies.VERSION),
-                                   list(digests.values()))
     parts = data.split(files, args.fractions, args.seed, groups=groups)
     copies = near_copy_lists(files, groups, args.data)
     binary = models.is_binary(len(class_names))
-    print(f"classes: {', '.join(f'{i}={name}' for i, name in enumerate(class_names))}")
     if copies:
         print(f"near copies: {sum(map(len, copies))} images in {len(copies)} groups, each kept in one partition")
     for name in data.PARTITIONS:
@@ -247,7 +445,7 @@ def train(args) -> dict:
         if binary else 0.5
     test_metrics = metrics.summarize(parts["test"].labels, probabilities("test"), class_names, threshold)
     print(test_line(test_metrics, class_names))
-    summaries.write_test_metrics(run_dir, test_metrics, step=len(history.history["loss"]) - 1)
+    summaries.write_measured(run_dir, {"test": test_metrics}, step=len(history.history["loss"]) - 1)
     reports.plot_curves(history.history, run_dir / "curves.png")
 
     # -- record and save -----------------------------------------------------------------------------------

@@ -1,0 +1,157 @@
+"""Cross-validation on stored features: every photo scored by a head that never saw it, then a head on all.
+
+A few hundred photos are too few to spend a third of them on validation and test. So the head trains on
+L2-normalised backbone features with scikit-learn's logistic regression (an L2 penalty, balanced class weights)
+and is measured by K-fold cross-validation whose folds keep near copies together (`data.make_folds`). Every
+choice made from the data (the feature set when several backbones compete, the penalty, the decision threshold)
+is made inside the loop, by an inner cross-validation over the other K-1 folds: nested cross-validation, so
+the printed figure pays for the choices. The same choices, made once more on every photo, train the head that
+is saved.
+
+Nested cross-validation costs K outer times K-1 inner fits per setting when done naively. Here the inner folds
+of outer fold k are the other outer folds, so an inner fit leaves out two folds {j, k}, and the fit that leaves
+out {j, k} serves both outer fold k and outer fold j: K + K(K-1)/2 fits per setting (15 for K = 5) give the
+outer measurement and the final choice, instead of K(K-1) + K = 25.
+"""
+from __future__ import annotations
+
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from happysad import metrics
+from happysad.runtime import deferred
+
+linear_model = deferred("sklearn.linear_model", after_tensorflow=False)
+threadpoolctl = deferred("threadpoolctl", after_tensorflow=False)
+
+# The logistic regression's C (inverse L2 penalty) on unit-length features; measured best from 1 to 10 on
+# web photos and at 10 on small faces, so the grid spans a decade either side.
+PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the data chose: the feature set (a backbone, or several joined with '+'), the penalty C, and the
+    threshold on the second class's probability (two classes; 0.5 = arg-max otherwise)."""
+
+    features: str
+    penalty: float
+    threshold: float
+
+
+@dataclass
+class Measurement:
+    """Out-of-fold results: each image's probabilities and label come from the outer fold that held it out,
+    with the choices that fold's inner cross-validation made."""
+
+    probabilities: np.ndarray  # (images, classes)
+    predicted: np.ndarray  # (images,) labels, each with its own fold's threshold
+    folds: np.ndarray  # (images,) the outer fold of each image
+    fold_choices: list  # Choice per outer fold
+    final: Choice  # made on every image: the saved head's
+    scores: dict  # {(features, penalty): cross-validated log loss on every image}, what `final` was chosen by
+
+    def summary(self, labels, class_names) -> dict:
+        """metrics.summarize of the out-of-fold predictions, with how they were made."""
+        summary = metrics.summarize(labels, self.probabilities, class_names, self.final.threshold,
+                                    predicted=self.predicted)
+        return {**summary, "folds": int(self.folds.max()) + 1,
+                "fold_choices": [asdict(choice) for choice in self.fold_choices],
+                "choice": asdict(self.final),
+                "candidates": [{"features": name, "penalty": penalty, "log_loss": loss}
+                               for (name, penalty), loss in self.scores.items()]}
+
+
+def unit(vectors) -> np.ndarray:
+    """Each row scaled to length 1, as keras.layers.UnitNormalization does inside the saved network."""
+    vectors = np.asarray(vectors, np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+def joined(per_backbone: dict, names) -> np.ndarray:
+    """The feature set of several backbones: each one's pooled features made unit length, side by side."""
+    return np.concatenate([unit(per_backbone[name]) for name in names], axis=-1)
+
+
+def fit_head(vectors, labels, penalty: float):
+    """A logistic regression (softmax for more than two classes) with balanced class weights."""
+    return linear_model.LogisticRegression(C=penalty, class_weight="balanced", max_iter=2000).fit(vectors, labels)
+
+
+def log_loss(labels, probabilities) -> float:
+    picked = probabilities[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+
+
+def choose_threshold(setting, labels, probabilities) -> float:
+    """--threshold: the number given, or (auto, two classes) the one with the best balanced accuracy."""
+    if probabilities.shape[1] != 2:
+        return 0.5
+    if setting != "auto":
+        return float(setting)
+    return metrics.best_threshold(metrics.threshold_sweep(labels, probabilities[:, 1]), "balanced_accuracy")
+
+
+def held_out_predictions(feature_sets: dict, labels, folds, penalties) -> dict:
+    """{(features, penalty, left-out folds): probabilities of the left-out images (other rows NaN)} for every
+    single fold and every pair of folds left out, fitted on two cores."""
+    n_folds = int(folds.max()) + 1
+    left_out = [frozenset([k]) for k in range(n_folds)] + [frozenset(pair) for pair in
+                                                          itertools.combinations(range(n_folds), 2)]
+    n_classes = int(labels.max()) + 1
+    jobs = list(itertools.product(feature_sets, penalties, left_out))
+
+    def fit(job):
+        name, penalty, out = job
+        held = np.isin(folds, list(out))
+        probabilities = np.full((len(labels), n_classes), np.nan)
+        head = fit_head(feature_sets[name][~held], labels[~held], penalty)
+        probabilities[held] = head.predict_proba(feature_sets[name][held])
+        return job, probabilities
+
+    # One BLAS thread per fit, two fits at once: small fits run many times faster than one fit on two
+    # threads, which spend their time waiting for each other.
+    with threadpoolctl.threadpool_limits(1), ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(fit, jobs))
+
+
+def cross_validate(feature_sets: dict, labels, folds, penalties=PENALTIES, threshold="auto") -> Measurement:
+    """Nested cross-validation of the head over the candidate feature sets ({name: (images, dim) unit-length
+    features}) and penalties, and the final choice on every image (see the module docstring)."""
+    labels = np.asarray(labels, int)
+    folds = np.asarray(folds, int)
+    n_folds, n_classes = int(folds.max()) + 1, int(labels.max()) + 1
+    predictions = held_out_predictions(feature_sets, labels, folds, penalties)
+    settings = list(itertools.product(feature_sets, penalties))
+
+    def choose(outer):
+        """The choice made without outer fold `outer` (None: on every image): the setting of lowest
+        cross-validated log loss over the other folds, and the threshold on its out-of-fold probabilities."""
+        inner = [k for k in range(n_folds) if k != outer]
+        scored = {}
+        for setting in settings:
+            probabilities = np.zeros((len(labels), n_classes))
+            for k in inner:
+                out = frozenset([k]) if outer is None else frozenset([k, outer])
+                probabilities[folds == k] = predictions[(*setting, out)][folds == k]
+            rows = np.isin(folds, inner)
+            scored[setting] = (log_loss(labels[rows], probabilities[rows]), probabilities[rows], labels[rows])
+        setting = min(settings, key=lambda s: scored[s][0])
+        _, probabilities, seen = scored[setting]
+        choice = Choice(setting[0], float(setting[1]), choose_threshold(threshold, seen, probabilities))
+        return choice, {s: value[0] for s, value in scored.items()}
+
+    out_of_fold = np.zeros((len(labels), n_classes))
+    predicted = np.zeros(len(labels), int)
+    fold_choices = []
+    for k in range(n_folds):
+        choice, _ = choose(k)
+        rows = folds == k
+        out_of_fold[rows] = predictions[(choice.features, choice.penalty, frozenset([k]))][rows]
+        predicted[rows] = metrics.predicted_labels(out_of_fold[rows], choice.threshold)
+        fold_choices.append(choice)
+    final, scores = choose(None)
+    return Measurement(out_of_fold, predicted, folds, fold_choices, final, scores)
