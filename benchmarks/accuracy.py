@@ -51,12 +51,6 @@ CONFIGS = {
     "default": ["--arch", "cnn"],
     "default-t05": ["--arch", "cnn", "--threshold", "0.5"],
     **{arch: ["--arch", arch, "--weights", "{weights_dir}/" + name] for arch, name in WEIGHTS.items()},
-    **{f"{arch}-t05": ["--arch", arch, "--weights", "{weights_dir}/" + name, "--threshold", "0.5"]
-       for arch, name in WEIGHTS.items()},
-    "mobilenet-views2": ["--arch", "mobilenet", "--weights", "{weights_dir}/" + WEIGHTS["mobilenet"], "--views", "2"],
-    "mobilenet-views4": ["--arch", "mobilenet", "--weights", "{weights_dir}/" + WEIGHTS["mobilenet"], "--views", "4"],
-    "mobilenet-160": ["--arch", "mobilenet", "--weights", "{weights_dir}/" + WEIGHTS["mobilenet"],
-                      "--image-size", "160"],
     # Keras' imagenet weights, from the KERAS_HOME cache.
     "mobilenet-imagenet": ["--arch", "mobilenet"],
     "auto": ["--arch", "auto"],

@@ -88,7 +88,11 @@ def partition_target(model_record: record.Record, partition: str) -> Target:
     """The files of one of the model's own partitions, labelled by their class folder."""
     relative_paths = model_record.split.get(partition)
     if not relative_paths:
-        raise EvaluateError(f"the model's record lists no {partition} images; pass --data DIR")
+        cross_validated = "cross_validation" in model_record.metrics
+        raise EvaluateError(
+            f"the model's record lists no {partition} images" + (
+                " (train cross-validated it on every photo, and its record holds those figures; train with "
+                "--holdout F to keep a test partition)" if cross_validated else "") + "; pass --data DIR")
     data_dir = Path(model_record.data_dir)
     if not data_dir.is_dir():
         raise EvaluateError(f"the model's data folder {data_dir} is gone; pass --data DIR")
@@ -277,6 +281,8 @@ def evaluate(args) -> dict:
         "scored": int(len(scores.labels)),
         "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
         "metrics": summary,
+        "cross_validation": {key: value for key, value in model.record.metrics.get("cross_validation", {}).items()
+                             if key in ("accuracy", "accuracy_interval", "count", "folds", "f1", "log_loss")},
         "threshold_sweep": sweep,
         "worst_mistakes": [{"path": m.path, "true": model.class_names[m.true],
                             "predicted": model.class_names[m.predicted], "probability": m.probability,
@@ -315,6 +321,11 @@ def headline(report: dict) -> str:
             parts.append(f"{label} {summary[key]:.3f}")
     if report["threshold"] is not None:
         parts.append(f"threshold {report['threshold']:.2f}")
+    measured = report.get("cross_validation")
+    if measured:
+        low, high = measured["accuracy_interval"]
+        parts.append(f"(train's cross-validated accuracy: {measured['accuracy']:.3f}, 95% interval {low:.2f}-"
+                     f"{high:.2f}, on {measured['count']} photos)")
     return "  ".join(parts)
 
 

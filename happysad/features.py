@@ -19,12 +19,13 @@ import numpy as np
 
 from happysad import files
 from happysad.cache import ArrayStore
-from happysad.runtime import tf
+from happysad.runtime import keras, tf
 
 # Stored views per image, by --views. "zoom" is the central 80 % of the picture, resized back up.
 VIEWS = {1: ("original",), 2: ("original", "flip"), 4: ("original", "flip", "zoom", "zoom-flip")}
 FORMAT = "features-v1"  # changes whenever what a stored vector means changes
-FAMILY = "features"  # the stores' name in the cache folder: features-<extractor_id>
+FAMILY = "features"
+PROGRESS_FROM = 200  # images: below that, the backbone is done in a few seconds  # the stores' name in the cache folder: features-<extractor_id>
 
 
 def transform(batch: tf.Tensor, view: str) -> tf.Tensor:
@@ -47,7 +48,8 @@ def extractor_id(arch: str, weights: str, preprocessing) -> str:
 
 
 def compute(extractor, paths, preprocessing, view: str, batch_size: int = 32) -> np.ndarray:
-    """Run the backbone over the files: (len(paths), dim) float32 features of one view.
+    """Run the backbone over the files: (len(paths), dim) float32 features of one view, with a progress bar
+    (images done, time per image, time left) from PROGRESS_FROM images on.
 
     preprocessing: the model's images.Preprocessing.
     """
@@ -56,7 +58,13 @@ def compute(extractor, paths, preprocessing, view: str, batch_size: int = 32) ->
                .batch(batch_size)
                .map(lambda batch: transform(batch, view))
                .prefetch(tf.data.AUTOTUNE))
-    return np.asarray(extractor.predict(dataset, verbose=0), np.float32)
+    progress = keras.utils.Progbar(len(paths), unit_name="image") if len(paths) >= PROGRESS_FROM else None
+    computed = []
+    for batch in dataset:
+        computed.append(np.asarray(extractor.predict_on_batch(batch), np.float32))
+        if progress:
+            progress.add(len(computed[-1]))
+    return np.concatenate(computed)
 
 
 def extract(extractor, paths, store: ArrayStore, preprocessing, views=("original",), digests=None) -> np.ndarray:

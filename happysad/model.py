@@ -241,7 +241,7 @@ def build_linear(backbones: tuple, num_classes: int, image_size: int, weights: s
     The network of a logistic-regression head (happysad.crossval): `set_head` writes the regression's weights
     into that layer, so the saved model is one Keras network that needs nothing else to predict. With several
     backbones each one's layers are named after it (`mobilenet_pool`...); with one, as build_backbone names
-    them (`pool`), so `split_at_pool` and `pooled_outputs` find them either way.
+    them (`pool`), where `pooled_output` finds them.
     """
     inputs = keras.Input((image_size, image_size, 3), name="image")
     parts, converters = [], []
@@ -261,10 +261,9 @@ def build_linear(backbones: tuple, num_classes: int, image_size: int, weights: s
     return network
 
 
-def pooled_outputs(network: keras.Model) -> keras.Model:
-    """image -> [each backbone's pooled features] (a list of one for one backbone) of a build_linear network."""
-    pools = [layer.output for layer in network.layers if layer.name == "pool" or layer.name.endswith("_pool")]
-    return keras.Model(network.input, pools, name="pooled")
+def pooled_output(network: keras.Model) -> keras.Model:
+    """image -> the pooled backbone features of a one-backbone build_linear network: what is stored."""
+    return keras.Model(network.input, network.get_layer("pool").output, name="pooled")
 
 
 def set_head(network: keras.Model, coefficients: np.ndarray, intercepts: np.ndarray) -> None:

@@ -5,10 +5,11 @@
     python -m happysad.review data --quarantine           # or into data/.quarantine/review-*/ (clean --restore undoes)
 
 A model cannot judge a photo it trained on: it has learnt that photo's label, right or wrong. So every image is
-scored by a head that never saw it: k-fold cross-validation over the whole folder, on the stored features of a
+scored by a head that never saw it: the nested cross-validation train runs (happysad.crossval: the same folds,
+the same logistic-regression head, its penalty chosen inside each fold), on the stored features of a
 pretrained backbone (happysad.features, shared with train: a review after a train run, or a second review,
 skips the backbone). The folds are stratified per class and keep each group of near copies together
-(happysad.near_copies), or a copy in the training folds would vouch for its twin's label.
+(data.make_folds), or a copy in the training folds would vouch for its twin's label.
 
 Two kinds of finding, each image at most one:
 
@@ -33,9 +34,6 @@ and every image far from every class into DATA_DIR/.quarantine/review-suspect/ o
 near-chance prediction is listed, never moved: it is a doubt, not a finding). Both write a line to
 happysad.clean's manifest before each move, so `python -m happysad.clean DATA_DIR --restore` puts every file
 back, and never overwrite a file. A move to another class is recorded with the reason "review-relabel".
-
-Speed, 865 web photos on 2 busy CPU cores: the first review of a folder spends 20-45 s on MobileNet features
-(224 px); once they are stored a review takes about 10 s (near copies 2 s, five heads 6 s, the page 2 s).
 """
 from __future__ import annotations
 
@@ -51,9 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import cache, clean, data, features, images, model as models, near_copies, reports
+from happysad import cache, clean, crossval, data, features, images, model as models, near_copies, reports
 from happysad.files import sha256_each
-from happysad.runtime import enable_memory_growth, keras, tf
+from happysad.runtime import enable_memory_growth, tf
 
 # A prediction this close to 1/classes (as a share of the way from 1/classes to 1) is near chance: 0.525 for
 # two classes, 0.37 for three. Such an image is as much one class as the other.
@@ -65,17 +63,6 @@ THUMBNAIL = 160  # pixels of the longer side of a thumbnail on the page and the 
 KINDS = {"wrong-folder": "probably in the wrong folder", "no-class": "fits no class"}
 ORDER = {"wrong-folder": "most confident first", "no-class": "farthest first"}
 REASONS = {"wrong-folder": "review-suspect", "no-class": "review-no-class"}  # quarantine folder of each kind
-
-
-@dataclass(frozen=True)
-class HeadSettings:
-    """How each fold's head trains: a fixed schedule, as there is no validation data to stop on."""
-
-    epochs: int = 30
-    learning_rate: float = 1e-3
-    dropout: float = 0.5
-    batch_size: int = 32
-    seed: int = 1337
 
 
 @dataclass
@@ -112,10 +99,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                              f"{cache.DEFAULT_CACHE_DIR}), disk:PATH, or memory / none (this run only)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--seed", type=int, default=1337, help="same seed and data: same folds and heads")
-    parser.add_argument("--epochs", type=int, default=HeadSettings.epochs, help="epochs of each fold's head")
-    parser.add_argument("--learning-rate", type=float, default=HeadSettings.learning_rate)
-    parser.add_argument("--dropout", type=float, help="dropout before each head's output (default: the recipe's)")
-    parser.add_argument("--batch-size", type=int, default=HeadSettings.batch_size)
     parser.add_argument("--outlier-z", type=float, default=3.5,
                         help="an image whose distance to every class has a robust z-score above this fits no "
                              "class (default 3.5)")
@@ -136,76 +119,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     recipe = models.RECIPES[args.arch]
     args.image_size = args.image_size or recipe.image_size
-    args.dropout = recipe.dropout if args.dropout is None else args.dropout
     if args.cache not in ("auto", "disk", "memory", "none") and not args.cache.startswith("disk:"):
         parser.error(f"--cache must be auto, disk[:PATH], memory or none, got {args.cache!r}")
     if args.weights == "none":
         parser.error("--weights none gives random features that know nothing about pictures; use imagenet or a file")
-    if args.folds < 2:
-        parser.error("--folds must be at least 2")
-    for name in ("epochs", "batch_size", "top"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.folds < 3:
+        parser.error("--folds must be at least 3 (each fold's penalty is chosen on the other folds)")
+    if args.top < 1:
+        parser.error("--top must be at least 1")
     if args.image_size < models.MIN_IMAGE_SIZE:
         parser.error(f"--image-size must be at least {models.MIN_IMAGE_SIZE}")
-    if not 0 <= args.dropout < 1:
-        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     return args
 
 
 # -- folds and scores: pure functions of a feature matrix ------------------------------------------------------
 
-def make_folds(labels, groups, n_folds: int, seed: int) -> np.ndarray:
-    """The fold of each image: near-copy groups whole, each class spread evenly, the same for a seed.
-
-    Each class's groups (data.groups_by_class, as data.split takes them) are shuffled with a generator seeded
-    by (seed, label) and dealt one at a time to the fold with the fewest images of that class so far (ties: the
-    fewest images in all, then the lowest index).
-    """
-    labels = np.asarray(labels, dtype=int)
-    by_class = data.groups_by_class(labels, groups)
-    folds = np.zeros(len(labels), int)
-    totals = np.zeros(n_folds, int)
-    for label in np.unique(labels):
-        class_groups = by_class.get(int(label), [])
-        if len(class_groups) < 2:
-            raise data.DataError(f"class with label {label} has {len(class_groups)} image(s) once near copies "
-                                 "count as one; cross-validation needs at least 2")
-        filled = np.zeros(n_folds, int)
-        for i in np.random.default_rng([seed, int(label)]).permutation(len(class_groups)):
-            target = int(np.lexsort((np.arange(n_folds), totals, filled))[0])
-            folds[class_groups[i]] = target
-            filled[target] += len(class_groups[i])
-            totals[target] += len(class_groups[i])
-    return folds
-
-
-def head_probabilities(train_x, train_y, test_x, n_classes: int, settings: HeadSettings) -> np.ndarray:
-    """Train a fresh head (dropout, softmax Dense) on train_x with balanced class weights; test_x's probabilities.
-
-    The Dense layer starts at zero, so every image starts at 1/classes: a head that learnt too little about an
-    image calls it near chance instead of repeating a random initialisation's confident guess.
-    """
-    inputs = keras.Input(train_x.shape[1:])
-    x = keras.layers.Dropout(settings.dropout)(inputs) if settings.dropout else inputs
-    head = keras.Model(inputs, keras.layers.Dense(n_classes, activation="softmax", kernel_initializer="zeros")(x))
-    steps = -(-len(train_y) // settings.batch_size) * settings.epochs
-    # A step costs microseconds, and so does an epoch's bookkeeping in fit: every epoch (reshuffled) goes into
-    # one dataset that one call into the graph runs through, which halves the time of a fold.
-    head.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss="sparse_categorical_crossentropy",
-                 steps_per_execution=steps)
-    batches = features.dataset(train_x, train_y, settings.batch_size, shuffle_seed=settings.seed)
-    head.fit(batches.repeat(settings.epochs), epochs=1, class_weight=data.class_weights(train_y, n_classes),
-             shuffle=False, verbose=0)
-    return head(test_x, training=False).numpy()
-
-
-def unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
-
-
 def centroid_distances(train_x, train_y, test_x, n_classes: int) -> np.ndarray:
     """Cosine distance of each test vector to the nearest class centroid of the training vectors."""
+    unit = crossval.unit
     centroids = unit(np.stack([unit(train_x[train_y == c]).mean(axis=0) for c in range(n_classes)]))
     return 1.0 - (unit(test_x) @ centroids.T).max(axis=1)
 
@@ -217,29 +148,18 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return (values - median) / max(spread, 1e-12)
 
 
-def rank(vectors, labels, groups, n_classes: int, n_folds: int = 5, settings: HeadSettings = HeadSettings(),
+def rank(vectors, labels, groups, n_classes: int, n_folds: int = 5, seed: int = 1337,
          outlier_z: float = 3.5) -> Ranking:
     """Score every image out of fold and pick the suspects, from features alone (see the module docstring)."""
     vectors = np.asarray(vectors, np.float32)
     labels = np.asarray(labels, dtype=int)
-    folds = make_folds(labels, groups, n_folds, settings.seed)
-    probabilities = np.zeros((len(labels), n_classes), np.float32)
+    folds = data.make_folds(labels, groups, n_folds, seed)
+    measurement = crossval.cross_validate({"features": crossval.unit(vectors)}, labels, folds)
     distances = np.zeros(len(labels))
-    keras.utils.set_random_seed(settings.seed)
-    # Each fold's fresh head traces its own training step, as it should; TensorFlow warns about "retracing"
-    # from the fifth one on. Only that logger's warnings are held back, and only here.
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel("ERROR")
-    try:
-        for fold in np.unique(folds):
-            held_out = folds == fold
-            train_x, train_y = vectors[~held_out], labels[~held_out]
-            probabilities[held_out] = head_probabilities(train_x, train_y, vectors[held_out], n_classes, settings)
-            distances[held_out] = centroid_distances(train_x, train_y, vectors[held_out], n_classes)
-    finally:
-        logger.setLevel(level)
-    ranking = Ranking(probabilities, distances, robust_z(distances), folds)
+    for fold in range(n_folds):
+        held_out = folds == fold
+        distances[held_out] = centroid_distances(vectors[~held_out], labels[~held_out], vectors[held_out], n_classes)
+    ranking = Ranking(measurement.probabilities, distances, robust_z(distances), folds)
     ranking.suspects = find_suspects(ranking, labels, outlier_z)
     return ranking
 
@@ -410,12 +330,11 @@ def review(args) -> dict:
     groups = data.near_copy_groups(files, cache.array_store(args.cache, near_copies.FAMILY, near_copies.VERSION),
                                    digests)
     seconds["near_copies"], mark = time.perf_counter() - mark, time.perf_counter()
-    settings = HeadSettings(args.epochs, args.learning_rate, args.dropout, args.batch_size, args.seed)
-    ranking = rank(vectors, labels, groups, len(class_names), args.folds, settings, args.outlier_z)
+    ranking = rank(vectors, labels, groups, len(class_names), args.folds, args.seed, args.outlier_z)
     seconds["cross_validation"] = time.perf_counter() - mark
     accuracy = float(np.mean(ranking.probabilities.argmax(axis=1) == labels))
     print(f"cross-validation: {args.folds} folds, each group of near copies in one ({seconds['near_copies']:.1f} s "
-          f"to find them), {args.epochs} epochs per head, in {seconds['cross_validation']:.1f} s; out-of-fold "
+          f"to find them), a logistic-regression head per fold, in {seconds['cross_validation']:.1f} s; out-of-fold "
           f"accuracy {accuracy:.3f}")
 
     relative = data.relative(files, args.data_dir)
@@ -438,8 +357,7 @@ def review(args) -> dict:
     report = {
         "data_dir": str(args.data_dir), "classes": class_names, "out_of_fold_accuracy": accuracy,
         "settings": {name: getattr(args, name) for name in (
-            "arch", "weights", "image_size", "folds", "seed", "epochs", "learning_rate", "dropout", "batch_size",
-            "outlier_z", "min_confidence")} | {"chance_margin": CHANCE_MARGIN, "far_ratio": FAR_RATIO},
+            "arch", "weights", "image_size", "folds", "seed", "outlier_z", "min_confidence")} | {"chance_margin": CHANCE_MARGIN, "far_ratio": FAR_RATIO},
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
         "images": [{"path": relative[i], "folder": class_names[labels[i]], "fold": int(ranking.folds[i]),
                     "group": int(groups[i]),

@@ -1,8 +1,9 @@
 """python -m happysad.runs: list the training runs under logs/, newest first, or compare two of them.
 
-Every finished run folder holds the `record.json` train wrote (hyper-parameters, final-epoch metrics, test
-metrics, timing); that is all this reads, so it needs neither TensorFlow nor TensorBoard and answers at once.
-The best run is marked by test accuracy when every listed run has one, otherwise by validation accuracy.
+Every finished run folder holds the `record.json` train wrote (hyper-parameters, cross-validated or per-epoch
+metrics, test metrics, timing); that is all this reads, so it needs neither TensorFlow nor TensorBoard and
+answers at once. The best run is marked by its cross-validated accuracy, or its validation accuracy for a run
+that fitted on images; never by test accuracy, since choosing by the test figure spends the test.
 """
 import argparse
 import dataclasses
@@ -17,6 +18,8 @@ from happysad import record
 
 KEY_HYPERPARAMETERS = ("arch", "epochs", "batch_size", "image_size", "learning_rate", "seed")
 COMPARED_METRICS = (
+    ("cross-validated accuracy", ("cross_validation", "accuracy")), ("cross-validated f1", ("cross_validation", "f1")),
+    ("cross-validated log loss", ("cross_validation", "log_loss")),
     ("test accuracy", ("test", "accuracy")), ("test precision", ("test", "precision")),
     ("test recall", ("test", "recall")), ("test f1", ("test", "f1")), ("test log loss", ("test", "log_loss")),
     ("test ROC-AUC", ("test", "roc_auc")), ("test PR-AUC", ("test", "pr_auc")),
@@ -77,8 +80,8 @@ class Run:
             "validation": {key[4:]: value for key, value in (self.record.metrics.get("saved_epoch")
                                                              or self.record.metrics.get("final_epoch", {})).items()
                            if key.startswith("val_")},
-            "test": {key: value for key, value in self.record.metrics.get("test", {}).items()
-                     if not isinstance(value, (dict, list))},
+            **{kind: {key: value for key, value in self.record.metrics.get(kind, {}).items()
+                      if not isinstance(value, (dict, list))} for kind in ("cross_validation", "test")},
             "model_file": self.record.model_file,
         }
 
@@ -107,16 +110,19 @@ def find_runs(logdir) -> tuple:
     return runs, unfinished
 
 
+def measured_accuracy(run: Run):
+    """What a run measured of itself before any test: its cross-validated accuracy, or its validation accuracy
+    at the saved epoch (a fit on images)."""
+    cross_validated = run.metric("cross_validation", "accuracy")
+    return cross_validated if cross_validated is not None else run.metric("saved_epoch", "val_accuracy")
+
+
 def best_run(runs: list) -> tuple:
-    """(the best run, the metric it was chosen by): test accuracy if every run has one, else validation."""
-    if not runs:
-        return None, None
-    if all(run.metric("test", "accuracy") is not None for run in runs):
-        return max(runs, key=lambda run: run.metric("test", "accuracy")), "test accuracy"
-    scored = [run for run in runs if run.metric("saved_epoch", "val_accuracy") is not None]
+    """(the best run, the metric it was chosen by): measured_accuracy, never the test figure."""
+    scored = [run for run in runs if measured_accuracy(run) is not None]
     if not scored:
         return None, None
-    return max(scored, key=lambda run: run.metric("saved_epoch", "val_accuracy")), "validation accuracy"
+    return max(scored, key=measured_accuracy), "cross-validated or validation accuracy"
 
 
 def resolve(logdir, name: str) -> Run:
@@ -155,12 +161,14 @@ def list_runs(args) -> None:
         print(f"no finished runs in {args.logdir}" + (f" ({len(unfinished)} without a record.json)"
                                                          if unfinished else ""))
         return
-    rows = [["", "run", "started", "minutes", *KEY_HYPERPARAMETERS, "val acc", "val loss", "test acc", "test f1"]]
+    rows = [["", "run", "started", "minutes", *KEY_HYPERPARAMETERS, "cv acc", "val acc", "val loss", "test acc",
+             "test f1"]]
     for run in runs:
         hyper = settings(run.record)
         rows.append(["*" if run is best else "", run.name, run.started.strftime("%Y-%m-%d %H:%M"),
                      fmt(run.seconds / 60 if run.seconds is not None else None, 1),
                      *(fmt(hyper.get(key)) for key in KEY_HYPERPARAMETERS),
+                     fmt(run.metric("cross_validation", "accuracy")),
                      fmt(run.metric("saved_epoch", "val_accuracy")), fmt(run.metric("saved_epoch", "val_loss")),
                      fmt(run.metric("test", "accuracy")), fmt(run.metric("test", "f1"))])
     print_table(rows)

@@ -139,7 +139,10 @@ def read_image(model: classifier.Classifier, data: bytes, limits: Limits) -> np.
 def model_info(model: classifier.Classifier, model_path, limits: Limits) -> dict:
     saved = model.record
     return {"name": Path(model_path).name, "class_names": model.class_names, "image_size": model.preprocessing.image_size,
-            "threshold": saved.threshold, "metrics": saved.metrics.get("test", {}), "created": saved.created,
+            "threshold": saved.threshold, "created": saved.created,
+            # what the model measured of itself: out of fold when cross-validated, else on its test partition
+            "metrics_kind": "cross_validation" if "cross_validation" in saved.metrics else "test",
+            "metrics": saved.metrics.get("cross_validation", saved.metrics.get("test", {})),
             "architecture": saved.hyperparameters.get("arch", ""), "limits": asdict(limits)}
 
 

@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="random flips, rotations, zooms, shifts and contrast while training the CNN or "
                              "fine-tuning; recipe")
     parser.add_argument("--views", type=int, choices=sorted(features.VIEWS),
-                        help="pretrained backbone: stored views of each training image (1: as it is, 2: and "
+                        help="--fine-tune: stored views of each training image for the head trained first (1: as it is, 2: and "
                              "mirrored, 4: and a zoomed crop of both); recipe")
     parser.add_argument("--dropout", type=float, help="dropout rate before the output layer; recipe")
     parser.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=True,
@@ -106,6 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.backbones = models.parse_arch(args.arch)
     except models.BuildError as error:
         parser.error(str(error))
+    if args.views is not None and not args.fine_tune and args.arch != "cnn":
+        parser.error("--views applies to the head trained before --fine-tune; the cross-validated head trains on "
+                     "each photo as it is (mirrored views measured no gain: see the README)")
     recipe = models.recipe(args.arch, args.weights)
     for name in ("epochs", "image_size", "dropout", "augment", "patience", "fine_tune", "views"):
         if getattr(args, name) is None:
@@ -229,10 +232,9 @@ def train_with_folds(args) -> dict:
     folds = data.make_folds(files.labels, groups, args.folds, args.seed, class_names)
 
     # -- features: each candidate backbone's, stored once per image -----------------------------------------
-    backbones = usable_backbones(args, preprocessing)
     everything = data.Files(files.paths + test.paths, files.labels + test.labels)
-    per_backbone = {arch: backbone_features(args, arch, everything, preprocessing, folder.digests)
-                    for arch in backbones}
+    per_backbone = backbone_features(args, everything, preprocessing, folder.digests)
+    backbones = tuple(per_backbone)
     candidates = (["+".join(pair) for n in (1, 2) for pair in itertools.combinations(backbones, n)]
                   if args.arch == models.AUTO else [args.arch])
     feature_sets = {name: crossval.joined(per_backbone, name.split("+")) for name in candidates}
@@ -288,39 +290,35 @@ def train_with_folds(args) -> dict:
             "features": feature_sets[choice.features][:len(files)]}
 
 
-def usable_backbones(args, preprocessing) -> tuple:
-    """The backbones to extract features with: --arch's, or for auto those of AUTO_BACKBONES whose weights can
-    be had (downloaded once, or found in Keras' cache folder), each said."""
-    if args.arch != models.AUTO:
-        return args.backbones
-    usable = []
-    for arch in models.AUTO_BACKBONES:
+def backbone_features(args, files: data.Files, preprocessing, digests: dict) -> dict:
+    """{backbone: (images, dim) pooled features} of --arch's backbones, from the feature store where a run
+    computed them; a backbone is built only when some are missing. --arch auto leaves out, and says so, each
+    backbone of AUTO_BACKBONES whose weights can be neither downloaded nor found in Keras' cache folder."""
+    wanted = [digests[path] for path in files.paths]
+    found = {}
+    for arch in models.AUTO_BACKBONES if args.arch == models.AUTO else args.backbones:
+        store = cache.array_store(args.cache, features.FAMILY, features.extractor_id(arch, args.weights,
+                                                                                     preprocessing))
+        missing = sum(store.get("original", digest) is None for digest in wanted)
+        mark = time.time()
         try:
-            models.load_backbone(arch, preprocessing.image_size, args.weights)
-            usable.append(arch)
+            extractor = models.pooled_output(models.build_linear((arch,), 2, preprocessing.image_size,
+                                                                  args.weights)) if missing else None
         except models.BuildError as error:
+            if args.arch != models.AUTO:
+                raise
             print(f"note: --arch auto leaves out {arch}: {error}")
-    if not usable:
+            continue
+        with data.undecodable_explained(files.paths, preprocessing, args.data):
+            found[arch] = features.extract(extractor, files.paths, store, preprocessing, digests=wanted)[0]
+        print(f"{arch} features: {missing} computed in {time.time() - mark:.1f} s, {len(files) - missing} from "
+              "the store")
+    if not found:
         raise models.BuildError(
             f"--arch auto found no backbone weights: none of {', '.join(models.AUTO_BACKBONES)} could be "
             f"downloaded or found in Keras' cache folder {models.keras_cache_folder()}; put a weights file there, "
             "or name one backbone and its file (--arch mobilenet --weights PATH)")
-    return tuple(usable)
-
-
-def backbone_features(args, arch: str, files: data.Files, preprocessing, digests: dict) -> np.ndarray:
-    """(images, dim) pooled features of one backbone, from the feature store where a run computed them; the
-    backbone is built only when some are missing."""
-    store = cache.array_store(args.cache, features.FAMILY, features.extractor_id(arch, args.weights, preprocessing))
-    wanted = [digests[path] for path in files.paths]
-    missing = sum(store.get("original", digest) is None for digest in wanted)
-    extractor = models.pooled_outputs(models.build_linear((arch,), 2, preprocessing.image_size, args.weights)) \
-        if missing else None
-    mark = time.time()
-    with data.undecodable_explained(files.paths, preprocessing, args.data):
-        vectors = features.extract(extractor, files.paths, store, preprocessing, digests=wanted)[0]
-    print(f"{arch} features: {missing} computed in {time.time() - mark:.1f} s, {len(files) - missing} from the store")
-    return vectors
+    return found
 
 
 def candidates_table(measurement: crossval.Measurement) -> str:

@@ -200,3 +200,29 @@ def test_training_order_mixes_classes_and_changes_every_epoch(faces_dir, tmp_pat
         assert sorted(items) == everything
         assert {label for label, _ in items[:6]} == {0.0, 1.0}
     assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_folds_keep_near_copies_together_and_spread_each_class():
+    labels = np.array([0] * 30 + [1] * 20)
+    groups = list(range(50))
+    groups[1] = groups[2] = groups[3] = 0  # images 0-3: one photo and three near copies
+    folds = data.make_folds(labels, groups, 5, seed=7)
+    assert len(set(folds[:4])) == 1
+    for label in (0, 1):
+        counts = np.bincount(folds[labels == label], minlength=5)
+        assert counts.max() - counts.min() <= 3, counts  # at most the largest group apart
+    np.testing.assert_array_equal(folds, data.make_folds(labels, groups, 5, seed=7))
+    assert not np.array_equal(folds, data.make_folds(labels, groups, 5, seed=8))
+    with pytest.raises(data.DataError, match="class sad has 2 image.*3 folds need at least 3"):
+        data.make_folds(np.array([0, 0, 0, 1, 1, 1]), [0, 1, 2, 3, 4, 4], 3, seed=0, class_names=["happy", "sad"])
+
+
+def test_holdout_is_stratified_and_shares_no_near_copy_with_the_rest():
+    labels = [0] * 50 + [1] * 50
+    files = data.Files([f"{i}.jpg" for i in range(100)], labels)
+    groups = [i // 2 for i in range(100)]  # pairs of near copies
+    rest, test = data.hold_out(files, 0.2, seed=3, groups=groups)
+    assert sorted(rest.paths + test.paths, key=lambda p: int(p[:-4])) == files.paths
+    assert test.count_per_class(2) in ([10, 10], [10, 12], [12, 10])
+    group_of = dict(zip(files.paths, groups))
+    assert not {group_of[p] for p in rest.paths} & {group_of[p] for p in test.paths}

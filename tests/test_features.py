@@ -1,4 +1,5 @@
-"""The pretrained path: backbone features computed once, stored by content, the head trained on them.
+"""The pretrained path: backbone features computed once, stored by content, the head cross-validated and
+trained on them (happysad.crossval), and written into one saved Keras network.
 
 A MobileNet (v1, width 0.25) with random weights saved to a file stands in for ImageNet weights: what is
 tested is the plumbing (store, keys, the head inside the saved model), not what ImageNet features are worth.
@@ -26,7 +27,7 @@ def small_dir(tmp_path_factory):
 def run(folder, weights, out, *extra):
     return train.train(train.parse_args([
         "--data", str(folder), "--arch", "mobilenet025", "--weights", str(weights), "--image-size", str(SIZE),
-        "--epochs", "3", "--model", str(out / "m.h5"), "--logdir", str(out / "logs"),
+        "--folds", "3", "--model", str(out / "m.h5"), "--logdir", str(out / "logs"),
         "--cache", f"disk:{out.parent / 'cache'}", *extra]))
 
 
@@ -34,35 +35,33 @@ def stored_vectors(store: cache.ArrayStore, paths, view="original") -> np.ndarra
     return np.stack([store.get(view, digest) for digest in sha256_each(paths)])
 
 
-def test_saved_model_gives_the_heads_output_on_the_stored_features(small_dir, weights_file, tmp_path):
-    run(small_dir, weights_file, tmp_path / "a")
-    model = classifier.load(tmp_path / "a" / "m.h5")
-    saved = record.read(tmp_path / "a" / "m.h5")
-    test_paths = [str(small_dir / p) for p in saved.split["test"]]
-    store = cache.ArrayStore(features.FAMILY, features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)),
-                           tmp_path / "cache")
-    vectors = stored_vectors(store, test_paths)
-    _, head = models.split_at_pool(model.network)
-    expected = head(vectors, training=False).numpy().reshape(-1)
+def test_saved_model_gives_the_scikit_learn_heads_probability(small_dir, weights_file, tmp_path):
+    result = run(small_dir, weights_file, tmp_path / "a")
+    saved = result["record"]
+    assert saved.split["validation"] == saved.split["test"] == [] and len(saved.split["train"]) == 48
+    expected = result["head"].predict_proba(result["features"])[:, 1]
     assert np.ptp(expected) > 1e-3  # the images get different probabilities: the features carry them
-    pixels = np.stack([model.load_image(path) for path in test_paths])
+    model = classifier.load(tmp_path / "a" / "m.h5")
+    pixels = np.stack([model.load_image(small_dir / path) for path in saved.split["train"]])
     np.testing.assert_allclose(model.probabilities(pixels)[:, 1], expected, atol=1e-5)
-    assert saved.hyperparameters["arch"] == "mobilenet025" and saved.hyperparameters["views"] == 1
+    assert saved.hyperparameters["head"] == "logistic regression"
+    assert saved.hyperparameters["penalty"] == result["measurement"].final.penalty
 
 
-def test_a_second_run_with_other_head_settings_never_runs_the_backbone(small_dir, weights_file, tmp_path,
-                                                                      monkeypatch):
-    run(small_dir, weights_file, tmp_path / "first")
+def test_a_second_run_never_runs_the_backbone(small_dir, weights_file, tmp_path, monkeypatch):
+    first = run(small_dir, weights_file, tmp_path / "first")
     calls = []
     monkeypatch.setattr(features, "compute", lambda *args, **kwargs: calls.append(args) or 1 / 0)
-    second = run(small_dir, weights_file, tmp_path / "second", "--dropout", "0.2", "--seed", "5",
-                 "--learning-rate", "0.003")
+    second = run(small_dir, weights_file, tmp_path / "second")
     assert calls == []
-    assert second["record"].hyperparameters["dropout"] == 0.2
+    np.testing.assert_array_equal(first["features"], second["features"])
+    assert second["record"].metrics["cross_validation"]["accuracy"] == \
+        first["record"].metrics["cross_validation"]["accuracy"]
 
 
 def test_views_are_stored_for_training_images_only(small_dir, weights_file, tmp_path):
-    result = run(small_dir, weights_file, tmp_path / "views", "--views", "4")
+    result = run(small_dir, weights_file, tmp_path / "views", "--views", "4", "--fine-tune", "2",
+                 "--fine-tune-epochs", "1", "--epochs", "2")
     saved = result["record"]
     store = cache.ArrayStore(features.FAMILY, features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)),
                            tmp_path / "cache")
@@ -98,11 +97,14 @@ def test_vectors_are_found_by_content_and_keyed_by_everything_they_depend_on(sma
         features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE))
 
 
-def test_threshold_is_chosen_on_validation_and_used_for_the_test_metrics(small_dir, weights_file, tmp_path):
-    saved = run(small_dir, weights_file, tmp_path / "t")["record"]
-    assert 0 < saved.threshold < 1 and saved.metrics["test"]["threshold"] == saved.threshold
+def test_holdout_is_scored_with_the_threshold_chosen_by_cross_validation(small_dir, weights_file, tmp_path):
+    result = run(small_dir, weights_file, tmp_path / "t", "--holdout", "0.25")
+    saved = result["record"]
+    assert len(saved.split["test"]) == 12 and not set(saved.split["test"]) & set(saved.split["train"])
+    assert saved.metrics["test"]["count"] == 12 and saved.metrics["cross_validation"]["count"] == 36
+    assert saved.metrics["test"]["threshold"] == saved.threshold == result["measurement"].final.threshold
     fixed = run(small_dir, weights_file, tmp_path / "fixed", "--threshold", "0.3")["record"]
-    assert fixed.threshold == 0.3 and fixed.metrics["test"]["threshold"] == 0.3
+    assert fixed.threshold == 0.3 and fixed.metrics["cross_validation"]["threshold"] == 0.3
 
 
 @pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5").exists(),
@@ -112,10 +114,11 @@ def test_imagenet_mobilenet025_learns_the_sample_faces(tmp_path):
     sample.write_faces(folder, per_class=80, size=128, seed=3)
     result = train.train(train.parse_args([
         "--data", str(folder), "--arch", "mobilenet025", "--image-size", "128",
-        "--weights", str(SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5"), "--split", "0.5,0.25,0.25",
+        "--weights", str(SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5"), "--holdout", "0.25",
         "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--cache", "memory"]))
-    test = result["record"].metrics["test"]
-    assert test["count"] == 40 and test["accuracy"] >= 0.7, test  # chance 0.5: 0.7 is 2.5 sd above it
+    measured = result["record"].metrics
+    assert measured["test"]["count"] == 40 and measured["test"]["accuracy"] >= 0.7, measured["test"]  # chance 0.5
+    assert measured["cross_validation"]["count"] == 120 and measured["cross_validation"]["accuracy"] >= 0.7
 
 
 def test_recipe_fills_only_what_the_user_did_not_set():
@@ -131,11 +134,12 @@ def test_recipe_fills_only_what_the_user_did_not_set():
 def test_three_classes_train_a_softmax_head_on_stored_features(weights_file, tmp_path):
     folder = tmp_path / "data"
     sample.write_faces(folder, per_class=12, size=SIZE, seed=2, classes=("happy", "sad", "neutral"))
-    saved = run(folder, weights_file, tmp_path / "three")["record"]
+    result = run(folder, weights_file, tmp_path / "three")
+    saved = result["record"]
     assert saved.class_names == ["happy", "neutral", "sad"] and saved.threshold == 0.5  # arg-max: no threshold
     model = classifier.load(tmp_path / "three" / "m.h5")
-    pixels = np.stack([model.load_image(folder / p) for p in saved.split["test"]])
-    probabilities = model.probabilities(pixels)
-    assert probabilities.shape == (len(saved.split["test"]), 3)
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
-    assert saved.metrics["test"]["count"] == len(saved.split["test"])
+    pixels = np.stack([model.load_image(folder / p) for p in saved.split["train"]])
+    np.testing.assert_allclose(model.probabilities(pixels), result["head"].predict_proba(result["features"]),
+                               atol=1e-5)
+    assert saved.metrics["cross_validation"]["count"] == 36
+    assert len(saved.metrics["cross_validation"]["confusion_matrix"]) == 3

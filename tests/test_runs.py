@@ -6,13 +6,15 @@ import pytest
 from happysad import images, record, runs
 
 
-def write_run(logdir, name, created, seconds=60.0, test_accuracy=None, val_accuracy=0.5, **hyper):
+def write_run(logdir, name, created, seconds=60.0, test_accuracy=None, val_accuracy=0.5, cv_accuracy=None, **hyper):
     folder = logdir / name
     folder.mkdir(parents=True)
     metrics = {"final_epoch": {"loss": 0.3, "accuracy": 0.9, "val_loss": 0.4, "val_accuracy": val_accuracy},
                "train_seconds": seconds, "epoch_seconds": [seconds / 3] * 3}
     if test_accuracy is not None:
         metrics["test"] = {"accuracy": test_accuracy, "f1": test_accuracy - 0.01, "per_class": {}}
+    if cv_accuracy is not None:  # a head cross-validated on stored features: no epochs
+        metrics = {"cross_validation": {"accuracy": cv_accuracy, "folds": 5, "per_class": {}}, "train_seconds": seconds}
     hyperparameters = {"epochs": 3, "batch_size": 32, "image_size": 64, "learning_rate": 1e-3, "seed": 1,
                        "arch": "cnn", **hyper}
     run_record = record.Record(class_names=["happy", "sad"],
@@ -39,10 +41,11 @@ def logdir(tmp_path):
     return logs
 
 
-def test_lists_newest_first_and_marks_the_best_by_test_accuracy(logdir, capsys):
+def test_lists_newest_first_and_marks_the_best_by_validation_never_by_test_accuracy(logdir, capsys):
     listing = run_json(capsys, ["--logdir", str(logdir)])
     assert [run["name"] for run in listing["runs"]] == ["new", "best", "old"]
-    assert listing["best"] == "best" and listing["best_by"] == "test accuracy"
+    # "best" has the highest test accuracy, "old" the highest validation accuracy: choosing spends no test
+    assert listing["best"] == "old" and listing["best_by"] == "cross-validated or validation accuracy"
     assert listing["unfinished"] == ["crashed"]
     assert listing["tensorboard"] == f"tensorboard --logdir {logdir}"
     best = listing["runs"][1]
@@ -53,15 +56,17 @@ def test_lists_newest_first_and_marks_the_best_by_test_accuracy(logdir, capsys):
     runs.main(["--logdir", str(logdir)])
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:2] == ["run", "started"]
-    assert [line.split()[0] for line in out[1:4]] == ["new", "*", "old"] and out[2].split()[1] == "best"
-    assert "* best by test accuracy: best" in out
+    assert [line.split()[0] for line in out[1:4]] == ["new", "best", "*"] and out[3].split()[1] == "old"
+    assert "* best by cross-validated or validation accuracy: old" in out
     assert f"view them: tensorboard --logdir {logdir}" in out
 
 
-def test_falls_back_to_validation_accuracy_when_a_run_has_no_test_metrics(logdir, capsys):
-    write_run(logdir, "untested", "2024-01-04T10:00:00", val_accuracy=0.6)
+def test_a_cross_validated_run_is_ranked_by_its_out_of_fold_accuracy(logdir, capsys):
+    write_run(logdir, "folds", "2024-01-04T10:00:00", cv_accuracy=0.91)
     listing = run_json(capsys, ["--logdir", str(logdir)])
-    assert listing["best"] == "old" and listing["best_by"] == "validation accuracy"
+    assert listing["best"] == "folds" and listing["runs"][0]["cross_validation"]["accuracy"] == 0.91
+    write_run(logdir, "worse", "2024-01-05T10:00:00", cv_accuracy=0.88)
+    assert run_json(capsys, ["--logdir", str(logdir)])["best"] == "folds"
 
 
 def test_compare_shows_metrics_side_by_side_and_only_differing_hyperparameters(logdir, capsys):

@@ -29,6 +29,9 @@ async function showModel() {
     if (info.created) fact(facts, "Trained", info.created);
     const rows = Object.entries(info.metrics).filter(([, value]) => typeof value === "number");
     const table = document.getElementById("metrics");
+    if (info.metrics_kind === "cross_validation") {
+      table.caption.textContent = "Cross-validated metrics (every photo scored by a model that never saw it)";
+    }
     for (const [name, value] of rows) {
       const row = table.tBodies[0].insertRow();
       row.insertCell().textContent = name;
