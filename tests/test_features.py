@@ -5,6 +5,7 @@ A MobileNet (v1, width 0.25) with random weights saved to a file stands in for I
 tested is the plumbing (store, keys, the head inside the saved model), not what ImageNet features are worth.
 Real ImageNet weights from ../shared/weights are used where that folder is present.
 """
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,60 @@ def test_three_classes_train_a_softmax_head_on_stored_features(weights_file, tmp
                                atol=1e-5)
     assert saved.metrics["cross_validation"]["count"] == 36
     assert len(saved.metrics["cross_validation"]["confusion_matrix"]) == 3
+
+
+def offline(origin, *args, **kwargs):  # the download itself fails, as where no network is reachable
+    raise urllib.error.URLError("no network")
+
+
+def keras_home(folder, monkeypatch):
+    """Point Keras' cache folder at `folder` (Keras reads KERAS_HOME once, when it is imported) with no network."""
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("KERAS_HOME", str(folder))
+    monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", str(folder))
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
+    return folder / "models"
+
+
+def test_auto_offline_with_no_weights_is_one_line_naming_both_ways_out(small_dir, tmp_path, monkeypatch):
+    cache_folder = keras_home(tmp_path / "keras", monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--data", str(small_dir), "--arch", "auto", "--image-size", str(SIZE), "--folds", "3",
+                    "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--cache", "none"])
+    message = str(exit_info.value.code)
+    assert message.startswith("happysad.train: error: --arch auto found no backbone weights")
+    assert str(cache_folder) in message and "--weights PATH" in message and "\n" not in message
+    assert not (tmp_path / "m.h5").exists()
+
+
+@pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_1.0_imagenet_notop_converted.h5").exists(),
+                    reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
+def test_auto_offline_uses_the_backbones_in_keras_cache_and_says_which_it_left_out(small_dir, tmp_path,
+                                                                                 monkeypatch, capsys):
+    cache_folder = keras_home(tmp_path / "keras", monkeypatch)
+    (cache_folder / models.BACKBONES["mobilenet"].weights_file).symlink_to(
+        SHARED_WEIGHTS / "mobilenet_1.0_imagenet_notop_converted.h5")
+    result = train.train(train.parse_args([
+        "--data", str(small_dir), "--arch", "auto", "--image-size", str(SIZE), "--folds", "3",
+        "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--cache", "none"]))
+    assert "note: --arch auto leaves out mobilenetv2" in capsys.readouterr().out
+    assert result["measurement"].final.features == "mobilenet"
+    assert result["record"].hyperparameters["features"] == "mobilenet"
+
+
+@pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenetv2_1.0_imagenet_notop_converted.h5").exists(),
+                    reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
+def test_two_backbones_run_as_one_saved_network_with_the_heads_probabilities(small_dir, tmp_path, monkeypatch):
+    cache_folder = keras_home(tmp_path / "keras", monkeypatch)
+    for arch, name in (("mobilenet", "mobilenet_1.0_imagenet_notop_converted.h5"),
+                       ("mobilenetv2", "mobilenetv2_1.0_imagenet_notop_converted.h5")):
+        (cache_folder / models.BACKBONES[arch].weights_file).symlink_to(SHARED_WEIGHTS / name)
+    result = train.train(train.parse_args([
+        "--data", str(small_dir), "--arch", "mobilenet+mobilenetv2", "--image-size", str(SIZE), "--folds", "3",
+        "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--cache", "none"]))
+    assert result["features"].shape == (48, 1024 + 1280)
+    model = classifier.load(tmp_path / "m.h5")
+    assert {"mobilenet_backbone", "mobilenetv2_backbone"} <= {layer.name for layer in model.network.layers}
+    pixels = np.stack([model.load_image(small_dir / path) for path in result["record"].split["train"]])
+    np.testing.assert_allclose(model.probabilities(pixels), result["head"].predict_proba(result["features"]),
+                               atol=1e-5)

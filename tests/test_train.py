@@ -208,3 +208,19 @@ def test_the_closing_line_gives_each_class_recall_and_the_threshold():
     line = train.test_line(summary, ["happy", "sad"])
     assert "recall per class: happy 0.667  sad 1.000" in line and "(threshold 0.35)" in line
     assert "accuracy 0.800 (95% interval 0.38-0.96)" in line  # 4 of 5 right says little
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "mobilenet", "--split", "0.6,0.2,0.2"], "--split applies to the CNN and fine-tuning"),
+    (["--arch", "mobilenet", "--folds", "2"], "--folds must be at least 3"),
+    (["--arch", "mobilenet", "--views", "2"], "--views applies to the head trained before --fine-tune"),
+    (["--arch", "auto", "--weights", "x_notop.h5"], "--weights must be imagenet"),
+    (["--arch", "mobilenet+cnn"], "choose cnn, auto, or one or more of"),
+    (["--holdout", "0.2"], "--holdout applies to a pretrained backbone"),
+    (["--arch", "mobilenet", "--holdout", "0.6"], "--holdout must be in [0, 0.5)"),
+    (["--arch", "auto", "--fine-tune", "3"], "--fine-tune opens the top of one backbone"),
+])
+def test_cross_validation_options_are_checked_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv)
+    assert message in capsys.readouterr().err
