@@ -1,8 +1,14 @@
 """Classification metrics from labels and predicted probabilities, for two classes or many.
 
-Computed with numpy from the predictions themselves, so training, evaluate and the reports agree exactly.
+Computed from the predictions themselves, so training, evaluate and the reports agree exactly: the curves, the
+areas and the confusion matrix by scikit-learn; what it has no function for (the threshold sweep, the Wilson
+interval, the summary train and evaluate print) here.
 """
 import numpy as np
+
+from happysad.runtime import deferred
+
+sklearn_metrics = deferred("sklearn.metrics", after_tensorflow=False)
 
 
 def predicted_labels(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -15,9 +21,7 @@ def predicted_labels(probabilities: np.ndarray, threshold: float = 0.5) -> np.nd
 
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
     """Rows: true class, columns: predicted class."""
-    matrix = np.zeros((num_classes, num_classes), dtype=int)
-    np.add.at(matrix, (np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)), 1)
-    return matrix
+    return sklearn_metrics.confusion_matrix(y_true, y_pred, labels=range(num_classes))
 
 
 def _safe_divide(numerator, denominator):
@@ -41,28 +45,10 @@ def normalize_rows(matrix) -> np.ndarray:
     return _safe_divide(matrix, np.broadcast_to(matrix.sum(axis=1, keepdims=True), matrix.shape))
 
 
-def _counts_by_threshold(y_true, scores) -> tuple:
-    """True and false positives when every distinct score, from high to low, is used as the threshold."""
-    y_true = np.asarray(y_true, dtype=int)
-    scores = np.asarray(scores, dtype=float)
-    order = np.argsort(-scores, kind="mergesort")
-    scores, y_true = scores[order], y_true[order]
-    ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    true_positives = np.cumsum(y_true)[ends]
-    false_positives = ends + 1 - true_positives
-    return true_positives, false_positives, scores[ends]
-
-
 def roc_curve(y_true, scores) -> tuple:
-    """(false positive rate, true positive rate, thresholds) for 'positive when score >= threshold'.
-
-    y_true holds 1 for the positive class. Starts at (0, 0) with an infinite threshold.
-    """
-    tp, fp, thresholds = _counts_by_threshold(y_true, scores)
-    positives, negatives = tp[-1], fp[-1]
-    tpr = np.r_[0.0, _safe_divide(tp, np.full(len(tp), positives))]
-    fpr = np.r_[0.0, _safe_divide(fp, np.full(len(fp), negatives))]
-    return fpr, tpr, np.r_[np.inf, thresholds]
+    """(false positive rate, true positive rate, thresholds) for 'positive when score >= threshold', every
+    distinct score a threshold; starts at (0, 0) with an infinite threshold. y_true: 1 for the positive class."""
+    return sklearn_metrics.roc_curve(y_true, scores, drop_intermediate=False)
 
 
 def roc_auc(y_true, scores):
@@ -70,19 +56,13 @@ def roc_auc(y_true, scores):
     y_true = np.asarray(y_true, dtype=int)
     if len(y_true) == 0 or y_true.min() == y_true.max():
         return None
-    fpr, tpr, _ = roc_curve(y_true, scores)
-    return float(np.trapezoid(tpr, fpr))
+    return float(sklearn_metrics.roc_auc_score(y_true, scores))
 
 
 def pr_curve(y_true, scores) -> tuple:
-    """(precision, recall, thresholds) of the positive class, from the highest threshold down.
-
-    Starts at recall 0, precision 1 (nothing predicted positive), as scikit-learn's curve does.
-    """
-    tp, fp, thresholds = _counts_by_threshold(y_true, scores)
-    precision = _safe_divide(tp, tp + fp)
-    recall = _safe_divide(tp, np.full(len(tp), tp[-1]))
-    return np.r_[1.0, precision], np.r_[0.0, recall], np.r_[np.inf, thresholds]
+    """(precision, recall, thresholds) of the positive class, scikit-learn's: recall from 1 down to 0, where
+    precision is 1 (nothing predicted positive)."""
+    return sklearn_metrics.precision_recall_curve(y_true, scores)
 
 
 def average_precision(y_true, scores):
@@ -91,8 +71,7 @@ def average_precision(y_true, scores):
     y_true = np.asarray(y_true, dtype=int)
     if len(y_true) == 0 or y_true.max() == 0:
         return None
-    precision, recall, _ = pr_curve(y_true, scores)
-    return float(np.sum(np.diff(recall) * precision[1:]))
+    return float(sklearn_metrics.average_precision_score(y_true, scores))
 
 
 def threshold_sweep(y_true, scores, thresholds=None) -> list:
