@@ -26,10 +26,11 @@ from happysad.runtime import deferred, enable_memory_growth, keras
 
 callbacks = deferred("happysad.callbacks")  # defines Keras classes: imported when training starts
 
-# Command-line options that name files or tune speed rather than change what the model learns, and those the
-# record keeps in fields of their own (the preprocessing settings, the seed).
+# Command-line options that name files or tune speed rather than change what the model learns, those the
+# record keeps in fields of their own (the preprocessing settings, the seed), and those of the cross-validated
+# path, which a fit on images does not use.
 NOT_HYPERPARAMETERS = {"model", "logdir", "run_name", "cache", "fractions", "checkpoint", "image_size", "faces",
-                       "seed"}
+                       "seed", "backbones", "cross_validate", "folds", "holdout"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
