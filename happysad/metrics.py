@@ -84,16 +84,21 @@ def threshold_sweep(y_true, scores, thresholds=None) -> list:
     scores = np.asarray(scores, dtype=float)
     if thresholds is None:
         thresholds = np.round(np.linspace(0.01, 0.99, 99), 2)
+    # Every threshold at once: (thresholds, images) predictions, counted per class.
+    predicted = scores[None, :] >= np.asarray(thresholds, dtype=float)[:, None]
+    positives = y_true == 1
+    tp = (predicted & positives).sum(axis=1)
+    fp = (predicted & ~positives).sum(axis=1)
+    fn = positives.sum() - tp
+    tn = (~positives).sum() - fp
+    recall = _safe_divide(np.stack([tn, tp], axis=1), np.stack([tn + fp, tp + fn], axis=1))
+    precision = _safe_divide(np.stack([tn, tp], axis=1), np.stack([tn + fn, tp + fp], axis=1))
+    f1 = _safe_divide(2 * precision * recall, precision + recall)
     rows = []
-    for threshold in thresholds:
-        matrix = confusion_matrix(y_true, (scores >= threshold).astype(int), 2)
-        precision = _safe_divide(np.diag(matrix), matrix.sum(axis=0))
-        recall = _safe_divide(np.diag(matrix), matrix.sum(axis=1))
-        f1 = _safe_divide(2 * precision * recall, precision + recall)
-        rows.append({"threshold": float(threshold),
-                     "accuracy": float(np.trace(matrix) / max(1, len(y_true))),
-                     "precision": float(precision[1]), "recall": float(recall[1]), "f1": float(f1[1]),
-                     "macro_f1": float(f1.mean()), "balanced_accuracy": float(recall.mean())})
+    for i, threshold in enumerate(thresholds):
+        rows.append({"threshold": float(threshold), "accuracy": float((tp[i] + tn[i]) / max(1, len(y_true))),
+                     "precision": float(precision[i, 1]), "recall": float(recall[i, 1]), "f1": float(f1[i, 1]),
+                     "macro_f1": float(f1[i].mean()), "balanced_accuracy": float(recall[i].mean())})
     return rows
 
 
