@@ -176,13 +176,21 @@ def make_folds(labels, groups, n_folds: int, seed: int, class_names=None) -> np.
     splitter = model_selection.StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed)
     for fold, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
         folds[held_out] = fold
+    for label in np.unique(labels):  # also a class whose images all sit in groups of another class's
+        if len(np.unique(folds[labels == label])) < n_folds:
+            name = class_names[label] if class_names else f"with label {label}"
+            raise DataError(f"class {name} cannot be spread over {n_folds} folds (its images share near-copy "
+                            "groups with other classes: run happysad.clean); use fewer folds or add images")
     return folds
 
 
-def hold_out(files: Files, fraction: float, seed: int, groups) -> tuple:
-    """(the rest, a test partition of about `fraction` of the images): one fold of make_folds, so the test
+def hold_out(files: Files, fraction: float, seed: int, groups, class_names=None) -> tuple:
+    """(the rest, a test partition of 1/round(1/fraction) of the images): one fold of make_folds, so the test
     images are stratified and share no near copy with the rest."""
-    test = make_folds(files.labels, groups, max(2, round(1 / fraction)), seed) == 0
+    try:
+        test = make_folds(files.labels, groups, max(2, round(1 / fraction)), seed, class_names) == 0
+    except DataError as error:
+        raise DataError(f"--holdout {fraction:g}: {error}".replace("use fewer folds", "hold out more")) from None
     return files.subset(np.flatnonzero(~test)), files.subset(np.flatnonzero(test))
 
 

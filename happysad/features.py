@@ -1,10 +1,10 @@
 """Backbone features, computed once per image and stored: the pretrained path trains its head on them.
 
-A frozen ImageNet backbone maps an image to the same vector in every epoch, so running it every epoch (as
-`fit` on images does) repeats the expensive part of training for nothing. Here each image goes through the
-backbone once, its pooled features are stored, and the head (dropout + one Dense layer) trains on the
-stored vectors: an epoch costs milliseconds, and a second run with other head settings (dropout, learning
-rate, seed) reads the stored features and skips the backbone entirely.
+A frozen ImageNet backbone maps an image to the same vector every time, so running it for every fit (as
+`fit` on images does every epoch) repeats the expensive part of training for nothing. Here each image goes
+through the backbone once and its pooled features are stored; the cross-validated head (happysad.crossval),
+or the first stage of fine-tuning, trains on the stored vectors in seconds, and a second run (another seed,
+other folds) reads them and skips the backbone entirely.
 
 A stored vector is found by what it depends on: the file's bytes (sha256), the backbone, its weights, the
 image size, the preprocessing and the view. Views are fixed augmentations computed once per training image
@@ -24,8 +24,8 @@ from happysad.runtime import keras, tf
 # Stored views per image, by --views. "zoom" is the central 80 % of the picture, resized back up.
 VIEWS = {1: ("original",), 2: ("original", "flip"), 4: ("original", "flip", "zoom", "zoom-flip")}
 FORMAT = "features-v1"  # changes whenever what a stored vector means changes
-FAMILY = "features"
-PROGRESS_FROM = 200  # images: below that, the backbone is done in a few seconds  # the stores' name in the cache folder: features-<extractor_id>
+FAMILY = "features"  # the stores' name in the cache folder: features-<extractor_id>
+PROGRESS_FROM = 200  # images: below that, the backbone is done in a few seconds
 
 
 def transform(batch: tf.Tensor, view: str) -> tf.Tensor:

@@ -137,8 +137,9 @@ AUTO_BACKBONES = ("mobilenet", "mobilenetv2")
 class Recipe:
     """train's defaults for one --arch: what measured best on real web photos (see the README).
 
-    For a pretrained backbone, epochs and patience count the head's epochs on stored features (milliseconds
-    each); augment applies to fine-tuning, views to the stored features.
+    A pretrained backbone uses only image_size and fine_tune unless it fine-tunes (its head is cross-validated,
+    happysad.crossval); with --fine-tune, epochs and patience count the first stage's head epochs on stored
+    features, views the stored views it trains on, and augment applies to the fine-tuning.
     """
 
     image_size: int
@@ -191,8 +192,9 @@ def load_backbone(arch: str, image_size: int, weights: str, name: str = BACKBONE
         if pretrained == "imagenet":
             raise BuildError(
                 f"cannot get the ImageNet weights for {arch} ({reason}); without network access, fetch "
-                f"{spec.weights_file} where there is one and pass --weights PATH_TO_IT (or put it in Keras' "
-                f"cache folder {keras_cache_folder()}), or train from scratch with --weights none") from None
+                f"{spec.weights_file} where there is one and put it in Keras' cache folder "
+                f"{keras_cache_folder()} (or, for one backbone, pass --weights PATH_TO_IT), or train from "
+                "scratch with --weights none") from None
         raise BuildError(f"cannot build {arch} with weights {weights}: {reason}") from None
 
 

@@ -33,6 +33,10 @@ NOT_HYPERPARAMETERS = {"model", "logdir", "run_name", "cache", "fractions", "che
                        "seed", "backbones", "cross_validate", "folds", "holdout"}
 
 
+# Options of fits on images (the CNN, fine-tuning) that a cross-validated head has no use for.
+FIT_OPTIONS = ("epochs", "dropout", "patience", "augment", "views", "learning_rate")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m happysad.train", description=__doc__.splitlines()[0],
@@ -60,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "as a test partition that neither the cross-validation nor the saved model sees "
                              "(default 0: every photo trains the saved model)")
     parser.add_argument("--split", help="CNN and fine-tuning: train,validation,test fractions (default 0.7,0.2,0.1)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, help="Adam's, for fits on images (default 0.001)")
     parser.add_argument("--fine-tune", type=int, metavar="N",
                         help="after training the head, unfreeze the backbone's top N layers (BatchNorm stays "
                              "frozen) and train the whole model with augmentation at a tenth of the learning "
@@ -80,8 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "weights; the learning rate drops 5x after N/2 such epochs (0: off); recipe")
     parser.add_argument("--threshold", default="auto", metavar="auto|T",
                         help="two classes: the decision threshold on the second class's probability; auto "
-                             "(default) picks the one with the best balanced accuracy on the validation "
-                             "partition, so neither class is sacrificed to the other")
+                             "(default) picks the one with the best balanced accuracy (inside each fold for a "
+                             "cross-validated head, on the validation partition otherwise), so neither class "
+                             "is sacrificed to the other")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run of this same command that was killed, from its last finished "
                              "epoch (its backup lives beside --model until the run ends)")
@@ -107,9 +112,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.backbones = models.parse_arch(args.arch)
     except models.BuildError as error:
         parser.error(str(error))
-    if args.views is not None and not args.fine_tune and args.arch != "cnn":
-        parser.error("--views applies to the head trained before --fine-tune; the cross-validated head trains on "
-                     "each photo as it is (mirrored views measured no gain: see the README)")
+    args.cross_validate = args.arch != "cnn" and args.weights != "none" and not args.fine_tune
+    if args.cross_validate:
+        given = [f"--{name.replace('_', '-')}" for name in FIT_OPTIONS if getattr(args, name) is not None] + [
+            flag for flag, used in (("--no-class-weights", not args.class_weights), ("--resume", args.resume),
+                                    ("--checkpoint", args.checkpoint),
+                                    ("--strategy multiworker", args.strategy == "multiworker")) if used]
+        if given:
+            parser.error(f"{', '.join(given)}: for fits on images (the CNN, --fine-tune); a pretrained backbone's "
+                         "head is a cross-validated logistic regression with balanced class weights on each "
+                         "photo as it is, fitted in seconds")
+    if args.learning_rate is None:
+        args.learning_rate = 1e-3
     recipe = models.recipe(args.arch, args.weights)
     for name in ("epochs", "image_size", "dropout", "augment", "patience", "fine_tune", "views"):
         if getattr(args, name) is None:
@@ -132,15 +146,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                          f"({models.keras_cache_folder()}): --weights must be imagenet")
         if args.fine_tune:
             parser.error(f"--fine-tune opens the top of one backbone: name one (--arch {models.AUTO_BACKBONES[0]})")
-    args.cross_validate = args.arch != "cnn" and args.weights != "none" and not args.fine_tune
     if args.cross_validate:
         if args.split is not None:
             parser.error("--split applies to the CNN and fine-tuning; a pretrained backbone cross-validates on "
                          "every photo (--folds) and keeps a test partition only with --holdout")
         if args.folds < 3:
             parser.error("--folds must be at least 3 (each fold's choices are made on the other folds)")
-        if not 0 <= args.holdout < 0.5:
-            parser.error(f"--holdout must be in [0, 0.5), got {args.holdout}")
+        if args.holdout and not 0.05 <= args.holdout <= 0.5:
+            parser.error(f"--holdout must be 0 or from 0.05 to 0.5, got {args.holdout}")
     elif args.holdout:
         parser.error("--holdout applies to a pretrained backbone's cross-validation; the CNN and fine-tuning keep "
                      "a test partition by --split")
@@ -168,7 +181,7 @@ def recipe_text(arch: str) -> str:
     text = f"{recipe.image_size} px, up to {recipe.epochs} epochs, patience {recipe.patience}, dropout {recipe.dropout}"
     if arch == "cnn":
         return text + (", augment" if recipe.augment else "")
-    return text + f", {recipe.views} view(s)" + (f", fine-tune {recipe.fine_tune}" if recipe.fine_tune else "")
+    return f"{recipe.image_size} px; with --fine-tune, first {text}, {recipe.views} view(s)"
 
 
 def run_folder(logdir, run_name) -> Path:
@@ -219,7 +232,7 @@ def train_with_folds(args) -> dict:
     class_names, preprocessing = folder.class_names, images.Preprocessing(args.image_size, args.faces)
     group_of = dict(zip(folder.files.paths, folder.groups))
     if args.holdout:
-        files, test = data.hold_out(folder.files, args.holdout, args.seed, folder.groups)
+        files, test = data.hold_out(folder.files, args.holdout, args.seed, folder.groups, class_names)
     else:
         files, test = folder.files, data.Files([], [])
     groups = [group_of[path] for path in files.paths]
@@ -334,7 +347,7 @@ def candidates_table(measurement: crossval.Measurement) -> str:
 
 def cross_validation_line(summary: dict, class_names) -> str:
     recalls = "  ".join(f"{name} {summary['per_class'][name]['recall']:.3f}" for name in class_names)
-    threshold = f"  (threshold {summary['threshold']:.2f})" if "threshold" in summary else ""
+    threshold = f"  (saved threshold {summary['threshold']:.2f})" if "threshold" in summary else ""
     low, high = summary["accuracy_interval"]
     return (f"cross-validated accuracy {summary['accuracy']:.3f} (95% interval {low:.2f}-{high:.2f}) on all "
             f"{summary['count']} photos, each scored by a model that never saw it or its near copies "
@@ -370,7 +383,7 @@ def train_on_partitions(args) -> dict:
 
     # -- network -------------------------------------------------------------------------------------------
     pretrained = args.arch != "cnn" and args.weights != "none"
-    augment = args.augment and (not pretrained or args.fine_tune > 0)  # a frozen head trains on stored views
+    augment = args.augment
     with setup.strategy.scope():
         network = models.compile_model(
             models.build(args.arch, len(class_names), preprocessing.image_size, augment=augment,
@@ -387,7 +400,7 @@ def train_on_partitions(args) -> dict:
     labels = {name: np.asarray(parts[name].labels, np.float32 if binary else np.int32) for name in data.PARTITIONS}
     extractor, head = models.split_at_pool(network) if pretrained else (None, None)
     stored = stored_features(args, extractor, parts, preprocessing, digests) if pretrained else None
-    datasets = image_datasets(args, setup, parts, preprocessing, binary) if not pretrained or args.fine_tune else {}
+    datasets = image_datasets(args, setup, parts, preprocessing, binary)
 
     # -- callbacks: timing, early stopping, TensorBoard ----------------------------------------------------
     backup = resume_backup(args) if setup.is_chief else None
@@ -436,12 +449,9 @@ def train_on_partitions(args) -> dict:
 
     # -- evaluate: threshold on validation, metrics on the untouched test partition ------------------------
     def probabilities(name):
-        if pretrained and not args.fine_tune:
-            return metrics.class_probabilities(head.predict(stored[name][0], verbose=0))
         return metrics.class_probabilities(network.predict(datasets[name], verbose=0))
 
-    threshold = choose_threshold(args.threshold, parts["validation"].labels, probabilities("validation")) \
-        if binary else 0.5
+    threshold = crossval.choose_threshold(args.threshold, parts["validation"].labels, probabilities("validation"))
     test_metrics = metrics.summarize(parts["test"].labels, probabilities("test"), class_names, threshold)
     print(test_line(test_metrics, class_names))
     summaries.write_measured(run_dir, {"test": test_metrics}, step=len(history.history["loss"]) - 1)
@@ -555,13 +565,6 @@ def warn_if_nothing_learnt(history: dict) -> None:
         print("warning: the best validation loss was after the first epoch, so the saved model learnt almost "
               "nothing; try a lower --learning-rate, more images per class, or a pretrained backbone "
               "(--arch mobilenet)")
-
-
-def choose_threshold(setting, labels, probabilities) -> float:
-    """--threshold: the number given, or (auto) the one with the best balanced accuracy on validation."""
-    if setting != "auto":
-        return float(setting)
-    return metrics.best_threshold(metrics.threshold_sweep(labels, probabilities[:, 1]), "balanced_accuracy")
 
 
 def test_line(summary: dict, class_names) -> str:

@@ -213,11 +213,12 @@ def test_the_closing_line_gives_each_class_recall_and_the_threshold():
 @pytest.mark.parametrize("argv, message", [
     (["--arch", "mobilenet", "--split", "0.6,0.2,0.2"], "--split applies to the CNN and fine-tuning"),
     (["--arch", "mobilenet", "--folds", "2"], "--folds must be at least 3"),
-    (["--arch", "mobilenet", "--views", "2"], "--views applies to the head trained before --fine-tune"),
+    (["--arch", "mobilenet", "--views", "2", "--no-class-weights"], "--views, --no-class-weights: for fits on images"),
+    (["--arch", "mobilenet", "--epochs", "3", "--resume"], "--epochs, --resume: for fits on images"),
     (["--arch", "auto", "--weights", "x_notop.h5"], "--weights must be imagenet"),
     (["--arch", "mobilenet+cnn"], "choose cnn, auto, or one or more of"),
     (["--holdout", "0.2"], "--holdout applies to a pretrained backbone"),
-    (["--arch", "mobilenet", "--holdout", "0.6"], "--holdout must be in [0, 0.5)"),
+    (["--arch", "mobilenet", "--holdout", "0.6"], "--holdout must be 0 or from 0.05 to 0.5"),
     (["--arch", "auto", "--fine-tune", "3"], "--fine-tune opens the top of one backbone"),
 ])
 def test_cross_validation_options_are_checked_in_one_line(argv, message, capsys):
