@@ -127,8 +127,8 @@ def test_recipe_fills_only_what_the_user_did_not_set():
     recipe = models.RECIPES["mobilenet"]
     assert (args.image_size, args.epochs, args.dropout, args.views) == \
         (recipe.image_size, recipe.epochs, recipe.dropout, recipe.views)
-    args = train.parse_args(["--arch", "mobilenet", "--image-size", "160", "--dropout", "0"])
-    assert args.image_size == 160 and args.dropout == 0
+    args = train.parse_args(["--arch", "mobilenet", "--image-size", "160", "--fine-tune", "5", "--dropout", "0"])
+    assert args.image_size == 160 and args.dropout == 0 and not args.cross_validate
     assert train.parse_args([]).image_size == models.RECIPES["cnn"].image_size
 
 
