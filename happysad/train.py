@@ -346,12 +346,10 @@ def candidates_table(measurement: crossval.Measurement) -> str:
 
 
 def cross_validation_line(summary: dict, class_names) -> str:
-    recalls = "  ".join(f"{name} {summary['per_class'][name]['recall']:.3f}" for name in class_names)
-    threshold = f"  (saved threshold {summary['threshold']:.2f})" if "threshold" in summary else ""
-    low, high = summary["accuracy_interval"]
-    return (f"cross-validated accuracy {summary['accuracy']:.3f} (95% interval {low:.2f}-{high:.2f}) on all "
-            f"{summary['count']} photos, each scored by a model that never saw it or its near copies "
-            f"({summary['folds']} folds, choices made inside each)  recall per class: {recalls}{threshold}")
+    interval, recalls = measured_parts(summary, class_names, "saved threshold")
+    return (f"cross-validated accuracy {summary['accuracy']:.3f} {interval} on all {summary['count']} photos, each "
+            "scored by a model that never saw it or its near copies "
+            f"({summary['folds']} folds, choices made inside each)  {recalls}")
 
 
 def train_on_partitions(args) -> dict:
@@ -568,11 +566,17 @@ def warn_if_nothing_learnt(history: dict) -> None:
 
 
 def test_line(summary: dict, class_names) -> str:
-    recalls = "  ".join(f"{name} {summary['per_class'][name]['recall']:.3f}" for name in class_names)
-    threshold = f"  (threshold {summary['threshold']:.2f})" if "threshold" in summary else ""
-    low, high = summary["accuracy_interval"]
+    interval, recalls = measured_parts(summary, class_names, "threshold")
     return (f"test ({summary['count']} images never used in training): accuracy {summary['accuracy']:.3f} "
-            f"(95% interval {low:.2f}-{high:.2f})  f1 {summary['f1']:.3f}  recall per class: {recalls}{threshold}")
+            f"{interval}  f1 {summary['f1']:.3f}  {recalls}")
+
+
+def measured_parts(summary: dict, class_names, threshold_name: str) -> tuple:
+    """The accuracy's 95 % interval, and each class's recall with the threshold: what the closing lines share."""
+    low, high = summary["accuracy_interval"]
+    recalls = "  ".join(f"{name} {summary['per_class'][name]['recall']:.3f}" for name in class_names)
+    threshold = f"  ({threshold_name} {summary['threshold']:.2f})" if "threshold" in summary else ""
+    return f"(95% interval {low:.2f}-{high:.2f})", f"recall per class: {recalls}{threshold}"
 
 
 def near_copy_lists(files: data.Files, groups: list, data_dir) -> list:
