@@ -56,6 +56,7 @@ CONFIGS = {
     "mobilenet-imagenet": ["--arch", "mobilenet"],
     "auto": ["--arch", "auto"],
     "mobilenet+mobilenetv2": ["--arch", "mobilenet+mobilenetv2"],
+    "mobilenet+expression": ["--arch", "mobilenet+expression"],
 }
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from happysad import images, near_copies
 from happysad.cache import image_bytes
+from happysad.files import sha256_each
 from happysad.runtime import deferred, tf
 
 model_selection = deferred("sklearn.model_selection", after_tensorflow=False)
@@ -209,7 +210,10 @@ def near_copy_groups(files: Files, store=None, digests=None) -> list:
     Decodes every file once, as training does, unless the store (near_copies.FAMILY) has its fingerprint; one
     TensorFlow cannot decode is a group of its own.
     """
-    return near_copies.groups(near_copies.load_fingerprints(files.paths, store, digests))
+    if store is not None and digests is None:
+        digests = sha256_each(files.paths)
+    return near_copies.groups(near_copies.load_fingerprints(files.paths, store, digests), store=store,
+                              digests=digests)
 
 
 def class_weights(labels, num_classes: int) -> dict:

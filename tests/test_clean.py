@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_near_copies import cropped_copy, resized_copy
+from test_near_copies import cropped_copy, framed, jpeg, resized_copy, scene
 
 from happysad import clean, images, sample
 
@@ -154,6 +154,25 @@ def test_near_copy_under_the_other_label_is_a_conflict_and_restore_undoes_it(tmp
     }
     assert all(found.quarantine == f".quarantine/label-conflict/{found.path}" for found in summary.findings)
     assert summary.near_copies == [] and clean.clean(data).findings == []
+    clean.main([str(data), "--restore"])
+    assert tree(data) == before
+
+
+def test_a_re_framed_copy_under_the_other_label_is_a_conflict_and_restore_undoes_it(tmp_path):
+    data = tmp_path / "data"
+    sample.write_faces(data, per_class=3, size=128, seed=5)
+    wide = scene(2)
+    (data / "happy" / "stock.jpg").write_bytes(jpeg(framed(wide, 16 / 9, 0.5)))
+    (data / "sad" / "stock-4x3.jpg").write_bytes(jpeg(framed(wide, 4 / 3, 0.2)[:, ::-1]))  # and mirrored
+    before = tree(data)
+
+    summary = clean.clean(data)
+
+    assert {found.path: (found.reason, found.detail) for found in summary.findings} == {
+        "happy/stock.jpg": ("label-conflict", "near copy of sad/stock-4x3.jpg"),
+        "sad/stock-4x3.jpg": ("label-conflict", "near copy of happy/stock.jpg"),
+    }
+    assert not (data / "happy" / "stock.jpg").exists()
     clean.main([str(data), "--restore"])
     assert tree(data) == before
 
