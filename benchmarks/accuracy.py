@@ -57,6 +57,7 @@ CONFIGS = {
     "auto": ["--arch", "auto"],
     "mobilenet+mobilenetv2": ["--arch", "mobilenet+mobilenetv2"],
     "mobilenet+expression": ["--arch", "mobilenet+expression"],
+    "expression-fine-tune": ["--arch", "expression", "--fine-tune", "20"],
 }
 
 

@@ -67,9 +67,8 @@ THRESHOLD = 48
 # they are found by keypoints. Each picture's ORB keypoints (and its mirror's) are stored; a bag of their
 # binary words ranks, for each picture, the others that share the most rare words; each of its NEIGHBOURS
 # best (and best mirrored) is a candidate, confirmed when a RANSAC similarity transform (shift, turn, one
-# scale) maps at least MIN_INLIERS of its ratio-tested matches. Measured on happysad-web (README, "Near copies
-# the hash misses"): copies and photos of one shoot keep 40-454 inliers; different pictures 20-33, or
-# matches that all fall on one point (flat silhouettes, plain emoji: scale ~0, outside SCALES).
+# scale) maps at least MIN_INLIERS of its ratio-tested matches to within REPROJECTION. The README's "Near
+# copies" says what these settings catch and miss on web photos and generated faces.
 KEYPOINT_SIDE = 512  # longer side of the picture keypoints are found on
 KEYPOINTS = 500  # at most, per picture and per mirror
 NEIGHBOURS = 5
