@@ -77,7 +77,9 @@ REPROJECTION = 2.0  # pixels (at KEYPOINT_SIDE) a match may land off the transfo
 SCALES = (0.25, 4.0)  # the transform's scale between a copy and its original, at most 4x either way
 RATIO = 0.75  # Lowe's ratio test: the best match must be clearly better than the second
 WORD_BITS, WORD_TABLES = 10, 4  # a keypoint's words: 4 disjoint 10-bit pieces of its 256-bit descriptor
-PROGRESS_FROM = 500  # files to fingerprint, or pairs to check: below that, a few seconds
+# Progress shows from this many files to fingerprint (about 10 ms each) or pairs to check (about 1 ms each):
+# below that, a few seconds.
+PROGRESS_FROM = {"file": 500, "pair": 5000}
 
 _local = threading.local()
 
@@ -164,7 +166,7 @@ def load_fingerprints(paths, store=None, digests=None) -> list:
         digests = files.sha256_each(paths)
     found = [stored_fingerprint(store, digest) for digest in digests] if store is not None else [None] * len(paths)
     missing = [i for i, fingerprint in enumerate(found) if fingerprint is None]
-    progress = keras.utils.Progbar(len(missing), unit_name="file") if len(missing) >= PROGRESS_FROM else None
+    progress = keras.utils.Progbar(len(missing), unit_name="file") if len(missing) >= PROGRESS_FROM["file"] else None
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         for i, fingerprint in zip(missing, pool.map(file_fingerprint, [paths[i] for i in missing])):
             found[i] = fingerprint
@@ -280,7 +282,7 @@ def confirmed_pairs(fingerprints: list, min_inliers: int = MIN_INLIERS, store=No
         return found
 
     pairs = sorted(candidates(fingerprints))
-    progress = keras.utils.Progbar(len(pairs), unit_name="pair") if len(pairs) >= PROGRESS_FROM else None
+    progress = keras.utils.Progbar(len(pairs), unit_name="pair") if len(pairs) >= PROGRESS_FROM["pair"] else None
     confirmed = set()
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         for (i, j, _), found in zip(pairs, pool.map(count, pairs)):
