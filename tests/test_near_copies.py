@@ -138,7 +138,7 @@ def test_fingerprint_is_what_training_decodes_and_undecodable_files_have_none(fa
 
 def same(first: near_copies.Fingerprint, second: near_copies.Fingerprint) -> bool:
     return all(np.array_equal(getattr(first, kind), getattr(second, kind))
-               for kind in ("hashes", "points", "descriptors"))
+               for kind in near_copies.PARTS)
 
 
 def hashed(hashes: np.ndarray) -> near_copies.Fingerprint:
