@@ -19,7 +19,8 @@ shared weights files under Keras' file names (../shared/weights/README.md), so n
 
 Prints the load average, each seed's photos per side and how many test photos have a near copy on the train
 side (0, by construction), a progress line per run, then a Markdown table per run and the means over seeds
-per configuration with the mean absolute gap.
+per configuration with the mean absolute gap, then per configuration the calibration error on the unseen
+photos and how many of them, and of generated pictures unlike any photo, carry each mark.
 """
 import argparse
 import json
@@ -33,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from happysad import data, record
+from happysad import data, record, sample
 
 PLAIN = ["--no-augment", "--dropout", "0", "--no-class-weights", "--patience", "0", "--threshold", "0.5"]
 WEIGHTS = {"mobilenet": "mobilenet_1.0_imagenet_notop_converted.h5", "mobilenet025": "mobilenet_2_5_224_tf_no_top.h5",
@@ -130,16 +131,26 @@ def printed_figure(model: Path) -> dict:
             "choice": cross_validation.get("choice") if cross_validation else None}
 
 
-def unseen(model: Path, test_side: Path, out: Path, env: dict) -> dict:
-    """happysad.evaluate's accuracy and per-class recall of the model on the outer test side."""
+def unseen(model: Path, test_side: Path, unlike: Path, out: Path, env: dict) -> dict:
+    """happysad.evaluate's accuracy, per-class recall, calibration error and marks of the model on the outer
+    test side, and how many of the pictures unlike any photo (sample --unlike) predict marks "fits no class"."""
     command = [sys.executable, "-m", "happysad.evaluate", "--model", str(model), "--data", str(test_side),
                "--json", "--no-tensorboard", "--out", str(out)]
     report = json.loads(subprocess.run(command, check=True, stdout=subprocess.PIPE, env=env, text=True).stdout)
-    return {"accuracy": report["metrics"]["accuracy"], "scored": report["scored"],
-            "recall": {name: c["recall"] for name, c in report["metrics"]["per_class"].items()}}
+    measured = report["metrics"]
+    predicted = subprocess.run([sys.executable, "-m", "happysad.predict", str(unlike), "--model", str(model),
+                                "--json"], check=True, stdout=subprocess.PIPE, env=env, text=True).stdout
+    unlike_rows = [json.loads(line) for line in predicted.splitlines()]
+    return {"accuracy": measured["accuracy"], "scored": report["scored"],
+            "recall": {name: c["recall"] for name, c in measured["per_class"].items()},
+            "ece": measured["calibration_error"], "ece_before": measured["calibration_error_before"],
+            "unsure": measured["unsure"] / report["scored"], "accuracy_unsure": measured["accuracy_unsure"],
+            "accuracy_sure": measured["accuracy_sure"],
+            "no_class": (measured["fits_no_class"] or 0) / report["scored"],
+            "unlike_no_class": sum(row["fits_no_class"] for row in unlike_rows) / len(unlike_rows)}
 
 
-def run(name: str, flags: list, seed: int, seed_dir: Path, warm: bool, env: dict) -> dict:
+def run(name: str, flags: list, seed: int, seed_dir: Path, unlike: Path, warm: bool, env: dict) -> dict:
     """Train cold (and warm) on the seed's train side, score the cold model on its test side."""
     work = seed_dir / name
 
@@ -151,11 +162,33 @@ def run(name: str, flags: list, seed: int, seed_dir: Path, warm: bool, env: dict
     cold = timed(command(work / "cold.h5"), env)
     warm_seconds = timed(command(work / "warm.h5"), env) if warm else None
     return {"name": name, "seed": seed, "cold": cold, "warm": warm_seconds, **printed_figure(work / "cold.h5"),
-            **unseen(work / "cold.h5", seed_dir / "test", work / "report", env)}
+            **unseen(work / "cold.h5", seed_dir / "test", unlike, work / "report", env)}
 
 
 def seconds(value) -> str:
     return "–" if value is None else f"{value:.0f}"
+
+
+def share(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def print_marks(rows: list, names: list) -> None:
+    """Calibration and the marks, means over seeds: what the numbers a user is shown are worth."""
+    print("\ncalibration and marks, means over seeds (ECE on the unseen photos; unsure: share marked, and the "
+          "accuracy inside and outside the band; fits no class: share of unseen photos and of unlike pictures):\n")
+    print("| configuration | ECE | ECE uncalibrated | unsure | accuracy unsure / sure | fits no class: photos "
+          "| fits no class: unlike pictures |")
+    print("|---" * 7 + "|")
+    for name in names:
+        mine = [row for row in rows if row["name"] == name]
+
+        def mean(key):
+            values = [row[key] for row in mine if row[key] is not None]
+            return statistics.mean(values) if values else None
+        print(f"| {name} | {share(mean('ece'))} | {share(mean('ece_before'))} | {share(mean('unsure'))} | "
+              f"{share(mean('accuracy_unsure'))} / {share(mean('accuracy_sure'))} | {share(mean('no_class'))} | "
+              f"{share(mean('unlike_no_class'))} |")
 
 
 def print_tables(rows: list, names: list, classes: list) -> None:
@@ -196,6 +229,9 @@ def main(argv=None) -> None:
                         help="folder with the backbones' ImageNet weights files")
     parser.add_argument("--no-warm", dest="warm", action="store_false",
                         help="skip the second, warm-cache run of each command")
+    parser.add_argument("--unlike", type=int, default=20,
+                        help="pictures of each kind that fit no class (happysad.sample --unlike) scored per run "
+                             "(default 20)")
     parser.add_argument("--extra-flags", default="",
                         help='train flags added to every configuration, e.g. "--epochs 2" for a quick check')
     args = parser.parse_args(argv)
@@ -215,6 +251,8 @@ def main(argv=None) -> None:
         classes = data.find_classes(cleaned)
         files, _ = data.list_images(cleaned, classes)
         groups = data.near_copy_groups(files)
+        unlike = work / "unlike"
+        sample.write_unlike(unlike, args.unlike, size=256)
         print(f"[accuracy] {args.data}: {len(files)} photos after happysad.clean on a copy", flush=True)
         for seed in seeds:
             seed_dir = work / f"seed{seed}"
@@ -227,7 +265,8 @@ def main(argv=None) -> None:
                   flush=True)
             for name in names:
                 flags = [flag.format(weights_dir=args.weights_dir) for flag in CONFIGS[name]]
-                rows.append(run(name, flags + shlex.split(args.extra_flags), seed, seed_dir, args.warm, env))
+                rows.append(run(name, flags + shlex.split(args.extra_flags), seed, seed_dir, unlike, args.warm,
+                                env))
                 row = rows[-1]
                 chose = f", chose {row['choice']}" if row["choice"] else ""
                 print(f"[accuracy] {name}, seed {seed} (arch {row['arch']}{chose}): unseen accuracy "
@@ -238,6 +277,7 @@ def main(argv=None) -> None:
           + (f", extra train flags `{args.extra_flags}`" if args.extra_flags else "")
           + f"; load average {os.getloadavg()[0]:.1f} at end on {os.cpu_count()} CPUs\n")
     print_tables(rows, names, classes)
+    print_marks(rows, names)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import images, metrics, record
+from happysad import images, marks, metrics, record
 from happysad.runtime import keras, tf
 
 
@@ -20,18 +20,29 @@ class ModelError(Exception):
 
 @dataclass
 class Prediction:
+    """A label and its calibrated probability, and the marks that come with it (happysad.marks): each a reason,
+    or empty when the mark does not apply."""
+
     label: str
     probability: float
     probabilities: dict
+    unsure: str = ""
+    fits_no_class: str = ""
 
     def top(self, k: int) -> list:
         ranked = sorted(self.probabilities.items(), key=lambda item: item[1], reverse=True)
         return [{"label": label, "probability": p} for label, p in ranked[:k]]
 
+    @property
+    def notes(self) -> list:
+        return [f"{name}: {reason}" for name, reason in (("unsure", self.unsure),
+                                                          ("fits no class", self.fits_no_class)) if reason]
+
     def to_json(self, path) -> dict:
         """The object `predict --json` prints and `serve`'s POST /predict returns, one per image."""
         return {"path": str(path), "label": self.label, "probability": round(self.probability, 6),
-                "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()}}
+                "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+                "unsure": bool(self.unsure), "fits_no_class": bool(self.fits_no_class), "notes": self.notes}
 
 
 @dataclass
@@ -42,9 +53,18 @@ class Classifier:
     def __post_init__(self):
         # A Keras model called eagerly runs op by op; traced once into a graph it scores images ~1.6x faster.
         # reduce_retracing: the last, smaller chunk of a batch does not trigger a trace of its own each time.
+        # Where the record knows the training photos' domain, the same pass also returns what the output layer
+        # reads, to tell how far each picture is from every class.
+        self.domain = marks.Domain.from_record(self.record.domain)
         self.forward = self.network
         if isinstance(self.network, keras.Model):
-            self.forward = tf.function(lambda images: self.network(images, training=False), reduce_retracing=True)
+            outputs = self.network.outputs[0]  # (Sequential models have no .output before they are called)
+            if self.domain is not None:
+                outputs = [self.network.get_layer("prediction").input, outputs]
+            scorer = keras.Model(self.network.inputs, outputs)
+            self.forward = tf.function(lambda images: scorer(images, training=False), reduce_retracing=True)
+        else:
+            self.domain = None  # an export computes the probabilities only
 
     @property
     def class_names(self) -> list:
@@ -61,54 +81,78 @@ class Classifier:
     def decode(self, encoded: bytes) -> np.ndarray:
         return self.preprocessing.decode(tf.constant(encoded)).numpy()
 
-    def probabilities(self, batch: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """(n, size, size, 3) images in [0, 1] -> (n, num_classes) probabilities."""
-        outputs = []
+    def scores(self, batch: np.ndarray, batch_size: int = 64) -> tuple:
+        """(n, size, size, 3) images in [0, 1] -> ((n, num_classes) probabilities, (n, dim) features that the
+        output layer reads, or None where the domain is unknown)."""
+        outputs, features = [], []
         for start in range(0, len(batch), batch_size):
             chunk = np.asarray(batch[start:start + batch_size], dtype=np.float32)
-            outputs.append(np.asarray(self.forward(chunk), dtype=np.float64))
+            result = self.forward(chunk)
+            if self.domain is not None:
+                features.append(np.asarray(result[0], np.float64))
+                result = result[1]
+            outputs.append(np.asarray(result, dtype=np.float64))
         out = np.concatenate(outputs) if outputs else np.zeros((0, 1 if self.record.binary else
                                                                     self.record.num_classes))
-        return metrics.class_probabilities(out)
+        return metrics.class_probabilities(out), (np.concatenate(features) if features else None)
 
-    def label(self, probabilities: np.ndarray) -> Prediction:
-        """One row of probabilities -> the predicted label, using the record's threshold for two classes."""
+    def probabilities(self, batch: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        return self.scores(batch, batch_size)[0]
+
+    @property
+    def unsure_band(self) -> float:
+        return self.record.calibration.get("unsure_band", marks.UNSURE_BAND)
+
+    def label(self, probabilities: np.ndarray, features: np.ndarray = None) -> Prediction:
+        """One row of probabilities (and its features) -> the predicted label with its marks."""
         names = self.class_names
-        if self.record.binary:
-            index = int(probabilities[1] >= self.record.threshold)
-        else:
-            index = int(np.argmax(probabilities))
+        threshold = self.record.threshold if self.record.binary else 0.5
+        index = int(metrics.predicted_labels(probabilities[None], threshold)[0])
+        unsure = ""
+        if marks.unsure(probabilities[None], threshold, self.unsure_band)[0]:
+            unsure = marks.unsure_reason(probabilities, names, threshold)
+        fits_no_class = ""
+        if features is not None:
+            (distance,), (far,) = self.domain.far(features[None])
+            fits_no_class = marks.far_reason(distance, self.domain) if far else ""
         return Prediction(names[index], float(probabilities[index]),
-                          {name: float(p) for name, p in zip(names, probabilities)})
+                          {name: float(p) for name, p in zip(names, probabilities)}, unsure, fits_no_class)
 
     def predict(self, batch: np.ndarray) -> list:
-        return [self.label(row) for row in self.probabilities(batch)]
+        probabilities, features = self.scores(batch)
+        return [self.label(row, None if features is None else features[i]) for i, row in enumerate(probabilities)]
 
 
 class ServingSignature:
     """An exported model's serving signature, called like a Keras model: one image batch in, one batch out.
 
     SavedModel (TF Serving's format) and TFLite both name their inputs and outputs; a happysad model has one
-    of each whatever its architecture, so the names are read from the signature rather than assumed.
+    of each whatever its architecture, so the names are read from the signature rather than assumed. An
+    export takes raw uint8 RGB pixels (happysad.export puts the resizing and scaling inside it): the images
+    in [0, 1] that every stage prepares are turned back into the pixel values they were scaled from.
     A TFLite interpreter is not thread-safe: callers that share one across threads serialize the calls.
     """
 
-    def __init__(self, signature, input_name: str, output_name: str, owner=None):
+    def __init__(self, signature, input_name: str, output_name: str, input_dtype, owner=None):
         self.signature = signature
         self.input_name = input_name
         self.output_name = output_name
+        self.input_dtype = np.dtype(input_dtype)
         self.owner = owner  # a SavedModel's variables live only as long as the object it was loaded into
 
     def __call__(self, batch, training=False):
-        return self.signature(**{self.input_name: np.asarray(batch, np.float32)})[self.output_name]
+        batch = np.asarray(batch, np.float32)
+        if self.input_dtype == np.uint8:
+            batch = np.clip(np.round(batch * 255.0), 0, 255).astype(np.uint8)
+        return self.signature(**{self.input_name: batch})[self.output_name]
 
 
 def load_saved_model(path) -> ServingSignature:
     loaded = tf.saved_model.load(str(path))
     signature = loaded.signatures["serving_default"]
-    (input_name,) = signature.structured_input_signature[1]
+    ((input_name, spec),) = signature.structured_input_signature[1].items()
     (output_name,) = signature.structured_outputs
-    return ServingSignature(signature, input_name, output_name, owner=loaded)
+    return ServingSignature(signature, input_name, output_name, spec.dtype.as_numpy_dtype, owner=loaded)
 
 
 def load_tflite(path) -> ServingSignature:
@@ -118,7 +162,9 @@ def load_tflite(path) -> ServingSignature:
     interpreter = Interpreter(model_path=str(path))
     ((key, names),) = interpreter.get_signature_list().items()
     (input_name,), (output_name,) = names["inputs"], names["outputs"]
-    return ServingSignature(interpreter.get_signature_runner(key), input_name, output_name, owner=interpreter)
+    runner = interpreter.get_signature_runner(key)
+    input_dtype = runner.get_input_details()[input_name]["dtype"]
+    return ServingSignature(runner, input_name, output_name, input_dtype, owner=interpreter)
 
 
 def load_network(model_path):

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from happysad import metrics
+from happysad import calibration, metrics
 from happysad.runtime import deferred
 
 linear_model = deferred("sklearn.linear_model", after_tensorflow=False)
@@ -34,12 +34,14 @@ PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 @dataclass(frozen=True)
 class Choice:
-    """What the data chose: the feature set (a backbone, or several joined with '+'), the penalty C, and the
-    threshold on the second class's probability (two classes; 0.5 = arg-max otherwise)."""
+    """What the data chose: the feature set (a backbone, or several joined with '+'), the penalty C, the
+    calibration of the head's logits, and the threshold on the second class's calibrated probability (two
+    classes; 0.5, where the classes' probabilities meet, unless one was given)."""
 
     features: str
     penalty: float
     threshold: float
+    scaling: calibration.Scaling = calibration.IDENTITY
 
 
 @dataclass
@@ -47,7 +49,8 @@ class Measurement:
     """Out-of-fold results: each image's probabilities and label come from the outer fold that held it out,
     with the choices that fold's inner cross-validation made."""
 
-    probabilities: np.ndarray  # (images, classes)
+    probabilities: np.ndarray  # (images, classes), calibrated inside each outer fold
+    uncalibrated: np.ndarray  # (images, classes), the same heads before calibration
     predicted: np.ndarray  # (images,) labels, each with its own fold's threshold
     folds: np.ndarray  # (images,) the outer fold of each image
     fold_choices: list  # Choice per outer fold
@@ -59,6 +62,8 @@ class Measurement:
         summary = metrics.summarize(labels, self.probabilities, class_names, self.final.threshold,
                                     predicted=self.predicted)
         return {**summary, "folds": int(self.folds.max()) + 1,
+                "calibration_error": calibration.expected_calibration_error(labels, self.probabilities),
+                "calibration_error_before": calibration.expected_calibration_error(labels, self.uncalibrated),
                 "fold_choices": [asdict(choice) for choice in self.fold_choices],
                 "choice": asdict(self.final),
                 "candidates": [{"features": name, "penalty": penalty, "log_loss": loss}
@@ -86,13 +91,10 @@ def log_loss(labels, probabilities) -> float:
     return float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
 
 
-def choose_threshold(setting, labels, probabilities) -> float:
-    """--threshold: the number given, or (auto, two classes) the one with the best balanced accuracy."""
-    if probabilities.shape[1] != 2:
-        return 0.5
-    if setting != "auto":
-        return float(setting)
-    return metrics.best_threshold(metrics.threshold_sweep(labels, probabilities[:, 1]), "balanced_accuracy")
+def decision_threshold(setting, num_classes: int) -> float:
+    """--threshold: the number given (two classes), or auto: 0.5 on calibrated probabilities, where the label
+    is the class the probability favours."""
+    return float(setting) if setting != "auto" and num_classes == 2 else 0.5
 
 
 def in_row_space(vectors) -> np.ndarray:
@@ -142,7 +144,8 @@ def cross_validate(feature_sets: dict, labels, folds, penalties=PENALTIES, thres
 
     def choose(outer):
         """The choice made without outer fold `outer` (None: on every image): the setting of lowest
-        cross-validated log loss over the other folds, and the threshold on its out-of-fold probabilities."""
+        cross-validated log loss over the other folds, and the calibration fitted to its out-of-fold
+        probabilities there."""
         inner = [k for k in range(n_folds) if k != outer]
         scored = {}
         for setting in settings:
@@ -154,17 +157,20 @@ def cross_validate(feature_sets: dict, labels, folds, penalties=PENALTIES, thres
             scored[setting] = (log_loss(labels[rows], probabilities[rows]), probabilities[rows], labels[rows])
         setting = min(settings, key=lambda s: scored[s][0])
         _, probabilities, seen = scored[setting]
-        choice = Choice(setting[0], float(setting[1]), choose_threshold(threshold, seen, probabilities))
+        choice = Choice(setting[0], float(setting[1]), decision_threshold(threshold, n_classes),
+                        calibration.fit(probabilities, seen))
         return choice, {s: value[0] for s, value in scored.items()}
 
     out_of_fold = np.zeros((len(labels), n_classes))
+    uncalibrated = np.zeros((len(labels), n_classes))
     predicted = np.zeros(len(labels), int)
     fold_choices = []
     for k in range(n_folds):
         choice, _ = choose(k)
         rows = folds == k
-        out_of_fold[rows] = predictions[(choice.features, choice.penalty, frozenset([k]))][rows]
+        uncalibrated[rows] = predictions[(choice.features, choice.penalty, frozenset([k]))][rows]
+        out_of_fold[rows] = calibration.apply(choice.scaling, uncalibrated[rows])
         predicted[rows] = metrics.predicted_labels(out_of_fold[rows], choice.threshold)
         fold_choices.append(choice)
     final, scores = choose(None)
-    return Measurement(out_of_fold, predicted, folds, fold_choices, final, scores)
+    return Measurement(out_of_fold, uncalibrated, predicted, folds, fold_choices, final, scores)

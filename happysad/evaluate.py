@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import classifier, data, metrics, record, reports, summaries
+from happysad import calibration, classifier, data, marks, metrics, record, reports, summaries
 from happysad.runtime import enable_memory_growth, tf
 
 
@@ -82,6 +82,7 @@ class Scores:
     probabilities: np.ndarray
     skipped: list
     mistakes: list
+    far: np.ndarray = None  # (images,) marked "fits no class", where the model's record knows its domain
 
 
 def partition_target(model_record: record.Record, partition: str) -> Target:
@@ -162,11 +163,13 @@ def score(model: classifier.Classifier, files: data.Files, batch_size: int, keep
                           num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
     labels_all = np.asarray(files.labels, dtype=int)
-    kept, probabilities, mistakes = [], [], []
+    kept, probabilities, far, mistakes = [], [], [], []
     progress = Progress(len(files))
     for pixels, indices in dataset:
         pixels, indices = pixels.numpy(), indices.numpy()
-        batch = model.probabilities(pixels, batch_size)
+        batch, vectors = model.scores(pixels, batch_size)
+        if vectors is not None:
+            far.append(model.domain.far(vectors)[1])
         kept.extend(indices.tolist())
         probabilities.append(batch)
         labels = labels_all[indices]
@@ -184,7 +187,7 @@ def score(model: classifier.Classifier, files: data.Files, batch_size: int, keep
     num_columns = model.record.num_classes
     return Scores([files.paths[i] for i in kept], labels_all[kept],
                   np.concatenate(probabilities) if probabilities else np.zeros((0, num_columns)),
-                  skipped, mistakes)
+                  skipped, mistakes, np.concatenate(far) if far else None)
 
 
 def store_threshold(model_path, model: classifier.Classifier, setting: str, batch_size: int) -> dict:
@@ -210,12 +213,46 @@ def store_threshold(model_path, model: classifier.Classifier, setting: str, batc
     return how
 
 
+def uncalibrated(scores: Scores, model: classifier.Classifier):
+    """What the model said before the calibration written into it (None where its record has none)."""
+    if not model.record.calibration:
+        return None
+    return calibration.undo(calibration.Scaling(model.record.calibration["scale"], model.record.calibration["shift"]),
+                            scores.probabilities)
+
+
+def calibration_errors(scores: Scores, model: classifier.Classifier) -> dict:
+    before = uncalibrated(scores, model)
+    return {"calibration_error": calibration.expected_calibration_error(scores.labels, scores.probabilities),
+            "calibration_error_before": None if before is None else
+            calibration.expected_calibration_error(scores.labels, before)}
+
+
+def marked_shares(scores: Scores, model: classifier.Classifier) -> dict:
+    """How many scored images carry each mark, and how often the unsure and the other ones were right."""
+    right = metrics.predicted_labels(scores.probabilities, model.record.threshold) == scores.labels
+    unsure = marks.unsure(scores.probabilities, model.record.threshold, model.unsure_band)
+    shares = {"unsure": int(unsure.sum()),
+              "accuracy_unsure": float(right[unsure].mean()) if unsure.any() else None,
+              "accuracy_sure": float(right[~unsure].mean()) if (~unsure).any() else None,
+              "fits_no_class": None}
+    if scores.far is not None:
+        shares["fits_no_class"] = int(scores.far.sum())
+    return shares
+
+
 def build_figures(target_name: str, scores: Scores, model: classifier.Classifier, summary: dict,
                   sweep: list, history: dict) -> dict:
     """The report's pictures by name, as matplotlib figures."""
     names = model.class_names
     figures = {"confusion_matrix": reports.confusion_matrix_figure(
         summary["confusion_matrix"], names, f"{target_name}: {summary['count']} images")}
+    if summary["count"]:
+        before = uncalibrated(scores, model)
+        figures["reliability"] = reports.reliability_figure(
+            None if before is None else calibration.reliability(scores.labels, before),
+            calibration.reliability(scores.labels, scores.probabilities),
+            (summary["calibration_error_before"], summary["calibration_error"]))
     if model.record.binary and summary["count"]:
         positive = names[1]
         is_positive = (scores.labels == 1).astype(int)
@@ -260,6 +297,8 @@ def evaluate(args) -> dict:
         raise EvaluateError(f"none of the {len(target.files)} images in {target.name} could be decoded "
                             f"(e.g. {skipped[0][0]}: {skipped[0][1]})")
     summary = metrics.summarize(scores.labels, scores.probabilities, model.class_names, model.record.threshold)
+    summary.update(calibration_errors(scores, model))
+    summary.update(marked_shares(scores, model))
     sweep = metrics.threshold_sweep(scores.labels, scores.probabilities[:, 1]) if model.record.binary else []
     history = model.record.history
     pictures = {name: reports.png_bytes(figure)
@@ -315,7 +354,10 @@ def metric_rows(report: dict) -> list:
 
 def headline(report: dict) -> str:
     summary = report["metrics"]
-    parts = [f"accuracy {summary['accuracy']:.3f}", f"log loss {summary['log_loss']:.3f}"]
+    parts = [f"accuracy {summary['accuracy']:.3f}", f"log loss {summary['log_loss']:.3f}",
+             f"calibration error {summary['calibration_error']:.3f}"
+             + (f" (uncalibrated {summary['calibration_error_before']:.3f})"
+                if summary.get("calibration_error_before") is not None else "")]
     for key, label in (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC")):
         if summary.get(key) is not None:
             parts.append(f"{label} {summary[key]:.3f}")
@@ -341,6 +383,13 @@ def write_page(path, report: dict, pictures: dict) -> None:
         ("Confusion matrix (rows: true class, columns: predicted)",
          reports.table_html(["true \\ predicted", *names], [(n, *row) for n, row in zip(names, matrix)])),
     ]
+    summary = report["metrics"]
+    sections.append(("Marks", reports.table_html(["mark", "images", "of which right"], [
+        ("unsure", summary["unsure"], "–" if summary["accuracy_unsure"] is None else f"{summary['accuracy_unsure']:.3f}"),
+        ("not unsure", summary["count"] - summary["unsure"],
+         "–" if summary["accuracy_sure"] is None else f"{summary['accuracy_sure']:.3f}"),
+        ("fits no class", "unknown (no domain in the record)" if summary["fits_no_class"] is None
+         else summary["fits_no_class"], "")])))
     if report["stored_threshold"]:
         sections.append(("Stored threshold", reports.table_html(
             ["setting", "value"], list(report["stored_threshold"].items()))))
@@ -369,6 +418,11 @@ def print_table(report: dict) -> None:
     for name, p, r, f, a, s in metric_rows(report):
         print(f"{name:<{width}}  {p:9.3f}  {r:6.3f}  {f:5.3f}  {a:8.3f}  {s:6d}")
     print(headline(report))
+    summary = report["metrics"]
+    print(f"marked unsure: {summary['unsure']} of {summary['count']}" + (
+        f" ({summary['accuracy_unsure']:.0%} of them right, {summary['accuracy_sure']:.0%} of the others)"
+        if summary["accuracy_unsure"] is not None and summary["accuracy_sure"] is not None else "")
+          + ("" if summary["fits_no_class"] is None else f"; fits no class: {summary['fits_no_class']}"))
     print("confusion matrix (rows: true, columns: predicted)")
     cell = max(6, *(len(n) for n in names))
     print(" " * width + "  " + " ".join(f"{n:>{cell}}" for n in names))

@@ -8,6 +8,12 @@ Each export gets a copy of the model's record beside it (record.sidecar_path: mo
 naming the export's file and sha256, so predict and serve load it with its labels and threshold like the .h5:
 `python -m happysad.predict face.jpg --model models/happysad-tflite.tflite`.
 
+SavedModel and TFLite exports work alone: their input is raw RGB uint8 pixels (a SavedModel takes any height
+and width, a TFLite file the model's input size), and the resizing and scaling happen inside, as every stage
+of happysad prepares an image, so an app that feeds decoded pixels gets the probability predict gives. Only
+--faces, the face crop, stays outside: OpenCV's detector is not a network layer, so such an app crops first.
+The calibration is in the output layer already; the record beside the export keeps the rest (labels, marks).
+
 The model is always read back from disk with compile=False, never taken from a training session in memory:
 Keras 3's legacy .h5 saver changes a live model's compile state, and a .keras written from such a model can
 carry a half-built optimizer. An inference export needs no optimizer, so none is written, whatever order
@@ -72,6 +78,17 @@ def litert_options(quantize: str) -> dict:
     return options
 
 
+def with_pixel_input(network, image_size: int, any_size: bool) -> keras.Model:
+    """The network behind its own preprocessing: raw uint8 RGB pixels in (of any height and width where
+    `any_size`, else image_size x image_size), resized bilinearly and scaled to [0, 1] as
+    happysad.images.Preprocessing does, so an app feeding decoded pixels gets the probability predict gives."""
+    side = None if any_size else image_size
+    pixels = keras.Input((side, side, 3), dtype="uint8", name="pixels")
+    x = keras.layers.Resizing(image_size, image_size, interpolation="bilinear", name="resize")(pixels)
+    x = keras.layers.Rescaling(1 / 255, name="scale")(x)
+    return keras.Model(pixels, network(x, training=False), name=f"{network.name}_pixels")
+
+
 def write_saved_model(network, path: Path) -> None:
     """Like network.export(format="tf_saved_model"), but in inference mode: Keras 3.15's export traces
     network.__call__ without training=False, which leaves augmentation layers (RandomFlip...) switched on."""
@@ -83,13 +100,16 @@ def write_saved_model(network, path: Path) -> None:
     archive.write_out(str(path), verbose=False)
 
 
-def write(network, fmt: str, quantize: str, path: Path) -> None:
+def write(network, fmt: str, quantize: str, path: Path, image_size: int) -> None:
+    """.keras: the Keras network itself, for Keras users (images prepared as the record says). SavedModel:
+    raw pixels of any size. TFLite: raw pixels at the model's input size (one fixed shape per interpreter)."""
     if fmt == "keras":
         network.save(path)
     elif fmt == "savedmodel":
-        write_saved_model(network, path)
+        write_saved_model(with_pixel_input(network, image_size, any_size=True), path)
     else:
-        network.export(str(path), format="litert", verbose=False, **litert_options(quantize))
+        with_pixel_input(network, image_size, any_size=False).export(str(path), format="litert", verbose=False,
+                                                                   **litert_options(quantize))
 
 
 def sha256(path: Path) -> str:
@@ -108,7 +128,8 @@ def size_bytes(path: Path) -> int:
 
 def compare(network, exported: Path, image_size: int) -> float:
     """Largest probability difference between the source network and the export loaded back from disk."""
-    probe = np.random.default_rng(0).random((PROBE_IMAGES, image_size, image_size, 3), dtype=np.float32)
+    pixels = np.random.default_rng(0).integers(0, 256, (PROBE_IMAGES, image_size, image_size, 3))
+    probe = (pixels / 255.0).astype(np.float32)  # what the pixels become in every stage (and in the export)
     expected = np.asarray(network(probe, training=False), np.float64)
     got = np.asarray(classifier.load_network(exported)(probe, training=False), np.float64)
     if got.shape != expected.shape or not np.all(np.isfinite(got)):
@@ -152,7 +173,7 @@ def export(model_path, fmt: str, quantize: str = "none", out=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name.split('.')[0]}.tmp-{os.getpid()}{SUFFIXES[fmt]}")
     try:
-        write(model.network, fmt, quantize, tmp)
+        write(model.network, fmt, quantize, tmp, model.preprocessing.image_size)
         difference = compare(model.network, tmp, model.preprocessing.image_size)
         if quantize == "none" and difference > MAX_FLOAT_DIFFERENCE:
             raise ExportError(f"the {fmt} export differs from {model_path} by {difference:.2g} in probability "
@@ -175,6 +196,9 @@ def main(argv=None) -> None:
     except (ExportError, classifier.ModelError) as error:
         sys.exit(f"happysad.export: error: {error}")
     out = result["out"]
+    if result["record"].preprocessing.faces and args.format != "keras":
+        print("note: this model was trained on face crops (--faces): the export resizes and scales pixels, and "
+              "the app crops each picture to its face first")
     print(f"saved {out} ({size_bytes(out) / 1e6:.2f} MB) and {record.sidecar_path(out)}; largest probability "
           f"difference from {args.model} on {PROBE_IMAGES} probe images: {result['difference']:.1e}")
 

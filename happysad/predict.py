@@ -90,7 +90,7 @@ def main(argv=None) -> None:
             print(f"{path}: " + ", ".join(f"{entry['name']} {entry['probability']:.2f}" for entry in top))
         else:
             print(f"{path}: {names.get(prediction.label, prediction.label)} (p={prediction.probability:.2f}"
-                  f"{threshold_note(model, prediction, names)})")
+                  f"{threshold_note(model, prediction, names)})" + "".join(f"  [{note}]" for note in prediction.notes))
     for path, reason in failed:
         print(f"happysad.predict: error: {path}: {reason}", file=sys.stderr)
     if failed:

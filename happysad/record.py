@@ -16,8 +16,10 @@ from happysad import files
 from happysad.images import Preprocessing
 
 # 2: near_copies and the per-epoch history. 3: `preprocessing` holds every setting (image_size and faces, the
-# first at the top level before). Older records read as they are: missing fields empty, settings moved in.
-FORMAT_VERSION = 3
+# first at the top level before). 4: `calibration`, the scaling written into the output layer (already in the
+# network: kept to undo it for reports), and `domain`, what "fits no class" is measured by. Older records read
+# as they are: missing fields empty, settings moved in.
+FORMAT_VERSION = 4
 
 
 class RecordError(Exception):
@@ -29,6 +31,8 @@ class Record:
     class_names: list
     preprocessing: Preprocessing
     threshold: float = 0.5
+    calibration: dict = field(default_factory=dict)  # calibration.Scaling's fields and what it was fitted on
+    domain: dict = field(default_factory=dict)  # domain.Domain's fields: class centres and the distance limit
     seed: int = 1337
     data_dir: str = ""
     split: dict = field(default_factory=dict)

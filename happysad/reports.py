@@ -106,6 +106,29 @@ def threshold_figure(sweep: list, positive: str, threshold: float) -> Figure:
     return figure
 
 
+def reliability_figure(before: list, after: list, errors: tuple) -> Figure:
+    """The share right against the mean confidence per bin (calibration.reliability), before and after the
+    calibration: on the diagonal, a probability means what it says."""
+    figure = matplotlib_figure.Figure(figsize=(5, 4.5))
+    axis = figure.subplots()
+    axis.plot([0, 1], [0, 1], linestyle=":", color="grey", label="perfectly calibrated")
+    for rows, name, error, style in ((before, "uncalibrated", errors[0], "o--"), (after, "calibrated", errors[1], "s-")):
+        if rows is None:
+            continue
+        kept = [row for row in rows if row["count"]]
+        axis.plot([row["confidence"] for row in kept], [row["accuracy"] for row in kept], style,
+                  label=f"{name} (ECE {error:.3f})")
+    low = min(row["low"] for row in after)
+    axis.set_xlim(low - 0.02, 1.01)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("confidence (highest probability)")
+    axis.set_ylabel("share right")
+    axis.set_title("reliability diagram")
+    axis.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
 def image_grid_figure(pixels, titles, colors=None, columns: int = 4, title: str = "") -> Figure:
     """Images in [0, 1] with a (possibly multi-line) caption under each, `columns` per row."""
     count = len(pixels)

@@ -15,23 +15,15 @@ Two kinds of finding, each image at most one:
 
     wrong folder   the out-of-fold prediction names another class: suggested = its arg-max, confidence = that
                    probability; listed most confident first
-    fits no class  a near-chance prediction (the highest probability within CHANCE_MARGIN of 1/classes), or a
-                   picture far from every class: the cosine distance of its features to the nearest class
-                   centroid (centroids of the other folds' images) has a robust z-score (median and median
-                   absolute deviation over all images, so the outliers cannot hide themselves by widening the
-                   spread) above --outlier-z, 3.5 as usual for that score, and is at least FAR_RATIO times the
-                   median. Listed farthest first. It takes precedence: a suggestion for a picture that looks like
-                   no class means nothing
-
-Why centroids: a class is what its pictures have in common, and a centroid per class costs nothing next to the
-heads. On happysad-web (865 web photos, MobileNet features) the rule flags 17 pictures (2 %): grids of dozens
-of faces, text banners ("SAD SONGS FOR SAD PEOPLE", ":( sadface"), wallpapers of tiny emoji; none of them shows
-one face with one expression.
+    fits no class  an unsure prediction, or a picture far from every class, by the rules predict and serve
+                   mark them with (happysad.marks), on the out-of-fold probabilities and the distances to the
+                   class centres of the other folds: --unsure-band and --outlier-z set them. Listed farthest
+                   first. It takes precedence: a suggestion for a picture that looks like no class means nothing
 
 Nothing moves unless asked. --move-to-suggested moves the wrong-folder images with confidence of at least
 --min-confidence into the suggested class folder; --quarantine moves them (unless --move-to-suggested took them)
 and every image far from every class into DATA_DIR/.quarantine/review-suspect/ or review-no-class/ (a
-near-chance prediction is listed, never moved: it is a doubt, not a finding). Both write a line to
+unsure prediction is listed, never moved: it is a doubt, not a finding). Both write a line to
 happysad.clean's manifest before each move, so `python -m happysad.clean DATA_DIR --restore` puts every file
 back, and never overwrite a file. A move to another class is recorded with the reason "review-relabel".
 """
@@ -49,16 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import cache, clean, crossval, data, features, images, model as models, near_copies, reports
+from happysad import cache, clean, crossval, data, features, images, marks, model as models, near_copies, reports
 from happysad.files import sha256_each
 from happysad.runtime import enable_memory_growth, tf
 
-# A prediction this close to 1/classes (as a share of the way from 1/classes to 1) is near chance: 0.525 for
-# two classes, 0.37 for three. Such an image is as much one class as the other.
-CHANCE_MARGIN = 0.05
-# A distance counts as far only when it is also this many times the median: where nearly all pictures are
-# alike (a folder of near copies), the spread is tiny and a robust z-score alone would flag any difference.
-FAR_RATIO = 1.5
 THUMBNAIL = 160  # pixels of the longer side of a thumbnail on the page and the contact sheet
 KINDS = {"wrong-folder": "probably in the wrong folder", "no-class": "fits no class"}
 ORDER = {"wrong-folder": "most confident first", "no-class": "farthest first"}
@@ -72,7 +58,7 @@ class Suspect:
     suggested: int  # the out-of-fold arg-max
     confidence: float  # its probability
     why: str
-    far: bool = False  # no-class: far from every class (not only near chance); --quarantine moves these
+    far: bool = False  # no-class: far from every class (not only unsure); --quarantine moves these
 
 
 @dataclass
@@ -99,9 +85,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                              f"{cache.DEFAULT_CACHE_DIR}), disk:PATH, or memory / none (this run only)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--seed", type=int, default=1337, help="same seed and data: same folds and heads")
-    parser.add_argument("--outlier-z", type=float, default=3.5,
+    parser.add_argument("--outlier-z", type=float, default=marks.FAR_Z,
                         help="an image whose distance to every class has a robust z-score above this fits no "
                              "class (default 3.5)")
+    parser.add_argument("--unsure-band", type=float, default=marks.UNSURE_BAND,
+                        help="an image whose two highest out-of-fold probabilities lie within this of each other "
+                             f"is listed as unsure, as predict marks it (default {marks.UNSURE_BAND})")
     parser.add_argument("--min-confidence", type=float, default=0.9,
                         help="--move-to-suggested and --quarantine act on wrong-folder suspects at least this "
                              "confident (default 0.9)")
@@ -134,48 +123,32 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # -- folds and scores: pure functions of a feature matrix ------------------------------------------------------
 
-def centroid_distances(train_x, train_y, test_x, n_classes: int) -> np.ndarray:
-    """Cosine distance of each test vector to the nearest class centroid of the training vectors."""
-    unit = crossval.unit
-    centroids = unit(np.stack([unit(train_x[train_y == c]).mean(axis=0) for c in range(n_classes)]))
-    return 1.0 - (unit(test_x) @ centroids.T).max(axis=1)
-
-
-def robust_z(values: np.ndarray) -> np.ndarray:
-    """(value - median) / (1.4826 * median absolute deviation): a z-score that the outliers cannot inflate."""
-    median = np.median(values)
-    spread = 1.4826 * np.median(np.abs(values - median))
-    return (values - median) / max(spread, 1e-12)
-
-
 def rank(vectors, labels, groups, n_classes: int, n_folds: int = 5, seed: int = 1337,
-         outlier_z: float = 3.5) -> Ranking:
+         outlier_z: float = marks.FAR_Z, band: float = marks.UNSURE_BAND) -> Ranking:
     """Score every image out of fold and pick the suspects, from features alone (see the module docstring)."""
     vectors = np.asarray(vectors, np.float32)
     labels = np.asarray(labels, dtype=int)
     folds = data.make_folds(labels, groups, n_folds, seed)
     measurement = crossval.cross_validate({"features": crossval.unit(vectors)}, labels, folds)
-    distances = np.zeros(len(labels))
-    for fold in range(n_folds):
-        held_out = folds == fold
-        distances[held_out] = centroid_distances(vectors[~held_out], labels[~held_out], vectors[held_out], n_classes)
-    ranking = Ranking(measurement.probabilities, distances, robust_z(distances), folds)
-    ranking.suspects = find_suspects(ranking, labels, outlier_z)
+    distances = marks.out_of_fold_distances(vectors, labels, folds, n_classes)
+    domain = marks.fit_domain(marks.class_centres(vectors, labels, n_classes), distances, outlier_z)
+    ranking = Ranking(measurement.probabilities, distances,
+                      marks.robust_z(distances, domain.median, domain.spread), folds)
+    ranking.suspects = find_suspects(ranking, labels, domain.limit, band)
     return ranking
 
 
-def find_suspects(ranking: Ranking, labels, outlier_z: float) -> list:
+def find_suspects(ranking: Ranking, labels, far_limit: float, band: float = marks.UNSURE_BAND) -> list:
     """Wrong-folder suspects, most confident first, then fits-no-class ones, farthest first."""
-    n_classes = ranking.probabilities.shape[1]
     suggested = ranking.probabilities.argmax(axis=1)
     confidence = ranking.probabilities.max(axis=1)
-    near_chance = confidence < 1 / n_classes + CHANCE_MARGIN * (1 - 1 / n_classes)
-    far = (ranking.outlier_z > outlier_z) & (ranking.distances > FAR_RATIO * np.median(ranking.distances))
+    unsure = marks.unsure(ranking.probabilities, 0.5, band)
+    far = ranking.distances > far_limit
     wrong, lost = [], []
     for i in range(len(labels)):
-        if far[i] or near_chance[i]:
+        if far[i] or unsure[i]:
             why = (f"far from every class (distance z {ranking.outlier_z[i]:.1f})" if far[i]
-                   else f"near chance (highest probability {confidence[i]:.2f})")
+                   else f"unsure (highest probability {confidence[i]:.2f})")
             lost.append(Suspect(i, "no-class", int(suggested[i]), float(confidence[i]), why, bool(far[i])))
         elif suggested[i] != labels[i]:
             wrong.append(Suspect(i, "wrong-folder", int(suggested[i]), float(confidence[i]),
@@ -292,7 +265,7 @@ def move_to_class(data_dir: Path, row: dict, sha256: str, manifest) -> str:
 def act(data_dir: Path, rows: list, digests: list, args) -> list:
     """Carry out --move-to-suggested and --quarantine; [(path, where it went)] in the order done."""
     moves = []
-    # A near-chance prediction is a doubt, not a finding: only pictures far from every class, and wrong-folder
+    # An unsure prediction is a doubt, not a finding: only pictures far from every class, and wrong-folder
     # suspects the model is sure of, are moved.
     chosen = [row for row in rows
               if (row["far"] if row["kind"] == "no-class" else row["confidence"] >= args.min_confidence)]
@@ -330,7 +303,8 @@ def review(args) -> dict:
     groups = data.near_copy_groups(files, cache.array_store(args.cache, near_copies.FAMILY, near_copies.VERSION),
                                    digests)
     seconds["near_copies"], mark = time.perf_counter() - mark, time.perf_counter()
-    ranking = rank(vectors, labels, groups, len(class_names), args.folds, args.seed, args.outlier_z)
+    ranking = rank(vectors, labels, groups, len(class_names), args.folds, args.seed, args.outlier_z,
+                   args.unsure_band)
     seconds["cross_validation"] = time.perf_counter() - mark
     accuracy = float(np.mean(ranking.probabilities.argmax(axis=1) == labels))
     print(f"cross-validation: {args.folds} folds, each group of near copies in one ({seconds['near_copies']:.1f} s "
@@ -357,7 +331,7 @@ def review(args) -> dict:
     report = {
         "data_dir": str(args.data_dir), "classes": class_names, "out_of_fold_accuracy": accuracy,
         "settings": {name: getattr(args, name) for name in (
-            "arch", "weights", "image_size", "folds", "seed", "outlier_z", "min_confidence")} | {"chance_margin": CHANCE_MARGIN, "far_ratio": FAR_RATIO},
+            "arch", "weights", "image_size", "folds", "seed", "outlier_z", "unsure_band", "min_confidence")} | {"far_ratio": marks.FAR_RATIO},
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
         "images": [{"path": relative[i], "folder": class_names[labels[i]], "fold": int(ranking.folds[i]),
                     "group": int(groups[i]),

@@ -3,6 +3,7 @@
     python -m happysad.sample data                  # data/happy, data/sad: 60 faces each at 128 px
     python -m happysad.sample data --broken         # plus one file of each kind happysad.clean must handle
     python -m happysad.sample /tmp/faces --classes happy sad neutral --per-class 200
+    python -m happysad.sample /tmp/unlike --unlike 20 --size 256   # pictures that fit no class
 
 A fresh clone can run clean -> train -> predict on it without downloading photos. Everything about a face
 varies except its expression (shape, skin tone, position, size, rotation, background, eyes, noise, JPEG
@@ -167,6 +168,57 @@ def write_faces(out_dir, per_class: int = 60, size: int = 128, seed: int = 0, cl
     return written
 
 
+UNLIKE_KINDS = ("text", "noise", "flat", "objects")
+WORDS = ("invoice", "total", "meeting", "the", "quarterly", "report", "page", "section", "terms", "notes",
+         "chapter", "lorem", "ipsum", "data", "table", "figure", "summary", "account", "date", "signature")
+
+
+def draw_unlike(rng: np.random.Generator, kind: str, size: int) -> np.ndarray:
+    """A picture with no face, of one of UNLIKE_KINDS, as BGR uint8: a page of printed text, pixel noise, one
+    flat colour, or a few solid shapes (boxes, balls, bars) on a plain ground."""
+    if kind == "noise":
+        coarse = rng.integers(1, 4)
+        small = rng.uniform(0, 255, (size // coarse, size // coarse, 3)).astype(np.float32)
+        return cv2.resize(small, (size, size), interpolation=cv2.INTER_NEAREST).astype(np.uint8)
+    if kind == "flat":
+        return np.broadcast_to(rng.integers(0, 256, 3).astype(np.uint8), (size, size, 3)).copy()
+    image = np.full((size, size, 3), rng.integers(200, 256), np.uint8)
+    if kind == "text":
+        scale = size / 400 * rng.uniform(0.6, 1.0)
+        line = int(size * rng.uniform(0.05, 0.08))
+        for y in range(line, size - line // 2, line):
+            words = " ".join(rng.choice(WORDS, rng.integers(4, 9)))
+            cv2.putText(image, words, (int(size * 0.04), y), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                        tuple(int(v) for v in rng.integers(0, 60, 3)), max(1, int(scale * 1.5)), cv2.LINE_AA)
+        return image
+    for _ in range(rng.integers(1, 4)):  # objects
+        colour = tuple(int(v) for v in rng.integers(0, 200, 3))
+        x, y = (int(v) for v in rng.integers(size // 8, 7 * size // 8, 2))
+        extent = int(size * rng.uniform(0.1, 0.3))
+        shape = rng.integers(3)
+        if shape == 0:
+            cv2.rectangle(image, (x - extent, y - extent // 2), (x + extent, y + extent // 2), colour, -1)
+        elif shape == 1:
+            cv2.circle(image, (x, y), extent, colour, -1, cv2.LINE_AA)
+        else:
+            cv2.line(image, (x - extent, y - extent), (x + extent, y + extent), colour, max(2, extent // 4))
+    return image
+
+
+def write_unlike(out_dir, per_kind: int = 10, size: int = 128, seed: int = 0) -> list:
+    """Write `per_kind` pictures of each of UNLIKE_KINDS to out_dir/<kind>_NNN.jpg: what "fits no class"
+    should mark. Returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind in UNLIKE_KINDS:
+        for index in range(per_kind):
+            path = out_dir / f"{kind}_{index:03d}.jpg"
+            path.write_bytes(encode_jpeg(draw_unlike(face_rng(seed, kind, index), kind, size), 92))
+            written.append(path)
+    return written
+
+
 def jpeg_segment(marker: int, payload: bytes) -> bytes:
     """A JPEG marker segment: FF, marker, big-endian length (counting itself), payload."""
     return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
@@ -240,6 +292,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="the same seed gives the same files (default 0)")
     parser.add_argument("--classes", nargs="+", default=list(CLASSES),
                         help="class folder names (default: happy sad); neutral gets a flat mouth")
+    parser.add_argument("--unlike", type=int, metavar="N",
+                        help="instead of faces, write N pictures of each kind that fits no class (printed text, "
+                             "noise, flat colours, objects) straight into OUT_DIR")
     parser.add_argument("--broken", action="store_true",
                         help="also write one broken or tricky file of each kind happysad.clean handles")
     args = parser.parse_args(argv)
@@ -259,6 +314,10 @@ def main(argv=None):
         if folder.is_dir() and any(folder.iterdir()):
             parser.error(f"{folder} is not empty; choose a new OUT_DIR so no file is overwritten")
 
+    if args.unlike:
+        paths = write_unlike(args.out_dir, args.unlike, args.size, args.seed)
+        print(f"wrote {len(paths)} pictures unlike any face ({', '.join(UNLIKE_KINDS)}) to {args.out_dir}")
+        return
     written = write_faces(args.out_dir, args.per_class, args.size, args.seed, tuple(args.classes))
     total = sum(len(paths) for paths in written.values())
     print(f"wrote {total} faces ({args.per_class} per class, {args.size} px) to "

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import (cache, crossval, data, distribute, features, images, metrics, model as models, near_copies,
-                      record, reports, summaries)
+from happysad import (cache, calibration, crossval, data, distribute, features, images, marks, metrics,
+                      model as models, near_copies, record, reports, summaries)
 from happysad.files import sha256_each, write_atomic
 from happysad.runtime import deferred, enable_memory_growth, keras
 
@@ -30,7 +30,7 @@ callbacks = deferred("happysad.callbacks")  # defines Keras classes: imported wh
 # record keeps in fields of their own (the preprocessing settings, the seed), and those of the cross-validated
 # path, which a fit on images does not use.
 NOT_HYPERPARAMETERS = {"model", "logdir", "run_name", "cache", "fractions", "checkpoint", "image_size", "faces",
-                       "seed", "backbones", "cross_validate", "folds", "holdout"}
+                       "seed", "backbones", "cross_validate", "folds", "holdout", "unsure_band", "far_z"}
 
 
 # Options of fits on images (the CNN, fine-tuning) that a cross-validated head has no use for.
@@ -89,6 +89,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default) picks the one with the best balanced accuracy (inside each fold for a "
                              "cross-validated head, on the validation partition otherwise), so neither class "
                              "is sacrificed to the other")
+    parser.add_argument("--unsure-band", type=float, default=marks.UNSURE_BAND, metavar="B",
+                        help="predictions whose calibrated probability lies within B around the threshold (two "
+                             "classes), or whose two highest probabilities lie within B of each other, are "
+                             f"marked unsure (default {marks.UNSURE_BAND})")
+    parser.add_argument("--far-z", type=float, default=marks.FAR_Z, metavar="Z",
+                        help="a picture whose features are further from every class centre than the training "
+                             "photos' median distance plus Z robust standard deviations is marked 'fits no "
+                             f"class' (default {marks.FAR_Z})")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run of this same command that was killed, from its last finished "
                              "epoch (its backup lives beside --model until the run ends)")
@@ -162,6 +170,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.split = args.split or "0.7,0.2,0.1"
     if args.cache not in ("auto", "memory", "disk", "none") and not args.cache.startswith("disk:"):
         parser.error(f"--cache must be auto, memory, disk[:PATH] or none, got {args.cache!r}")
+    if not 0 <= args.unsure_band < 1:
+        parser.error(f"--unsure-band must be in [0, 1), got {args.unsure_band}")
+    if args.far_z <= 0:
+        parser.error(f"--far-z must be positive, got {args.far_z}")
     if args.resume and args.strategy == "multiworker":
         parser.error("--resume works on one machine (one or several GPUs), not with --strategy multiworker")
     if args.threshold != "auto":
@@ -265,30 +277,37 @@ def train_with_folds(args) -> dict:
     choice = measurement.final
     head = crossval.fit_head(feature_sets[choice.features][:len(files)], labels, choice.penalty)
     print(f"cross-validation: {args.folds} folds in {time.time() - mark:.1f} s; chosen on every photo: "
-          f"{choice.features}, C {choice.penalty:g}" + (f", threshold {choice.threshold:.2f}" if len(class_names) == 2
-                                                      else ""))
+          f"{choice.features}, C {choice.penalty:g}, {scaling_text(choice.scaling, len(class_names))}")
     print(cross_validation_line(cross_validated, class_names))
 
     # -- the saved network: the chosen backbones and the head in one Keras model ----------------------------
     network = models.build_linear(tuple(choice.features.split("+")), len(class_names), preprocessing.image_size,
                                   args.weights)
     models.set_head(network, head.coef_, head.intercept_)
+    calibration.apply_to_network(network, choice.scaling)
+    vectors = feature_sets[choice.features][:len(files)]
+    domain = marks.fit_domain(marks.class_centres(vectors, labels, len(class_names)),
+                              marks.out_of_fold_distances(vectors, labels, folds, len(class_names)), args.far_z)
     model_metrics = {"cross_validation": cross_validated, "train_seconds": time.time() - started}
     if len(test):
-        probabilities = head.predict_proba(feature_sets[choice.features][len(files):])
+        probabilities = calibration.apply(choice.scaling, head.predict_proba(feature_sets[choice.features][len(files):]))
         model_metrics["test"] = metrics.summarize(test.labels, probabilities, class_names, choice.threshold)
         print(test_line(model_metrics["test"], class_names))
 
     run_dir = run_folder(args.logdir, args.run_name)
     hyperparameters = {"data": str(args.data), "arch": args.arch, "weights": args.weights, "folds": args.folds,
                        "holdout": args.holdout, "threshold": args.threshold, "head": "logistic regression",
-                       "features": choice.features, "penalty": choice.penalty}
+                       "features": choice.features, "penalty": choice.penalty,
+                       "calibration": choice.scaling.to_record()}
     summaries.write_hyperparameters(run_dir, hyperparameters, preprocessing, args.seed)
     summaries.write_measured(run_dir, model_metrics)
     run_record = record.Record(
         class_names=class_names,
         preprocessing=preprocessing,
         threshold=choice.threshold,
+        calibration={**choice.scaling.to_record(), "fitted_on": "out-of-fold predictions",
+                     "unsure_band": args.unsure_band},
+        domain=domain.to_record(),
         seed=args.seed,
         data_dir=str(Path(args.data).resolve()),
         split={"train": data.relative(files, args.data), "validation": [], "test": data.relative(test, args.data)},
@@ -303,7 +322,7 @@ def train_with_folds(args) -> dict:
     print(f"saved {args.model} (trained on all {len(files)} photos) and {record.sidecar_path(args.model)}; run logs "
           f"in {run_dir} (tensorboard --logdir {args.logdir})")
     return {"record": run_record, "measurement": measurement, "run_dir": run_dir, "network": network, "head": head,
-            "features": feature_sets[choice.features][:len(files)]}
+            "scaling": choice.scaling, "features": feature_sets[choice.features][:len(files)]}
 
 
 def backbone_features(args, files: data.Files, preprocessing, digests: dict) -> dict:
@@ -351,7 +370,17 @@ def cross_validation_line(summary: dict, class_names) -> str:
     interval, recalls = measured_parts(summary, class_names, "saved threshold")
     return (f"cross-validated accuracy {summary['accuracy']:.3f} {interval} on all {summary['count']} photos, each "
             "scored by a model that never saw it or its near copies "
-            f"({summary['folds']} folds, choices made inside each)  {recalls}")
+            f"({summary['folds']} folds, choices made inside each)  {recalls}\n"
+            f"calibration error (ECE) of those probabilities {summary['calibration_error']:.3f} "
+            f"(uncalibrated {summary['calibration_error_before']:.3f})")
+
+
+def scaling_text(scaling: calibration.Scaling, num_classes: int) -> str:
+    if scaling == calibration.IDENTITY:
+        return "calibration: none (the held-out predictions ranked the classes no better than chance)"
+    if num_classes == 2:
+        return f"calibration: logit x {scaling.scale:.2f} {scaling.shift:+.2f}"
+    return f"calibration: temperature {1 / scaling.scale:.2f}"
 
 
 def train_on_partitions(args) -> dict:
@@ -451,8 +480,16 @@ def train_on_partitions(args) -> dict:
     def probabilities(name):
         return metrics.class_probabilities(network.predict(datasets[name], verbose=0))
 
-    threshold = crossval.choose_threshold(args.threshold, parts["validation"].labels, probabilities("validation"))
-    test_metrics = metrics.summarize(parts["test"].labels, probabilities("test"), class_names, threshold)
+    scaling = calibration.fit(probabilities("validation"), parts["validation"].labels)
+    uncalibrated = probabilities("test")
+    calibration.apply_to_network(network, scaling)
+    threshold = crossval.decision_threshold(args.threshold, len(class_names))
+    print(f"fitted on the validation partition: {scaling_text(scaling, len(class_names))}")
+    tested = probabilities("test")
+    test_metrics = {**metrics.summarize(parts["test"].labels, tested, class_names, threshold),
+                    "calibration_error": calibration.expected_calibration_error(parts["test"].labels, tested),
+                    "calibration_error_before": calibration.expected_calibration_error(parts["test"].labels,
+                                                                                       uncalibrated)}
     print(test_line(test_metrics, class_names))
     summaries.write_measured(run_dir, {"test": test_metrics}, step=len(history.history["loss"]) - 1)
     reports.plot_curves(history.history, run_dir / "curves.png")
@@ -465,6 +502,9 @@ def train_on_partitions(args) -> dict:
         class_names=class_names,
         preprocessing=preprocessing,
         threshold=threshold,
+        calibration={**scaling.to_record(), "fitted_on": "validation partition", "unsure_band": args.unsure_band},
+        domain=partition_domain(network, parts, preprocessing, args.batch_size, len(class_names),
+                                args.far_z).to_record(),
         seed=args.seed,
         data_dir=str(Path(args.data).resolve()),
         split={name: data.relative(parts[name], args.data) for name in data.PARTITIONS},
@@ -552,6 +592,19 @@ def fine_tune(args, network, num_classes: int, setup, datasets, callbacks, class
                    callbacks=callbacks, class_weight=class_weight, initial_epoch=initial_epoch)
 
 
+def partition_domain(network, parts, preprocessing, batch_size: int, num_classes: int, far_z: float) -> marks.Domain:
+    """The class centres of the training images' features (what the output layer reads), and the distance
+    limit from the validation images, which the network never trained on."""
+    reader = keras.Model(network.inputs, network.get_layer("prediction").input)
+
+    def vectors(name):
+        dataset = data.make_dataset(parts[name], preprocessing, batch_size, binary=models.is_binary(num_classes))
+        return reader.predict(dataset, verbose=0)
+
+    centres = marks.class_centres(vectors("train"), parts["train"].labels, num_classes)
+    return marks.fit_domain(centres, marks.distances(vectors("validation"), centres), far_z)
+
+
 def saved_epoch(history: dict, args, stage_start: int) -> int:
     """The epoch whose weights the model kept: early stopping restores the last stage's best, else the last."""
     losses = history["val_loss"][stage_start:]
@@ -570,7 +623,9 @@ def warn_if_nothing_learnt(history: dict) -> None:
 def test_line(summary: dict, class_names) -> str:
     interval, recalls = measured_parts(summary, class_names, "threshold")
     return (f"test ({summary['count']} images never used in training): accuracy {summary['accuracy']:.3f} "
-            f"{interval}  f1 {summary['f1']:.3f}  {recalls}")
+            f"{interval}  f1 {summary['f1']:.3f}  {recalls}" + (
+                f"\ncalibration error (ECE) {summary['calibration_error']:.3f} (uncalibrated "
+                f"{summary['calibration_error_before']:.3f})" if "calibration_error" in summary else ""))
 
 
 def measured_parts(summary: dict, class_names, threshold_name: str) -> tuple:

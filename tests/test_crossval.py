@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from happysad import crossval, data, metrics
+from happysad import calibration, crossval, data, metrics
 
 
 def clusters(labels, dim=16, separation=1.0, seed=0):
@@ -23,9 +23,11 @@ def test_every_image_is_scored_by_the_head_of_the_fold_that_left_it_out():
         head = crossval.fit_head(vectors[~held], labels[~held], choice.penalty)
         # Equal up to the solver's tolerance (cross-validation fits on coordinates in the span of the images);
         # a head that also saw the fold is far off.
-        np.testing.assert_allclose(measurement.probabilities[held], head.predict_proba(vectors[held]), atol=1e-4)
+        np.testing.assert_allclose(measurement.uncalibrated[held], head.predict_proba(vectors[held]), atol=1e-4)
+        np.testing.assert_allclose(measurement.probabilities[held],
+                                   calibration.apply(choice.scaling, head.predict_proba(vectors[held])), atol=1e-4)
         seen = crossval.fit_head(vectors, labels, choice.penalty).predict_proba(vectors[held])
-        assert np.abs(seen - measurement.probabilities[held]).max() > 2e-2
+        assert np.abs(seen - measurement.uncalibrated[held]).max() > 2e-2
         np.testing.assert_array_equal(measurement.predicted[held],
                                       metrics.predicted_labels(measurement.probabilities[held], choice.threshold))
 

@@ -9,9 +9,11 @@ import json
 import shutil
 import warnings
 
+import cv2
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from happysad import classifier, export, files, images, predict, record
 
@@ -96,6 +98,30 @@ def test_predict_runs_tflite_and_savedmodel_exports(source, exports, test_images
         assert [r["probability"] for r in got] == pytest.approx([r["probability"] for r in want], abs=2e-6)
 
 
+def test_exports_take_raw_pixels_and_give_predicts_probabilities(exports, test_images, tmp_path):
+    """What an app does with an export alone: decode a picture to uint8 RGB and feed it. The SavedModel takes
+    it at its own size (here pictures wider than tall, larger than the model's input), TFLite at the model's
+    size; both must give the probability predict gives for the file."""
+    paths, _, reference = test_images
+    size = reference.preprocessing.image_size
+    odd = []
+    for index, path in enumerate(paths[:6]):
+        picture = cv2.resize(cv2.imread(str(path)), (size * 2 + 7 * index, size + 5 * index))
+        odd.append(tmp_path / f"odd{index}.png")
+        cv2.imwrite(str(odd[-1]), picture)
+    saved = tf.saved_model.load(str(exports["savedmodel"])).signatures["serving_default"]
+    tflite = classifier.load_network(exports["tflite"])
+    assert tflite.input_dtype == np.uint8
+    for files, run in ((odd, lambda pixels: next(iter(saved(pixels=tf.constant(pixels)).values()))),
+                       (paths[:6], lambda pixels: tflite.signature(pixels=pixels)[tflite.output_name])):
+        for path in files:
+            pixels = tf.io.decode_image(open(path, "rb").read(), channels=3).numpy()
+            assert pixels.dtype == np.uint8 and (pixels.shape[:2] != (size, size)) == (files is odd)
+            got = float(np.asarray(run(pixels[None])).reshape(-1)[-1])
+            want = reference.probabilities(reference.load_image(path)[None])[0, 1]
+            assert got == pytest.approx(want, abs=1e-5), path
+
+
 def test_keras_export_of_an_h5_model_loads_with_keras_and_predicts_identically(source, exports, test_images):
     """The Keras 3 trap: a .keras written from a model that went through the .h5 saver can carry a broken
     optimizer. The export is read from disk without one, so plain keras.models.load_model is clean."""
@@ -121,7 +147,7 @@ def test_model_with_augmentation_and_built_in_preprocessing_exports_to_every_for
     ])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
-    pixels = rng.random((16, 24, 24, 3), dtype=np.float32)
+    pixels = (rng.integers(0, 256, (16, 24, 24, 3)) / 255).astype(np.float32)  # as decoded pictures are
     model.fit(pixels, rng.integers(0, 3, 16), epochs=1, verbose=0)
     path = tmp_path / "three.h5"
     record.save(model, path, record.Record(class_names=["a", "b", "c"], preprocessing=images.Preprocessing(24)))

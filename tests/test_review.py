@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_WEIGHTS
 
-from happysad import clean, features, review, sample
+from happysad import clean, features, marks, review, sample
 
 SIZE = 32
 FAST = ["--folds", "3"]
@@ -74,14 +74,16 @@ def test_flipped_labels_rank_first_and_a_far_vector_fits_no_class():
     assert ranking.outlier_z[80] > 10 and ranking.probabilities.shape == (81, 2)
 
 
-def test_near_chance_fits_no_class_and_alike_pictures_are_not_far():
-    probabilities = np.array([[0.9, 0.1], [0.51, 0.49], [0.2, 0.8], [0.95, 0.05]])
+def test_unsure_fits_no_class_and_alike_pictures_are_not_far():
+    probabilities = np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8], [0.95, 0.05]])
     distances = np.array([0.10, 0.10, 0.10, 0.1003])  # all alike: a tiny spread, a huge z-score
-    ranking = review.Ranking(probabilities, distances, review.robust_z(distances), np.zeros(4, int))
+    domain = marks.fit_domain(np.eye(2), distances)
+    ranking = review.Ranking(probabilities, distances, marks.robust_z(distances, domain.median, domain.spread),
+                             np.zeros(4, int))
     assert ranking.outlier_z[3] > 3.5
-    suspects = review.find_suspects(ranking, np.array([0, 0, 0, 1]), outlier_z=3.5)
+    suspects = review.find_suspects(ranking, np.array([0, 0, 0, 1]), domain.limit)
     assert [(s.index, s.kind) for s in suspects] == [(3, "wrong-folder"), (2, "wrong-folder"), (1, "no-class")]
-    assert suspects[2].why.startswith("near chance")
+    assert suspects[2].why.startswith("unsure")
 
 
 def test_page_has_a_row_and_a_thumbnail_per_suspect_and_a_second_review_reads_stored_features(

@@ -70,6 +70,15 @@ function showPrediction(card, prediction) {
     row.append(fill, text);
     bars.append(row);
   }
+  // The marks (unsure, fits no class) come with their reasons; the label above is still the model's.
+  const notes = card.querySelector(".notes");
+  for (const note of prediction.notes || []) {
+    const item = document.createElement("li");
+    item.textContent = note;
+    notes.append(item);
+  }
+  if (prediction.unsure) card.classList.add("unsure");
+  if (prediction.fits_no_class) card.classList.add("no-class");
 }
 
 function showError(card, message) {
