@@ -10,12 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import images, marks, metrics, record
+from happysad import explain, images, marks, metrics, record
 from happysad.runtime import keras, tf
 
 
 class ModelError(Exception):
     """The model or its record cannot be used, reported as one line."""
+
+
+EXPORTS_CANNOT_EXPLAIN = ("heatmaps need the Keras model (.h5 or .keras) the export was made from: an export "
+                          "computes probabilities only")
 
 
 @dataclass
@@ -117,6 +121,19 @@ class Classifier:
             fits_no_class = marks.far_reason(distance, self.domain) if far else ""
         return Prediction(names[index], float(probabilities[index]),
                           {name: float(p) for name, p in zip(names, probabilities)}, unsure, fits_no_class)
+
+    @property
+    def can_explain(self) -> bool:
+        return isinstance(self.network, keras.Model)
+
+    def heatmaps(self, batch: np.ndarray, labels: list, batch_size: int = 16) -> np.ndarray:
+        """Grad-CAM heatmaps (happysad.explain) of the evidence for each image's label: (n, size, size)."""
+        if not self.can_explain:
+            raise ModelError(EXPORTS_CANNOT_EXPLAIN)
+        classes = [self.class_names.index(label) for label in labels]
+        return np.concatenate([explain.heatmaps(self.network, batch[start:start + batch_size],
+                                                classes[start:start + batch_size])
+                               for start in range(0, len(batch), batch_size)])
 
     def predict(self, batch: np.ndarray) -> list:
         probabilities, features = self.scores(batch)

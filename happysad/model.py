@@ -363,6 +363,47 @@ def set_head(network: keras.Model, coefficients: np.ndarray, intercepts: np.ndar
                                                  np.asarray(intercepts, np.float32)])
 
 
+def evidence_models(network: keras.Model) -> tuple:
+    """(image -> feature maps, feature maps -> what the output layer reads): the two halves Grad-CAM needs
+    (happysad.explain). The maps are each backbone's output, or the CNN's last convolution block's.
+
+    A backbone nested inside the network is one layer of the outer graph, and its inner tensors cannot be
+    asked for from outside (a long-standing Keras limitation): so both halves are built anew from the
+    network's own layers, called one by one. Inference mode throughout: augmentation and dropout are left
+    out, as when predicting.
+    """
+    image = keras.Input(network.inputs[0].shape[1:], name="image")
+    skipped = ("augment", "prediction")
+    if isinstance(network, keras.Sequential):
+        kept = [layer for layer in network.layers if layer.name not in skipped and not isinstance(layer, layers.Dropout)]
+        last = max(i for i, layer in enumerate(kept) if len(layer.output.shape) == 4)
+        x = image
+        for layer in kept[:last + 1]:
+            x = layer(x)
+        feature_map = keras.Input(x.shape[1:], name="map")
+        y = feature_map
+        for layer in kept[last + 1:]:
+            y = layer(y)
+        return keras.Model(image, [x], name="maps"), keras.Model([feature_map], y, name="features")
+    names = [layer.name for layer in network.layers]
+    prefixes = [name[:-len(BACKBONE_NAME)] for name in names if name.endswith(BACKBONE_NAME)]
+    maps, map_inputs, parts = [], [], []
+    for prefix in prefixes:
+        start = 1 if prefix == "" else min(i for i, name in enumerate(names) if name.startswith(prefix))
+        x = image
+        for name in names[start:names.index(prefix + BACKBONE_NAME)]:
+            if name.startswith(prefix) and name not in skipped:
+                x = network.get_layer(name)(x)
+        maps.append(network.get_layer(prefix + BACKBONE_NAME)(x, training=False))
+        map_inputs.append(keras.Input(maps[-1].shape[1:], name=f"{prefix}map"))
+        x = network.get_layer(f"{prefix}pool")(map_inputs[-1])
+        if f"{prefix}unit" in names:
+            x = network.get_layer(f"{prefix}unit")(x)
+        parts.append(x)
+    features = parts[0] if len(parts) == 1 else network.get_layer("features")(parts)
+    return keras.Model(image, maps, name="maps"), keras.Model(map_inputs, features, name="features")
+
+
 def parse_arch(text: str) -> tuple:
     """--arch: "cnn", "auto", one backbone or several joined with '+' -> a tuple of names (BuildError)."""
     if text in ("cnn", AUTO):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import classifier, images
+from happysad import classifier, explain, images
 from happysad.runtime import enable_memory_growth, tf
 
 
@@ -22,6 +22,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--top-k", type=int, metavar="K", help="also list the K most likely classes")
+    parser.add_argument("--explain", metavar="OUT_DIR", type=Path,
+                        help="also write each image as the model saw it with a heatmap of the evidence for its "
+                             "label (Grad-CAM) to OUT_DIR/<name>.png")
     parser.add_argument("--category-names", metavar="JSON",
                         help='a JSON file mapping class folder names to display names, e.g. {"happy": "Happy"}')
     args = parser.parse_args(argv)
@@ -75,6 +78,8 @@ def main(argv=None) -> None:
         names = read_category_names(args.category_names) if args.category_names else {}
     except (classifier.ModelError, ValueError) as error:
         sys.exit(f"happysad.predict: error: {error}")
+    if args.explain and not model.can_explain:
+        sys.exit(f"happysad.predict: error: --explain: {classifier.EXPORTS_CANNOT_EXPLAIN}")
     paths = expand(args.paths)
     if not paths:
         sys.exit("happysad.predict: error: no images found in " + " ".join(args.paths))
@@ -91,10 +96,28 @@ def main(argv=None) -> None:
         else:
             print(f"{path}: {names.get(prediction.label, prediction.label)} (p={prediction.probability:.2f}"
                   f"{threshold_note(model, prediction, names)})" + "".join(f"  [{note}]" for note in prediction.notes))
+    if args.explain and predictions:
+        written = write_heatmaps(args.explain, model, good, np.stack(pixels), predictions)
+        print(f"heatmaps of the evidence for each label: {len(written)} pictures in {args.explain}", file=sys.stderr)
     for path, reason in failed:
         print(f"happysad.predict: error: {path}: {reason}", file=sys.stderr)
     if failed:
         sys.exit(1)
+
+
+def write_heatmaps(out_dir: Path, model: classifier.Classifier, paths, pixels, predictions) -> list:
+    """OUT_DIR/<file name>.png per image (a number added where two images share a name): the picture as the
+    model saw it, with the heatmap of the evidence for its label over it."""
+    heatmaps = model.heatmaps(pixels, [p.label for p in predictions])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, picture, heatmap in zip(paths, pixels, heatmaps):
+        target, n = out_dir / f"{path.stem}.png", 2
+        while target in written:
+            target, n = out_dir / f"{path.stem}-{n}.png", n + 1
+        tf.io.write_file(str(target), tf.io.encode_png(explain.overlay(picture, heatmap)))
+        written.append(target)
+    return written
 
 
 def threshold_note(model, prediction, names) -> str:

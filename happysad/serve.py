@@ -11,6 +11,7 @@ without being decoded. Requests run in FastAPI's thread pool; the model call its
 (a TFLite interpreter is not thread-safe), decoding runs in parallel.
 """
 import argparse
+import base64
 import socket
 import struct
 import sys
@@ -25,6 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from happysad import classifier, images
+from happysad import explain as explain_module  # `explain` is also the API's query parameter
 from happysad.runtime import enable_memory_growth, tf
 
 STATIC = Path(__file__).with_name("static")
@@ -187,8 +189,13 @@ def create_app(model: classifier.Classifier, model_path, limits: Limits) -> Fast
         return info
 
     @app.post("/predict")
-    def predict(files: list[UploadFile] | None = File(None, description="one or more images")) -> dict:
-        """One object per file, as `predict --json` prints them, with the uploaded file name as path."""
+    def predict(files: list[UploadFile] | None = File(None, description="one or more images"),
+                explain: bool = False) -> dict:
+        """One object per file, as `predict --json` prints them, with the uploaded file name as path; with
+        ?explain=true each also has "heatmap": a PNG data URL of the picture as the model saw it, with the
+        heatmap of the evidence for its label over it (Grad-CAM; Keras models only)."""
+        if explain and not model.can_explain:
+            raise HTTPException(400, f"explain: {classifier.EXPORTS_CANNOT_EXPLAIN}")
         if not files:
             raise HTTPException(400, "no images: send them as multipart form field 'files'")
         if len(files) > limits.max_files:
@@ -199,9 +206,16 @@ def create_app(model: classifier.Classifier, model_path, limits: Limits) -> Fast
                 pixels.append(read_image(model, upload.file.read(limits.max_bytes + 1), limits))
             except Rejected as rejected:
                 raise HTTPException(rejected.status, f"{upload.filename}: {rejected.reason}") from None
+        batch = np.stack(pixels)
         with model_lock:
-            predictions = model.predict(np.stack(pixels))
-        return {"predictions": [p.to_json(upload.filename) for p, upload in zip(predictions, files)]}
+            predictions = model.predict(batch)
+            heatmaps = model.heatmaps(batch, [p.label for p in predictions]) if explain else None
+        rows = [p.to_json(upload.filename) for p, upload in zip(predictions, files)]
+        if explain:
+            for row, picture, heatmap in zip(rows, batch, heatmaps):
+                png = tf.io.encode_png(explain_module.overlay(picture, heatmap)).numpy()
+                row["heatmap"] = "data:image/png;base64," + base64.b64encode(png).decode()
+        return {"predictions": rows}
 
     return app
 

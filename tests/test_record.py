@@ -57,12 +57,15 @@ def test_sidecar_path_and_unknown_keys():
 
 def test_the_preprocessing_is_stored_whole_and_read_back_from_every_format_version():
     written = json.loads(record.Record(["a", "b"], images.Preprocessing(24, faces=True)).to_json())
-    assert "image_size" not in written and written["format_version"] == record.FORMAT_VERSION == 3
+    assert "image_size" not in written and written["format_version"] == record.FORMAT_VERSION == 4
     assert written["preprocessing"] == {"image_size": 24, "faces": True, **images.Preprocessing.STEPS}
     assert record.Record.from_dict(written).preprocessing == images.Preprocessing(24, faces=True)
     version_2 = {"class_names": ["a", "b"], "image_size": 24, "format_version": 2,
                  "preprocessing": {"decode": "tf.io.decode_image RGB", "faces": True}}
     assert record.Record.from_dict(version_2).preprocessing == images.Preprocessing(24, faces=True)
+    version_3 = {"class_names": ["a", "b"], "format_version": 3, "preprocessing": {"image_size": 24}}
+    older = record.Record.from_dict(version_3)  # before calibration and marks: a model that has neither
+    assert older.calibration == {} and older.domain == {}
 
 
 def test_an_older_record_is_written_back_in_the_current_format_and_one_without_a_size_is_refused(tmp_path):

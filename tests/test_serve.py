@@ -1,5 +1,6 @@
 """serve over real HTTP: the server runs as a subprocess on a free loopback port, driven through httpx and,
 when Debian's chromium and chromium-driver are installed, through a headless browser."""
+import base64
 import io
 import os
 import re
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from happysad import classifier, record, serve
+from happysad import classifier, explain, record, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES, MAX_PIXELS, MAX_FILES = 300_000, 1_000_000, 4
@@ -106,6 +107,25 @@ def test_predict_returns_predict_json_objects_for_every_format(server, model, fa
     assert [g["path"] for g in got] == list(uploads)
     for row in got:
         assert_same(row, want[row["path"]])
+
+
+def test_explain_returns_the_heatmap_predict_writes_and_marks_a_flat_picture(server, model, faces, tmp_path):
+    name, face = next(iter(faces.items()))
+    flat = encode(".png", np.full((64, 64, 3), (40, 200, 90), np.uint8))  # no face: nothing like training
+    response = httpx.post(server.url + "predict?explain=true",
+                          files=[("files", (n, b, "application/octet-stream")) for n, b in ((name, face),
+                                                                                           ("flat.png", flat))])
+    assert response.status_code == 200, response.text
+    face_row, flat_row = response.json()["predictions"]
+    header = "data:image/png;base64,"
+    assert face_row["heatmap"].startswith(header)
+    shown = tf.io.decode_png(base64.b64decode(face_row["heatmap"][len(header):])).numpy()
+    prediction = expected(model, {name: face})[name]
+    want = explain.overlay(model.decode(face), model.heatmaps(model.decode(face)[None], [prediction["label"]])[0])
+    np.testing.assert_array_equal(shown, want)
+    assert flat_row["fits_no_class"] and not face_row["fits_no_class"]
+    assert flat_row["notes"][-1].startswith("fits no class: unlike the training photos")
+    assert "heatmap" not in post(server.url, (name, face)).json()["predictions"][0]
 
 
 def test_health_model_and_page(server, trained):

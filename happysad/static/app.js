@@ -77,6 +77,11 @@ function showPrediction(card, prediction) {
     item.textContent = note;
     notes.append(item);
   }
+  if (prediction.heatmap) {
+    const image = card.querySelector("img");
+    image.src = prediction.heatmap;
+    image.alt = `${image.alt}: heatmap of the evidence for ${prediction.label}`;
+  }
   if (prediction.unsure) card.classList.add("unsure");
   if (prediction.fits_no_class) card.classList.add("no-class");
 }
@@ -93,7 +98,8 @@ async function classify(file) {
   const form = new FormData();
   form.append("files", file, file.name);
   try {
-    const response = await fetch("/predict", { method: "POST", body: form });
+    const explain = document.getElementById("explain").checked;
+    const response = await fetch(explain ? "/predict?explain=true" : "/predict", { method: "POST", body: form });
     const body = await response.json();
     if (!response.ok) {
       throw new Error(typeof body.detail === "string" ? body.detail : `HTTP ${response.status}`);

@@ -1,0 +1,55 @@
+"""Where the model looked: Grad-CAM heatmaps of the evidence for a class, for every network happysad makes.
+
+Grad-CAM weighs each channel of a feature map by how much the class's logit grows with it (the gradient,
+averaged over the map) and keeps the positive sum: the regions whose features argued for that class. The feature
+maps are each backbone's output (several backbones: their maps, each resized to the picture, added up) or the
+CNN's last convolution block; model.evidence_models reaches them also when the backbone is nested inside the
+network. The logit is computed from the output layer's own weights, so a saturated sigmoid cannot flatten the
+gradient, and the calibration written into that layer changes only the scale, never the map.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from happysad import model as models
+from happysad.runtime import tf
+
+OPACITY = 0.45  # of the heatmap over the picture
+
+
+def heatmaps(network, batch, classes) -> np.ndarray:
+    """(n, size, size) heatmaps in [0, 1] of the evidence for classes[i] in image i of the batch ((n, size,
+    size, 3) in [0, 1], as every stage prepares images)."""
+    to_maps, to_features = models.evidence_models(network)
+    kernel, bias = network.get_layer("prediction").get_weights()
+    images = np.asarray(batch, np.float32)
+    classes = np.asarray(classes, int)
+    maps = [tf.convert_to_tensor(m) for m in tf.nest.flatten(to_maps(images, training=False))]
+    with tf.GradientTape() as tape:
+        tape.watch(maps)
+        features = to_features(maps, training=False)
+        logits = tf.matmul(tf.cast(features, tf.float32), kernel) + bias
+        if kernel.shape[1] == 1:  # one sigmoid logit: evidence for the first class is evidence against it
+            scores = logits[:, 0] * (2.0 * classes - 1.0)
+        else:
+            scores = tf.gather(logits, classes, axis=1, batch_dims=1)
+        total_score = tf.reduce_sum(scores)  # images are independent: each one's gradient is its own
+    gradients = tape.gradient(total_score, maps)
+    size = images.shape[1:3]
+    total = np.zeros((len(classes), *size), np.float32)
+    for feature_map, gradient in zip(maps, gradients):
+        feature_map, gradient = tf.cast(feature_map, tf.float32), tf.cast(gradient, tf.float32)
+        weights = tf.reduce_mean(gradient, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1, keepdims=True))
+        total += tf.image.resize(cam, size, method="bilinear").numpy()[..., 0]
+    peak = total.reshape(len(classes), -1).max(axis=1).reshape(-1, 1, 1)
+    return np.where(peak > 0, total / np.maximum(peak, 1e-12), 0.0)
+
+
+def overlay(image, heatmap) -> np.ndarray:
+    """The picture ((h, w, 3) in [0, 1]) with the heatmap laid over it in the jet colours: uint8 RGB."""
+    coloured = cv2.applyColorMap(np.uint8(255 * np.clip(heatmap, 0, 1)), cv2.COLORMAP_JET)[..., ::-1]
+    blended = (1 - OPACITY) * 255 * np.asarray(image, np.float32) + OPACITY * coloured
+    return np.clip(blended, 0, 255).astype(np.uint8)
+

@@ -1,0 +1,67 @@
+"""explain: Grad-CAM puts the evidence where the class is decided, for the CNN and for a nested backbone.
+
+Each generated picture is grey noise with one coloured square at a random place: red in the first class, blue
+in the second. Nothing else differs, so the only evidence for a class is inside the square. The bounds are
+from measurement (in each test): the share of the heatmap's mass inside the
+square, widened by a quarter of the picture's side to allow for the feature map's coarse cells, against the
+share of the picture that widened square covers.
+"""
+import numpy as np
+import pytest
+from conftest import SHARED_WEIGHTS
+
+from happysad import crossval, explain, model as models
+from happysad.runtime import keras
+
+
+def marked(count: int, size: int, side: int, seed: int = 0) -> tuple:
+    """(pictures in [0, 1], labels, masks of the widened squares)."""
+    rng = np.random.default_rng(seed)
+    pictures = np.repeat(rng.uniform(0.2, 0.8, (count, size, size, 1)), 3, axis=-1).astype(np.float32)
+    labels = np.arange(count) % 2
+    masks = np.zeros((count, size, size), bool)
+    margin = size // 8
+    for i in range(count):
+        y, x = rng.integers(0, size - side, 2)
+        pictures[i, y:y + side, x:x + side] = (0.9, 0.1, 0.1) if labels[i] == 0 else (0.1, 0.1, 0.9)
+        masks[i, max(0, y - margin):y + side + margin, max(0, x - margin):x + side + margin] = True
+    return pictures, labels, masks
+
+
+def mass_inside(heatmaps, masks) -> np.ndarray:
+    return np.array([h[m].sum() / max(h.sum(), 1e-12) for h, m in zip(heatmaps, masks)])
+
+
+def test_the_cnn_looks_at_the_square_also_in_mixed_precision():
+    pictures, labels, masks = marked(240, 96, 24)
+    keras.utils.set_random_seed(0)
+    network = models.compile_model(models.build_cnn(2, 96), 2)
+    network.fit(pictures[:200], labels[:200].astype(np.float32), epochs=8, batch_size=16, verbose=0)
+    predicted = (network.predict(pictures[200:], verbose=0)[:, 0] >= 0.5).astype(int)
+    assert (predicted == labels[200:]).mean() > 0.9
+    heatmaps = explain.heatmaps(network, pictures[200:], predicted)
+    # Measured: 63 % of the mass inside the widened squares, which cover 23 % of the pictures.
+    assert mass_inside(heatmaps, masks[200:]).mean() > 0.55 > 2 * masks[200:].mean()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        half = models.build_cnn(2, 96)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    half.set_weights(network.get_weights())
+    np.testing.assert_allclose(explain.heatmaps(half, pictures[200:], predicted), heatmaps, atol=0.05)
+
+
+def test_a_nested_imagenet_backbone_looks_at_the_square():
+    weights = SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5"
+    if not weights.exists():
+        pytest.skip(f"needs ImageNet weights ({weights} is not there): random ones cannot tell the colours apart")
+    pictures, labels, masks = marked(120, 224, 56, seed=1)
+    network = models.build_linear(("mobilenet025",), 2, 224, str(weights))
+    vectors = crossval.unit(models.pooled_output(network).predict(pictures, verbose=0))
+    head = crossval.fit_head(vectors[:80], labels[:80], 10.0)
+    models.set_head(network, head.coef_, head.intercept_)
+    predicted = head.predict(vectors[80:])
+    assert (predicted == labels[80:]).mean() > 0.9
+    # Measured: 83 % of the mass inside the widened squares (7 x 7 feature map), which cover 22 %.
+    inside = mass_inside(explain.heatmaps(network, pictures[80:], predicted), masks[80:])
+    assert inside.mean() > 0.7 > 2 * masks[80:].mean()
