@@ -99,13 +99,14 @@ def apply_to_network(network, scaling: Scaling, layer_name: str = "prediction") 
 
 
 def reliability(labels, probabilities, bins: int = BINS) -> list:
-    """Per confidence bin (the highest probability, in equal-width bins from 1/classes to 1): the bin's
-    range, how many predictions fell in it, their mean confidence and the share that were right."""
+    """Per confidence bin (the highest probability, in equal-width bins from 0 to 1, as the expected
+    calibration error is usually computed; below 1/classes they stay empty): the bin's range, how many
+    predictions fell in it, their mean confidence and the share that were right."""
     labels = np.asarray(labels, int)
     probabilities = np.asarray(probabilities, np.float64)
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(1.0 / probabilities.shape[1], 1.0, bins + 1)
+    edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, bins - 1)
     rows = []
     for b in range(bins):

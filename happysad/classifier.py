@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import explain, images, marks, metrics, record
+from happysad import explain, images, marks, metrics, model as models, record
 from happysad.runtime import keras, tf
 
 
@@ -18,7 +18,7 @@ class ModelError(Exception):
     """The model or its record cannot be used, reported as one line."""
 
 
-EXPORTS_CANNOT_EXPLAIN = ("heatmaps need the Keras model (.h5 or .keras) the export was made from: an export "
+EXPORTS_CANNOT_EXPLAIN = ("heatmaps need the Keras model (.h5 or .keras) that happysad.train saved: an export "
                           "computes probabilities only")
 
 
@@ -124,7 +124,7 @@ class Classifier:
 
     @property
     def can_explain(self) -> bool:
-        return isinstance(self.network, keras.Model)
+        return models.has_evidence(self.network)
 
     def heatmaps(self, batch: np.ndarray, labels: list, batch_size: int = 16) -> np.ndarray:
         """Grad-CAM heatmaps (happysad.explain) of the evidence for each image's label: (n, size, size)."""

@@ -59,7 +59,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from happysad import files, images, near_copies
+from happysad import cache, files, images, near_copies
 from happysad.data import DataError, class_folders as subfolders, walk_class
 from happysad.runtime import enable_memory_growth, tf
 
@@ -252,8 +252,16 @@ def mark_near_copies(findings: dict, usable: list) -> list:
 
     A member that is already a label-conflict (the same bytes in another class) keeps its detail.
     """
+    # Stored by the sha256 of what training reads, in the store train and review use: a second run of any of
+    # them checks only the pairs, and decodes only the files, that it has not seen.
+    store = cache.array_store("auto", near_copies.FAMILY, near_copies.VERSION)
+    digests = [key for _, _, key, _ in usable]
+    for digest, (*_, fingerprint) in zip(digests, usable):
+        if fingerprint is not None and near_copies.stored_fingerprint(store, digest) is None:
+            near_copies.keep(store, digest, fingerprint)
     kept = []
-    for indices in near_copies.members(near_copies.groups([fingerprint for *_, fingerprint in usable])):
+    found = near_copies.groups([fingerprint for *_, fingerprint in usable], store=store, digests=digests)
+    for indices in near_copies.members(found):
         group = [usable[i] for i in indices]
         if len({label for _, label, _, _ in group}) > 1:
             for path, label, key, _ in group:

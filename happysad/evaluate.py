@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import calibration, classifier, data, marks, metrics, record, reports, summaries
+from happysad import calibration, classifier, data, explain, marks, metrics, record, reports, summaries
 from happysad.runtime import enable_memory_growth, tf
 
 
@@ -263,11 +263,16 @@ def build_figures(target_name: str, scores: Scores, model: classifier.Classifier
                                           float(is_positive.mean()))
         figures["thresholds"] = reports.threshold_figure(sweep, positive, model.record.threshold)
     if scores.mistakes:
+        pixels = np.stack([m.pixels for m in scores.mistakes])
+        if model.can_explain:  # each mistake with the evidence for the wrong label laid over it
+            heatmaps = model.heatmaps(pixels, [names[m.predicted] for m in scores.mistakes])
+            pixels = [explain.overlay(picture, heatmap) / 255.0 for picture, heatmap in zip(pixels, heatmaps)]
         figures["mistakes"] = reports.image_grid_figure(
-            [m.pixels for m in scores.mistakes],
+            list(pixels),
             [f"{Path(m.path).name[:24]}\ntrue {names[m.true]}, said {names[m.predicted]}\n"
              f"p({names[m.predicted]})={m.probability:.2f}" for m in scores.mistakes],
-            colors=["firebrick"] * len(scores.mistakes), title="worst mistakes (highest loss first)")
+            colors=["firebrick"] * len(scores.mistakes),
+            title="worst mistakes (highest loss first)" + (", with where the model looked" if model.can_explain else ""))
     if history.get("loss"):
         figures["training_curves"] = reports.curves_figure(history)
     return figures

@@ -363,6 +363,16 @@ def set_head(network: keras.Model, coefficients: np.ndarray, intercepts: np.ndar
                                                  np.asarray(intercepts, np.float32)])
 
 
+def has_evidence(network) -> bool:
+    """Whether evidence_models can split the network: a network this module built (an output layer named
+    "prediction" behind the CNN's convolutions or behind backbones), not any Keras model."""
+    if not isinstance(network, keras.Model) or "prediction" not in [layer.name for layer in network.layers]:
+        return False
+    if isinstance(network, keras.Sequential):
+        return any(len(layer.output.shape) == 4 for layer in network.layers)
+    return any(layer.name.endswith(BACKBONE_NAME) for layer in network.layers)
+
+
 def evidence_models(network: keras.Model) -> tuple:
     """(image -> feature maps, feature maps -> what the output layer reads): the two halves Grad-CAM needs
     (happysad.explain). The maps are each backbone's output, or the CNN's last convolution block's.

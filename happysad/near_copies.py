@@ -176,9 +176,13 @@ def load_fingerprints(paths, store=None, digests=None) -> list:
             if progress:
                 progress.add(1)
             if store is not None and fingerprint is not None:
-                for part in PARTS:
-                    store.put(part, digests[i], getattr(fingerprint, part))
+                keep(store, digests[i], fingerprint)
     return found
+
+
+def keep(store, digest: str, fingerprint: Fingerprint) -> None:
+    for part in PARTS:
+        store.put(part, digest, getattr(fingerprint, part))
 
 
 def stored_fingerprint(store, digest: str):

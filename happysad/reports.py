@@ -118,7 +118,7 @@ def reliability_figure(before: list, after: list, errors: tuple) -> Figure:
         kept = [row for row in rows if row["count"]]
         axis.plot([row["confidence"] for row in kept], [row["accuracy"] for row in kept], style,
                   label=f"{name} (ECE {error:.3f})")
-    low = min(row["low"] for row in after)
+    low = min(row["low"] for row in after if row["count"])
     axis.set_xlim(low - 0.02, 1.01)
     axis.set_ylim(0, 1.02)
     axis.set_xlabel("confidence (highest probability)")

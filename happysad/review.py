@@ -87,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1337, help="same seed and data: same folds and heads")
     parser.add_argument("--outlier-z", type=float, default=marks.FAR_Z,
                         help="an image whose distance to every class has a robust z-score above this fits no "
-                             "class (default 3.5)")
+                             f"class (default {marks.FAR_Z})")
     parser.add_argument("--unsure-band", type=float, default=marks.UNSURE_BAND,
                         help="an image whose two highest out-of-fold probabilities lie within this of each other "
                              f"is listed as unsure, as predict marks it (default {marks.UNSURE_BAND})")

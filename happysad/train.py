@@ -85,10 +85,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="stop after N epochs without a lower validation loss and keep the best epoch's "
                              "weights; the learning rate drops 5x after N/2 such epochs (0: off); recipe")
     parser.add_argument("--threshold", default="auto", metavar="auto|T",
-                        help="two classes: the decision threshold on the second class's probability; auto "
-                             "(default) picks the one with the best balanced accuracy (inside each fold for a "
-                             "cross-validated head, on the validation partition otherwise), so neither class "
-                             "is sacrificed to the other")
+                        help="two classes: the decision threshold on the second class's calibrated probability; "
+                             "auto (default): 0.5, where the classes' probabilities meet, so the label is always "
+                             "the class the shown probability favours (the probabilities are calibrated on "
+                             "photos the model never saw: out of fold, or the validation partition)")
     parser.add_argument("--unsure-band", type=float, default=marks.UNSURE_BAND, metavar="B",
                         help="predictions whose calibrated probability lies within B around the threshold (two "
                              "classes), or whose two highest probabilities lie within B of each other, are "
