@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import cache, clean, crossval, data, features, images, marks, model as models, near_copies, reports
+from happysad import cache, clean, crossval, data, explain, features, images, marks, model as models, near_copies, reports
 from happysad.files import sha256_each
 from happysad.runtime import enable_memory_growth, tf
 
@@ -69,6 +69,7 @@ class Ranking:
     distances: np.ndarray  # (images,) cosine distance to the nearest class centroid of the other folds
     outlier_z: np.ndarray  # (images,) robust z-score of the distance
     folds: np.ndarray  # (images,) the fold that scored each image
+    penalty: float  # the head's C chosen on every image: the head the heatmaps are drawn with
     suspects: list = field(default_factory=list)
 
 
@@ -133,7 +134,7 @@ def rank(vectors, labels, groups, n_classes: int, n_folds: int = 5, seed: int = 
     distances = marks.out_of_fold_distances(vectors, labels, folds, n_classes)
     domain = marks.fit_domain(marks.class_centres(vectors, labels, n_classes), distances, outlier_z)
     ranking = Ranking(measurement.probabilities, distances,
-                      marks.robust_z(distances, domain.median, domain.spread), folds)
+                      marks.robust_z(distances, domain.median, domain.spread), folds, measurement.final.penalty)
     ranking.suspects = find_suspects(ranking, labels, domain.limit, band)
     return ranking
 
@@ -218,20 +219,26 @@ def terminal_table(rows: list, top: int) -> str:
     return "\n".join(lines)
 
 
-def page_sections(rows: list, jpegs: dict, summary: str) -> list:
-    """(heading, html) sections of the page: a table per kind, an embedded thumbnail in each row."""
+def embedded(jpeg: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}">'
+
+
+def page_sections(rows: list, jpegs: dict, summary: str, heatmaps: dict) -> list:
+    """(heading, html) sections of the page: a table per kind, an embedded thumbnail in each row, and beside
+    it the heatmap of the evidence for the suggested class where there is one."""
     sections = [("summary", f"<p>{html.escape(summary)}</p>")]
     if not rows:
         return sections + [("suspects", "<p>No suspects: every image fits its folder.</p>")]
     for kind, title in KINDS.items():
         chosen = of_kind(rows, kind)
         body = "".join(
-            f'<tr class="suspect"><td><img alt="{html.escape(row["path"])}" src="data:image/jpeg;base64,'
-            f'{base64.b64encode(jpegs[row["path"]]).decode()}"></td><td>{html.escape(row["path"])}</td>'
+            f'<tr class="suspect"><td>{embedded(jpegs[row["path"]], row["path"])}</td>'
+            f'<td>{embedded(heatmaps[row["path"]], "evidence for " + row["suggested"]) if row["path"] in heatmaps else ""}'
+            f'</td><td>{html.escape(row["path"])}</td>'
             f'<td>{html.escape(row["folder"])}</td><td>{html.escape(row["suggested"])}</td>'
             f'<td>{row["confidence"]:.3f}</td><td>{html.escape(row["why"])}</td></tr>' for row in chosen)
-        table = ("<table><tr><th>picture</th><th>file</th><th>folder</th><th>suggested</th><th>confidence</th>"
-                 f"<th>why</th></tr>{body}</table>" if chosen else "<p>None.</p>")
+        table = ("<table><tr><th>picture</th><th>where the model looked</th><th>file</th><th>folder</th>"
+                 f"<th>suggested</th><th>confidence</th><th>why</th></tr>{body}</table>" if chosen else "<p>None.</p>")
         sections.append((f"{title} ({ORDER[kind]}): {len(chosen)}", table))
     return sections
 
@@ -318,7 +325,7 @@ def review(args) -> dict:
                f"({args.folds}-fold cross-validation on {args.arch} features, out-of-fold accuracy {accuracy:.3f}): "
                f"{len(of_kind(rows, 'wrong-folder'))} probably in the wrong folder, "
                f"{len(of_kind(rows, 'no-class'))} fit no class.")
-    write_pictures(args, rows, files, summary)
+    write_pictures(args, rows, files, summary, suspect_heatmaps(args, rows, files, vectors, labels, ranking.penalty))
 
     moves = []
     if args.move_to_suggested or args.quarantine:
@@ -346,13 +353,33 @@ def review(args) -> dict:
     return report
 
 
-def write_pictures(args, rows: list, files: data.Files, summary: str) -> None:
-    """The page (every suspect, an embedded JPEG thumbnail each) and the contact sheet (the first --top)."""
+def suspect_heatmaps(args, rows: list, files: data.Files, vectors, labels, penalty: float) -> dict:
+    """{path: JPEG} of the first --top wrong-folder suspects as the model sees them, with the heatmap of the
+    evidence for the suggested class over them (happysad.explain). Drawn with the head trained on every image
+    (the suspects included: a picture of where the evidence lies, not a measurement) in the network train
+    would save, so the backbone runs only on these few pictures."""
+    shown = of_kind(rows, "wrong-folder", args.top)
+    if not shown:
+        return {}
+    class_names = data.find_classes(args.data_dir)
+    head = crossval.fit_head(crossval.unit(vectors), labels, penalty)
+    network = models.build_linear((args.arch,), len(class_names), args.image_size, args.weights)
+    models.set_head(network, head.coef_, head.intercept_)
+    preprocessing = images.Preprocessing(args.image_size)
+    pixels = np.stack([preprocessing.load(files.paths[row["index"]]).numpy() for row in shown])
+    heatmaps = explain.heatmaps(network, pixels, [class_names.index(row["suggested"]) for row in shown])
+    return {row["path"]: tf.io.encode_jpeg(explain.overlay(picture, heatmap), quality=85).numpy()
+            for row, picture, heatmap in zip(shown, pixels, heatmaps)}
+
+
+def write_pictures(args, rows: list, files: data.Files, summary: str, heatmaps: dict) -> None:
+    """The page (every suspect, an embedded JPEG thumbnail each, and the heatmap of the first --top wrong-folder
+    suspects) and the contact sheet (the first --top)."""
     pictures = {row["path"]: thumbnail(files.paths[row["index"]]) for row in rows}
     jpegs = {path: tf.io.encode_jpeg(pixels, quality=85).numpy() for path, pixels in pictures.items()}
     for path in (args.html, args.png):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    reports.write_page(args.html, f"review of {args.data_dir}", page_sections(rows, jpegs, summary))
+    reports.write_page(args.html, f"review of {args.data_dir}", page_sections(rows, jpegs, summary, heatmaps))
     Path(args.png).write_bytes(reports.png_bytes(contact_sheet(rows, pictures, args.top)))
     print(f"page {args.html}, contact sheet {args.png}")
 

@@ -39,6 +39,7 @@ def made_to_order(monkeypatch):
         return clusters([0 if "happy_" in name else 1 if "sad_" in name else 2 for name in names]), 0
 
     monkeypatch.setattr(review, "image_features", vectors)
+    monkeypatch.setattr(review, "suspect_heatmaps", lambda *args: {})  # no network behind these vectors
 
 
 def faces(folder, per_class=12, seed=5):
@@ -79,7 +80,7 @@ def test_unsure_fits_no_class_and_alike_pictures_are_not_far():
     distances = np.array([0.10, 0.10, 0.10, 0.1003])  # all alike: a tiny spread, a huge z-score
     domain = marks.fit_domain(np.eye(2), distances)
     ranking = review.Ranking(probabilities, distances, marks.robust_z(distances, domain.median, domain.spread),
-                             np.zeros(4, int))
+                             np.zeros(4, int), 1.0)
     assert ranking.outlier_z[3] > 3.5
     suspects = review.find_suspects(ranking, np.array([0, 0, 0, 1]), domain.limit)
     assert [(s.index, s.kind) for s in suspects] == [(3, "wrong-folder"), (2, "wrong-folder"), (1, "no-class")]
@@ -94,7 +95,9 @@ def test_page_has_a_row_and_a_thumbnail_per_suspect_and_a_second_review_reads_st
     assert report["suspects"], "random features should contradict some labels"
     assert page.count('<tr class="suspect">') == len(report["suspects"])
     thumbnails = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
-    assert len(thumbnails) == len(report["suspects"])
+    wrong = [s for s in report["suspects"] if s["kind"] == "wrong-folder"]
+    assert wrong and page.count('alt="evidence for ') == min(len(wrong), 20)  # the heatmaps of the first --top
+    assert len(thumbnails) == len(report["suspects"]) + min(len(wrong), 20)
     assert all(base64.b64decode(data).startswith(b"\xff\xd8\xff") for data in thumbnails)
     assert (tmp_path / "review.png").read_bytes().startswith(b"\x89PNG")
     saved = json.loads((tmp_path / "review.json").read_text())
@@ -106,7 +109,7 @@ def test_page_has_a_row_and_a_thumbnail_per_suspect_and_a_second_review_reads_st
     assert re.search(r"took .*features .*cross-validation", out)
 
     monkeypatch.setattr(features, "compute", lambda *args, **kwargs: 1 / 0)
-    monkeypatch.setattr(review.models, "build", lambda *args, **kwargs: 1 / 0)  # not even built
+    monkeypatch.setattr(review.models, "build", lambda *args, **kwargs: 1 / 0)  # no feature extractor built
     again = run(folder, tmp_path, "--cache", f"disk:{tmp_path / 'cache'}", weights=weights_file)
     assert "0 computed, 24 from the store" in capsys.readouterr().out
     assert again["images"] == report["images"]
