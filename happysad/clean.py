@@ -30,13 +30,8 @@ within one class are not wrong and stay where they are; the summary lists them (
 one partition of the split, see happysad.data.split). The fingerprint comes from the decode that checks the
 file, so finding near copies costs no second read.
 
-Quarantine: DATA_DIR/.quarantine/<reason>/<class>/<file>. It stays beside the data so moves are atomic renames
-on one filesystem, and training never sees it because class folders are the non-hidden subfolders.
-DATA_DIR/.quarantine/manifest.jsonl gets one JSON line per file, flushed to disk *before* the file is touched,
-recording where it came from, where it goes, why, its sha256 and any converted copy; if a run is
-interrupted every file is still either in place or in quarantine, and --restore reads the manifest to put
-quarantined files back (never over an existing file) and remove the converted copies it wrote, only while
-they are byte-identical to what it wrote.
+Quarantine (happysad.quarantine, shared with review): DATA_DIR/.quarantine/<reason>/<class>/<file>, each move
+written to its manifest before it happens, so --restore can always put every file back.
 
 Python's imghdr, which the classic tutorial uses to filter images, returns None for valid JPEGs whose first
 marker is not JFIF, Exif or a quantisation table (Adobe APP14, an ICC profile, a comment...), so the tutorial
@@ -59,7 +54,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from happysad import cache, files, images, near_copies
+from happysad import cache, images, near_copies, quarantine
+from happysad.quarantine import QUARANTINE, Finding
 from happysad.data import DataError, class_folders as subfolders, walk_class
 from happysad.runtime import enable_memory_growth, tf
 
@@ -69,23 +65,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import imghdr
 
-QUARANTINE = ".quarantine"
-MANIFEST = "manifest.jsonl"
 REASONS = ("empty", "not-image", "corrupt", "too-small", "mis-extended", "duplicate", "label-conflict")
-
-
-@dataclass
-class Finding:
-    """A file that leaves its class folder. Paths are relative to DATA_DIR with "/" separators."""
-
-    path: str
-    label: str
-    reason: str
-    detail: str
-    sha256: str
-    convert_to: str = ""  # mis-extended only: extension of the readable copy to write
-    quarantine: str = ""  # filled in when the file has been moved
-    converted: str = ""  # filled in when the readable copy has been written
 
 
 @dataclass
@@ -98,13 +78,6 @@ class Summary:
     seconds: float
     near_copies: list = field(default_factory=list)  # groups of same-class near copies left in place: [[path]]
     hidden: list = field(default_factory=list)  # hidden files and folders skipped, as training skips them
-
-
-@dataclass
-class Restored:
-    restored: list = field(default_factory=list)  # original paths put back
-    removed: list = field(default_factory=list)  # converted copies removed
-    skipped: list = field(default_factory=list)  # "path: why" for what was left alone
 
 
 def class_folders(data_dir) -> list:
@@ -284,49 +257,6 @@ def mark(findings: dict, path: str, label: str, key: str, reason: str, detail: s
     found.reason, found.detail, found.convert_to = reason, detail, ""
 
 
-def manifest_entry(data_dir: Path, original: str, target: Path, reason: str, detail: str, sha256: str,
-                   copy_path: Path = None, copy_data: bytes = None) -> dict:
-    """The manifest line of one move (by clean, or by happysad.review): what --restore reads to undo it."""
-    return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "original": original,
-            "quarantine": target.relative_to(data_dir).as_posix(), "reason": reason, "detail": detail,
-            "sha256": sha256, "converted": copy_path and copy_path.relative_to(data_dir).as_posix(),
-            "converted_sha256": copy_data and hashlib.sha256(copy_data).hexdigest()}
-
-
-def append_entry(manifest, entry: dict):
-    """One JSON line, on disk before the move it describes: an interrupted run can always be undone."""
-    manifest.write(json.dumps(entry) + "\n")
-    manifest.flush()
-    os.fsync(manifest.fileno())
-
-
-def free_path(path: Path) -> Path:
-    """path, or path-1, path-2... with the same extension: the first name no file has yet."""
-    candidate, number = path, 0
-    while candidate.exists():
-        number += 1
-        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
-    return candidate
-
-
-def quarantine(data_dir: Path, found: Finding, manifest):
-    """Write the readable copy (if any), then move the file into quarantine; entries both in the manifest."""
-    source = data_dir / found.path
-    target = free_path(data_dir / QUARANTINE / found.reason / found.path)
-    copy_data = copy_path = None
-    if found.convert_to:
-        copy_data = readable_copy(source.read_bytes())
-        copy_path = free_path(source.with_suffix(found.convert_to))
-    append_entry(manifest, manifest_entry(data_dir, found.path, target, found.reason, found.detail, found.sha256,
-                                          copy_path, copy_data))
-    if copy_path:
-        files.write_atomic(copy_path, copy_data)
-        found.converted = copy_path.relative_to(data_dir).as_posix()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(source, target)
-    found.quarantine = target.relative_to(data_dir).as_posix()
-
-
 def clean(data_dir, min_size: int = 32, dry_run: bool = False, progress: bool = False) -> Summary:
     """Scan DATA_DIR and, unless dry_run, quarantine every finding (writing readable copies first)."""
     started = time.perf_counter()
@@ -335,85 +265,11 @@ def clean(data_dir, min_size: int = 32, dry_run: bool = False, progress: bool = 
     files = {label: len(paths) for label, paths in listing.items()}
     findings, near = scan(data_dir, listing, min_size, progress)
     if findings and not dry_run:
-        with open_manifest(data_dir) as manifest:
+        with quarantine.open_manifest(data_dir) as manifest:
             for found in findings:
-                quarantine(data_dir, found, manifest)
+                copy = readable_copy((data_dir / found.path).read_bytes()) if found.convert_to else None
+                quarantine.move(data_dir, found, manifest, copy)
     return Summary(str(data_dir), dry_run, min_size, files, findings, time.perf_counter() - started, near, hidden)
-
-
-def open_manifest(data_dir: Path):
-    """The manifest, opened to append entries (by clean, and by happysad.review for its moves)."""
-    path = Path(data_dir) / QUARANTINE / MANIFEST
-    path.parent.mkdir(exist_ok=True)
-    manifest = open(path, "a", encoding="utf-8")
-    if manifest.tell() and not path.read_bytes().endswith(b"\n"):
-        manifest.write("\n")  # end a line torn by a killed run, so it cannot swallow the next entry
-    return manifest
-
-
-def read_manifest(path: Path) -> list:
-    """The manifest's entries; a torn last line (a run killed while writing it) was never acted on."""
-    entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            print(f"happysad.clean: ignoring an unreadable manifest line: {line[:80]!r}", file=sys.stderr)
-    return entries
-
-
-def restore(data_dir, dry_run: bool = False) -> Restored:
-    """Undo clean: move quarantined files back and remove the converted copies it wrote, newest first.
-
-    Never overwrites: a file now at an original path is left alone and its entry kept for a later try.
-    A converted copy is removed only once its original is back and only while it still has the exact bytes
-    clean wrote. Records that are fully done leave the manifest; an empty quarantine folder is removed.
-    """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"data folder {data_dir} does not exist or is not a folder")
-    manifest = data_dir / QUARANTINE / MANIFEST
-    result = Restored()
-    if not manifest.exists():
-        return result
-    remaining = []
-    for entry in reversed(read_manifest(manifest)):
-        original, moved = data_dir / entry["original"], data_dir / entry["quarantine"]
-        if moved.exists() and original.exists():
-            result.skipped.append(f"{entry['original']}: a file exists there now; left at {entry['quarantine']}")
-            remaining.append(entry)
-            continue
-        if moved.exists():
-            back = moved  # where the original's bytes are (still, in a dry run)
-            if not dry_run:
-                original.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(moved, original)
-                back = original
-            result.restored.append(entry["original"])
-        elif original.exists():
-            back = original  # never moved (the run stopped first) or already put back by a newer entry
-        else:
-            result.skipped.append(f"{entry['original']}: missing from {entry['quarantine']}")
-            remaining.append(entry)
-            continue
-        converted = entry["converted"] and data_dir / entry["converted"]
-        if converted and converted.exists():
-            if files.sha256(back) == entry["sha256"] and files.sha256(converted) == entry["converted_sha256"]:
-                if not dry_run:
-                    converted.unlink()
-                result.removed.append(entry["converted"])
-            else:
-                result.skipped.append(f"{entry['converted']}: it or its original changed since clean; kept")
-    if dry_run:
-        return result
-    if remaining:
-        files.write_atomic(manifest, "".join(json.dumps(entry) + "\n" for entry in reversed(remaining)))
-    else:
-        manifest.unlink()
-        for root, _, _ in sorted(os.walk(data_dir / QUARANTINE), key=lambda item: -len(item[0])):
-            if not os.listdir(root):
-                os.rmdir(root)
-    return result
 
 
 def counts(summary: Summary) -> tuple:
@@ -488,7 +344,7 @@ def main(argv=None):
 
     try:
         if args.restore:
-            result = restore(args.data_dir, args.dry_run)
+            result = quarantine.restore(args.data_dir, args.dry_run)
             data = asdict(result)
             text = (f"{'would restore' if args.dry_run else 'restored'} {len(result.restored)} files, "
                     f"{'would remove' if args.dry_run else 'removed'} {len(result.removed)} converted copies"

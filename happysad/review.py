@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import cache, clean, crossval, data, explain, features, images, marks, model as models, near_copies, reports
+from happysad import cache, crossval, data, explain, features, images, marks, model as models, near_copies, quarantine, reports
 from happysad.files import sha256_each
 from happysad.runtime import enable_memory_growth, tf
 
@@ -99,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="move confident wrong-folder suspects into the suggested class folder")
     parser.add_argument("--quarantine", action="store_true",
                         help="move confident wrong-folder suspects (unless --move-to-suggested) and every "
-                             f"fits-no-class image into DATA_DIR/{clean.QUARANTINE}/")
+                             f"fits-no-class image into DATA_DIR/{quarantine.QUARANTINE}/")
     parser.add_argument("--top", type=int, default=20,
                         help="suspects of each kind in the terminal table and on the contact sheet (default 20; "
                              "the page and the JSON list all)")
@@ -258,10 +258,10 @@ def contact_sheet(rows: list, pictures: dict, top: int):
 
 def move_to_class(data_dir: Path, row: dict, sha256: str, manifest) -> str:
     """Move a suspect into the suggested class folder (same path below it, a free name), recorded first in
-    clean's manifest so that `clean --restore` moves it back; returns where it went, relative to data_dir."""
+    the quarantine's manifest so that `clean --restore` moves it back; returns where it went, relative to data_dir."""
     source = data_dir / row["path"]
-    target = clean.free_path(data_dir / row["suggested"] / Path(*Path(row["path"]).parts[1:]))
-    clean.append_entry(manifest, clean.manifest_entry(
+    target = quarantine.free_path(data_dir / row["suggested"] / Path(*Path(row["path"]).parts[1:]))
+    quarantine.append_entry(manifest, quarantine.manifest_entry(
         data_dir, row["path"], target, "review-relabel",
         f"in {row['folder']}, the model says {row['suggested']} (p {row['confidence']:.3f})", sha256))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -276,14 +276,14 @@ def act(data_dir: Path, rows: list, digests: list, args) -> list:
     # suspects the model is sure of, are moved.
     chosen = [row for row in rows
               if (row["far"] if row["kind"] == "no-class" else row["confidence"] >= args.min_confidence)]
-    with clean.open_manifest(data_dir) as manifest:
+    with quarantine.open_manifest(data_dir) as manifest:
         for row in chosen:
             sha256 = digests[row["index"]]
             if row["kind"] == "wrong-folder" and args.move_to_suggested:
                 moves.append((row["path"], move_to_class(data_dir, row, sha256, manifest)))
             elif args.quarantine:
-                found = clean.Finding(row["path"], row["folder"], REASONS[row["kind"]], row["why"], sha256)
-                clean.quarantine(data_dir, found, manifest)
+                found = quarantine.Finding(row["path"], row["folder"], REASONS[row["kind"]], row["why"], sha256)
+                quarantine.move(data_dir, found, manifest)
                 moves.append((row["path"], found.quarantine))
     return moves
 

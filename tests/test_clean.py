@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_near_copies import cropped_copy, framed, jpeg, resized_copy, scene
 
-from happysad import clean, images, sample
+from happysad import clean, images, quarantine, sample
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -113,7 +113,7 @@ def test_nothing_is_deleted_and_restore_gives_back_the_exact_tree(dataset):
     assert not Counter(before.values()) - Counter(after.values())
     assert after != before
 
-    result = clean.restore(data)
+    result = quarantine.restore(data)
     assert len(result.restored) == len(expected_reasons(data, dataset[1]))
     assert len(result.removed) == 4 and not result.skipped
     assert tree(data) == before
@@ -126,7 +126,7 @@ def test_restore_never_overwrites_and_keeps_copies_that_changed(dataset):
     (data / "happy" / "truncated.jpg").write_bytes(b"a new file the user put here")
     (data / "happy" / "face.png").write_bytes(b"the user edited the converted copy")
 
-    result = clean.restore(data)
+    result = quarantine.restore(data)
 
     assert (data / "happy" / "truncated.jpg").read_bytes() == b"a new file the user put here"
     assert (data / ".quarantine" / "corrupt" / "happy" / "truncated.jpg").exists()
@@ -193,7 +193,7 @@ def test_near_copies_within_a_class_stay_and_are_reported(tmp_path, capsys):
     assert summary.near_copies == [group]
     text = clean.report(summary)
     assert "near copies kept (same class): 1 groups, 3 files\n  " + ", ".join(group) in text
-    clean.restore(data)
+    quarantine.restore(data)
     assert tree(data) == before
     clean.main([str(data), "--dry-run", "--json", "-"])
     assert json.loads(capsys.readouterr().out)["near_copies"] == [group]
@@ -239,7 +239,7 @@ def test_an_interrupted_run_loses_nothing_and_can_be_finished_or_undone(dataset,
 
     clean.clean(data)  # finishing the job, then undoing both runs, gives back the original tree
     assert clean.clean(data).findings == []
-    clean.restore(data)
+    quarantine.restore(data)
     assert tree(data) == before
 
 

@@ -112,11 +112,11 @@ def test_exports_take_raw_pixels_and_give_predicts_probabilities(exports, test_i
     saved = tf.saved_model.load(str(exports["savedmodel"])).signatures["serving_default"]
     tflite = classifier.load_network(exports["tflite"])
     assert tflite.input_dtype == np.uint8
-    for files, run in ((odd, lambda pixels: next(iter(saved(pixels=tf.constant(pixels)).values()))),
-                       (paths[:6], lambda pixels: tflite.signature(pixels=pixels)[tflite.output_name])):
-        for path in files:
+    for pictures, run in ((odd, lambda pixels: next(iter(saved(pixels=tf.constant(pixels)).values()))),
+                          (paths[:6], lambda pixels: tflite.signature(pixels=pixels)[tflite.output_name])):
+        for path in pictures:
             pixels = tf.io.decode_image(open(path, "rb").read(), channels=3).numpy()
-            assert pixels.dtype == np.uint8 and (pixels.shape[:2] != (size, size)) == (files is odd)
+            assert pixels.dtype == np.uint8 and (pixels.shape[:2] != (size, size)) == (pictures is odd)
             got = float(np.asarray(run(pixels[None])).reshape(-1)[-1])
             want = reference.probabilities(reference.load_image(path)[None])[0, 1]
             assert got == pytest.approx(want, abs=1e-5), path

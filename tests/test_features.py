@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_WEIGHTS
 
-from happysad import cache, calibration, classifier, features, images, model as models, record, sample, train
+from happysad import cache, calibration, classifier, features, images, model as models, sample, train
 from happysad.files import sha256_each
 
 SIZE = 32

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_WEIGHTS
 
-from happysad import clean, features, marks, review, sample
+from happysad import features, marks, quarantine, review, sample
 
 SIZE = 32
 FAST = ["--folds", "3"]
@@ -143,7 +143,7 @@ def test_moves_go_through_cleans_manifest_and_restore_undoes_them(tmp_path, made
     after = tree(folder)
     assert after["sad/sad_003.jpg"] == before["sad/sad_003.jpg"]  # not overwritten
     assert after["sad/sad_003-1.jpg"] == before["happy/sad_003.jpg"]
-    records = clean.read_manifest(folder / clean.QUARANTINE / clean.MANIFEST)
+    records = quarantine.read_manifest(folder / quarantine.QUARANTINE / quarantine.MANIFEST)
     entries = [(r["original"], r["quarantine"], r["reason"]) for r in records]
     # the relabels (most confident first: an order of two near-certain suspects), then the quarantine
     assert sorted(entries[:2]) == [
@@ -152,7 +152,7 @@ def test_moves_go_through_cleans_manifest_and_restore_undoes_them(tmp_path, made
     assert entries[2] == ("happy/notes.jpg", ".quarantine/review-no-class/happy/notes.jpg", "review-no-class")
     assert all(r["sha256"] == before[r["original"]] and r["converted"] is None for r in records)
 
-    restored = clean.restore(folder)
+    restored = quarantine.restore(folder)
     assert len(restored.restored) == 3 and not restored.skipped
     assert tree(folder) == before
 
@@ -166,7 +166,7 @@ def test_quarantine_with_the_backbone_round_trips(tmp_path, weights_file):
     assert len(report["moved"]) == len(movable) > 0
     assert all(move["to"].startswith(".quarantine/review-") for move in report["moved"])
     assert len(tree(folder)) == len(before) + 1  # every file, and the manifest
-    clean.restore(folder)
+    quarantine.restore(folder)
     assert tree(folder) == before
 
 
