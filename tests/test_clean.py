@@ -233,7 +233,7 @@ def test_an_interrupted_run_loses_nothing_and_can_be_finished_or_undone(dataset,
         clean.clean(data)
     monkeypatch.undo()
     assert not Counter(before.values()) - Counter(tree(data).values())
-    assert not [name for name in tree(data) if name.endswith(".happysad-tmp")]
+    assert not [name for name in tree(data) if name.endswith(".tmp")]  # files.write_atomic's temporary names
     with open(data / ".quarantine" / "manifest.jsonl", "a") as manifest:
         manifest.write('{"original": "happy/')  # as if killed while writing a record: ignored, never harmful
 

@@ -1,57 +1,41 @@
-"""TensorFlow loads late and once: commands answer --help without it, and loading applies the project's
-start-up choices (oneDNN default, no C++ chatter) wherever it first happens."""
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""runtime: every command lets each GPU's memory grow before it does anything that could start a device.
 
-ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ("sample", "clean", "train", "predict", "evaluate", "review", "runs", "serve", "export")
-
-
-def run_python(code: str, **env) -> subprocess.CompletedProcess:
-    environment = {key: value for key, value in os.environ.items()
-                   if key not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
-    environment.update(PYTHONPATH=str(ROOT), **env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,
-                          timeout=300)
-
-
-def test_importing_the_package_and_asking_every_command_for_help_loads_no_tensorflow_and_no_matplotlib():
-    result = run_python(f"""
-import os, runpy, sys
-before = dict(os.environ)
-import happysad
-unchanged_by_package = dict(os.environ) == before
-for name in {COMMANDS!r}:
-    sys.argv = [name, "--help"]
-    try:
-        runpy.run_module("happysad." + name, run_name="__main__")
-    except SystemExit as stop:
-        assert stop.code in (0, None), (name, stop.code)
-import inspect
-from happysad.runtime import keras, tf
-inspect.unwrap(tf)  # introspection (pytest's fixture scan does this) must not load it either
-hasattr(keras, "_mock_name")
-print(sorted(m for m in ("tensorflow", "keras", "tensorboard", "matplotlib") if m in sys.modules))
-tensorflow_settings = sorted(key for key in {{*os.environ, *before}}
-                             if key.startswith("TF_") and os.environ.get(key) != before.get(key))
-print(unchanged_by_package, tensorflow_settings)
-""")
-    assert result.returncode == 0, result.stderr
-    *helps, loaded, environment = result.stdout.strip().splitlines()
-    assert loaded == "[]"
-    assert environment == "True []"  # (OpenCV's import adds to LD_LIBRARY_PATH: not the project's doing)
-    assert sum(line.startswith("usage: python -m happysad.") for line in helps) == len(COMMANDS)
-
-
-def test_first_use_loads_tensorflow_quietly_with_onednn_on_unless_the_user_chose():
-    code = """
-import os
-from happysad.runtime import tf
-print(int(tf.constant(2) * 3), os.environ["TF_ENABLE_ONEDNN_OPTS"])
+No GPU here: TensorFlow's device list is replaced by two stand-in GPUs, set_memory_growth records its calls,
+and each command's first step that touches TensorFlow's devices records itself and stops the command.
 """
-    default = run_python(code)
-    assert default.stdout.split() == ["6", "1"]
-    assert "cuda" not in default.stderr.lower() and "onednn" not in default.stderr.lower()
-    assert run_python(code, TF_ENABLE_ONEDNN_OPTS="0").stdout.split() == ["6", "0"]
+import pytest
+import tensorflow as tf
+
+from happysad import classifier, clean, evaluate, export, predict, review, serve, train
+
+STAND_INS = ("GPU:0 stand-in", "GPU:1 stand-in")
+
+
+class Stopped(Exception):
+    pass
+
+
+@pytest.mark.parametrize("command, first_step, argv", [
+    (train, (train, "train"), []),
+    (predict, (classifier, "load"), ["face.jpg"]),
+    (evaluate, (evaluate, "evaluate"), []),
+    (review, (review, "review"), ["data"]),
+    (serve, (classifier, "load"), []),
+    (export, (export, "export"), ["--format", "keras"]),
+    (clean, (clean, "clean"), ["data"]),
+], ids=lambda value: getattr(value, "__name__", "").rsplit(".", 1)[-1] or None)
+def test_each_gpu_grows_its_memory_before_the_command_starts_work(command, first_step, argv, monkeypatch):
+    events = []
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: list(STAND_INS) if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "set_memory_growth",
+                        lambda device, enabled: events.append((device, enabled)))
+
+    def work(*args, **kwargs):
+        events.append("work")
+        raise Stopped
+
+    monkeypatch.setattr(*first_step, work)
+    with pytest.raises(Stopped):
+        command.main(argv)
+    assert events == [(STAND_INS[0], True), (STAND_INS[1], True), "work"]

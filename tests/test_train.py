@@ -34,7 +34,8 @@ def test_record_lists_the_exact_split(trained):
     saved = record.read(trained["model"])
     assert saved.class_names == ["happy", "sad"]
     assert saved.preprocessing.image_size == 48 and saved.seed == 3
-    assert 0 < saved.threshold < 1 and saved.metrics["test"]["threshold"] == saved.threshold  # chosen on validation
+    assert saved.threshold == 0.5 and saved.metrics["test"]["threshold"] == saved.threshold  # calibrated: 0.5
+    assert saved.calibration["fitted_on"] == "validation partition" and saved.calibration["scale"] > 0
     files, _ = data.list_images(trained["data"], saved.class_names)
     expected = data.split(files, tuple(saved.hyperparameters["split"]), saved.seed,
                           groups=data.near_copy_groups(files))
