@@ -135,7 +135,11 @@ class Classifier:
                                                 classes[start:start + batch_size])
                                for start in range(0, len(batch), batch_size)])
 
-    def predict(self, batch: np.ndarray) -> list:
+    def predict(self, batch) -> list:
+        """A Prediction per image: `batch` is a list of image file paths, or images prepared as
+        load_image prepares them ((n, size, size, 3) in [0, 1])."""
+        if not isinstance(batch, np.ndarray):
+            batch = np.stack([self.load_image(path) for path in batch])
         probabilities, features = self.scores(batch)
         return [self.label(row, None if features is None else features[i]) for i, row in enumerate(probabilities)]
 

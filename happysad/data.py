@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import images, near_copies
+from happysad import defaults, images, near_copies
 from happysad.cache import image_bytes
 from happysad.files import sha256_each
 from happysad.runtime import deferred, tf
@@ -115,7 +115,7 @@ def list_images(data_dir, class_names) -> tuple:
     return Files(paths, labels), skipped
 
 
-def split(files: Files, fractions=(0.7, 0.2, 0.1), seed: int = 1337, groups=None) -> dict:
+def split(files: Files, fractions=(0.7, 0.2, 0.1), seed: int = defaults.SEED, groups=None) -> dict:
     """Seeded stratified split of a file list into PARTITIONS that never separates a group of files.
 
     groups: one id per file (near_copy_groups): files sharing an id, copies of one photo, always land in the

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import calibration, classifier, data, explain, marks, metrics, record, reports, summaries
+from happysad import calibration, classifier, data, defaults, explain, marks, metrics, record, reports, summaries
 from happysad.runtime import enable_memory_growth, tf
 
 
@@ -30,7 +30,7 @@ class EvaluateError(Exception):
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m happysad.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models/happysad.h5")
+    parser.add_argument("--model", default=defaults.MODEL)
     parser.add_argument("--data", help="a labelled folder DIR/<class>/... to score instead of the model's "
                                        "own partition; its class folders must match the model's classes")
     parser.add_argument("--partition", default="test", choices=data.PARTITIONS,

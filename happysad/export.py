@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import classifier, files, record
+from happysad import classifier, defaults, files, record
 from happysad.runtime import enable_memory_growth, keras, tf
 
 SUFFIXES = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite"}
@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--format", required=True, choices=tuple(SUFFIXES))
     parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                         help="tflite only: dynamic-range int8 weights or float16 weights (default: none)")
-    parser.add_argument("--model", default="models/happysad.h5", help="the Keras model to export (.h5 or .keras)")
+    parser.add_argument("--model", default=defaults.MODEL, help="the Keras model to export (.h5 or .keras)")
     parser.add_argument("--out", help="where to write it (default: beside --model, named after the format)")
     args = parser.parse_args(argv)
     if args.quantize != "none" and args.format != "tflite":

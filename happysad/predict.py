@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import classifier, explain, images
+from happysad import classifier, defaults, explain, images
 from happysad.runtime import enable_memory_growth, tf
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m happysad.predict", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="image files, or folders searched recursively")
-    parser.add_argument("--model", default="models/happysad.h5",
+    parser.add_argument("--model", default=defaults.MODEL,
                         help=".h5 or .keras, or an export: .tflite or a SavedModel folder (happysad.export)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--batch-size", type=int, default=32)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from happysad import files
+from happysad import defaults, files
 from happysad.images import Preprocessing
 
 # 2: near_copies and the per-epoch history. 3: `preprocessing` holds every setting (image_size and faces, the
@@ -33,7 +33,7 @@ class Record:
     threshold: float = 0.5
     calibration: dict = field(default_factory=dict)  # calibration.Scaling's fields and what it was fitted on
     domain: dict = field(default_factory=dict)  # domain.Domain's fields: class centres and the distance limit
-    seed: int = 1337
+    seed: int = defaults.SEED
     data_dir: str = ""
     split: dict = field(default_factory=dict)
     near_copies: list = field(default_factory=list)  # groups of near-duplicate images, each in one partition

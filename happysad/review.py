@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import cache, crossval, data, explain, features, images, marks, model as models, near_copies, quarantine, reports
+from happysad import (cache, crossval, data, defaults, explain, features, images, marks, model as models,
+                      near_copies, quarantine, reports)
 from happysad.files import sha256_each
 from happysad.runtime import enable_memory_growth, tf
 
@@ -85,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="where backbone features are stored: auto or disk (the store train uses, "
                              f"{cache.DEFAULT_CACHE_DIR}), disk:PATH, or memory / none (this run only)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
-    parser.add_argument("--seed", type=int, default=1337, help="same seed and data: same folds and heads")
+    parser.add_argument("--seed", type=int, default=defaults.SEED, help="same seed and data: same folds and heads")
     parser.add_argument("--outlier-z", type=float, default=marks.FAR_Z,
                         help="an image whose distance to every class has a robust z-score above this fits no "
                              f"class (default {marks.FAR_Z})")
@@ -124,7 +125,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # -- folds and scores: pure functions of a feature matrix ------------------------------------------------------
 
-def rank(vectors, labels, groups, n_classes: int, n_folds: int = 5, seed: int = 1337,
+def rank(vectors, labels, groups, n_classes: int, n_folds: int = 5, seed: int = defaults.SEED,
          outlier_z: float = marks.FAR_Z, band: float = marks.UNSURE_BAND) -> Ranking:
     """Score every image out of fold and pick the suspects, from features alone (see the module docstring)."""
     vectors = np.asarray(vectors, np.float32)

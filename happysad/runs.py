@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from happysad import record
+from happysad import defaults, record
 
 KEY_HYPERPARAMETERS = ("arch", "epochs", "batch_size", "image_size", "learning_rate", "seed")
 COMPARED_METRICS = (
@@ -34,7 +34,7 @@ class RunsError(Exception):
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m happysad.runs", description=__doc__.splitlines()[0])
-    parser.add_argument("--logdir", default="logs", help="the folder train wrote its runs into")
+    parser.add_argument("--logdir", default=defaults.LOGDIR, help="the folder train wrote its runs into")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                         help="two run names (or run folders) to show side by side")

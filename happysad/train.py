@@ -8,19 +8,22 @@ pipelines → fit with TensorBoard → test metrics on the held-out partition �
 folder logs/<run>/ gets TensorBoard events and a copy of the record.
 """
 import argparse
+import contextlib
 import datetime
+import io
 import itertools
 import json
 import shutil
 import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from happysad import (cache, calibration, crossval, data, distribute, features, images, marks, metrics,
-                      model as models, near_copies, record, reports, summaries)
+from happysad import (cache, calibration, classifier, crossval, data, defaults, distribute, features, images, marks,
+                      metrics, model as models, near_copies, record, reports, summaries)
 from happysad.files import sha256_each, write_atomic
 from happysad.runtime import deferred, enable_memory_growth, keras
 
@@ -42,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m happysad.train", description=__doc__.splitlines()[0],
         epilog="Options marked 'recipe' default to the measured recipe of the --arch: "
                + "; ".join(f"{arch}: {recipe_text(arch)}" for arch in models.ARCHITECTURES))
-    parser.add_argument("--data", default="data", help="folder with one subfolder of images per class")
+    parser.add_argument("--data", default=defaults.DATA, help="folder with one subfolder of images per class")
     parser.add_argument("--arch", default="cnn", metavar="|".join(("cnn", models.AUTO, "BACKBONE[+BACKBONE]")),
                         help="cnn: the design card's network; a pretrained backbone "
                              f"({', '.join(models.BACKBONES)}; {models.EXPRESSION}: a network that knows facial "
@@ -57,7 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="at most this many (see --patience); recipe")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, help="images are resized to N×N; recipe")
-    parser.add_argument("--seed", type=int, default=1337, help="same seed and data: same split and init")
+    parser.add_argument("--seed", type=int, default=defaults.SEED, help="same seed and data: same split and init")
     parser.add_argument("--folds", type=int, default=5,
                         help="pretrained backbone: K-fold cross-validation that measures the head, and the "
                              "penalty, threshold and backbone choices inside it (default 5)")
@@ -105,8 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "the CNN and fine-tuning)")
     parser.add_argument("--faces", action="store_true",
                         help="crop each image to its largest face (OpenCV), the whole image when none is found")
-    parser.add_argument("--model", default="models/happysad.h5", help="where to save the model (.h5)")
-    parser.add_argument("--logdir", default="logs", help="TensorBoard runs go to LOGDIR/RUN_NAME")
+    parser.add_argument("--model", default=defaults.MODEL, help="where to save the model (.h5)")
+    parser.add_argument("--logdir", default=defaults.LOGDIR, help="TensorBoard runs go to LOGDIR/RUN_NAME")
     parser.add_argument("--run-name", help="run folder name (default: the start time)")
     parser.add_argument("--cache", default="auto",
                         help="decoded-image and backbone-feature cache: auto (features on disk; images in memory "
@@ -673,6 +676,31 @@ def resume_backup(args) -> Backup:
     return Backup(folder, {})
 
 
+def fit(data=defaults.DATA, arch: str = "auto", **options):
+    """The one-call API, `happysad.train(data="photos", arch="auto")`: train as the command does and return
+    the saved model (a classifier.Classifier: .predict(paths), .record). Each option is a command option by
+    its name (folds=5, faces=True, augment=False, model="models/faces.h5"...); a wrong one raises ValueError
+    with the command's own message."""
+    argv = ["--data", str(data), "--arch", arch]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False:
+            argv.append(f"--no-{name.replace('_', '-')}")
+        elif value is not None:
+            argv += [flag, str(value)]
+    message = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(message):
+            args = parse_args(argv)
+    except SystemExit:
+        raise ValueError(message.getvalue().strip().splitlines()[-1]) from None
+    enable_memory_growth()
+    train(args)
+    return classifier.load(args.model)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     enable_memory_growth()
@@ -681,6 +709,15 @@ def main(argv=None) -> None:
     except (data.DataError, distribute.DistributeError, models.BuildError) as error:
         sys.exit(f"happysad.train: error: {error}")
 
+
+class CallableModule(types.ModuleType):
+    """Makes `happysad.train(...)` call fit(): the module a reader finds the command in is the API too."""
+
+    def __call__(self, *args, **kwargs):
+        return fit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = CallableModule
 
 if __name__ == "__main__":
     main()
