@@ -7,8 +7,8 @@ and listed. The report (report.json, PNG pictures, a self-contained index.html) 
 reports/<model>-<partition or folder>/, a table to the terminal, and scalars and pictures to the run's
 TensorBoard folder when it still exists.
 
-For two classes, `--store-threshold best-f1` (or a number) sets the decision threshold predict uses: picked
-on the validation partition, never on the images being evaluated, and written into the model's record.
+For two classes, `--store-threshold T` sets the decision threshold predict uses, written into the model's
+record; train's own is 0.5 on calibrated probabilities (happysad.calibration), where the classes' meet.
 """
 import argparse
 import datetime
@@ -38,21 +38,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", help="report folder (default: reports/<model>-<partition or folder>)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--store-threshold", metavar="best-f1|T",
-                        help="two classes only: store a decision threshold in the model's record, either "
-                             "the one with the best macro F1 on the validation partition or the number T")
+    parser.add_argument("--store-threshold", metavar="T", type=float,
+                        help="two classes only: store the decision threshold T on the second class's calibrated "
+                             "probability in the model's record (train's is 0.5, where the probabilities meet; "
+                             "a higher T asks for more evidence before naming the second class)")
     parser.add_argument("--mistakes", type=int, default=16, help="how many worst mistakes to picture")
     parser.add_argument("--no-tensorboard", action="store_true", help="do not log to the run's folder")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-    if args.store_threshold not in (None, "best-f1"):
-        try:
-            value = float(args.store_threshold)
-        except ValueError:
-            parser.error(f"--store-threshold must be best-f1 or a number, got {args.store_threshold!r}")
-        if not 0 < value < 1:
-            parser.error(f"--store-threshold must be between 0 and 1, got {value}")
+    if args.store_threshold is not None and not 0 < args.store_threshold < 1:
+        parser.error(f"--store-threshold must be between 0 and 1, got {args.store_threshold}")
     return args
 
 
@@ -190,27 +186,14 @@ def score(model: classifier.Classifier, files: data.Files, batch_size: int, keep
                   skipped, mistakes, np.concatenate(far) if far else None)
 
 
-def store_threshold(model_path, model: classifier.Classifier, setting: str, batch_size: int) -> dict:
-    """Pick (on validation) or take the threshold, write it into the model's record, return how it was set."""
+def store_threshold(model_path, model: classifier.Classifier, value: float) -> dict:
+    """Write the threshold into the model's record; return how it was set."""
     if not model.record.binary:
         raise EvaluateError("--store-threshold needs a two-class model; "
                             f"this one has {model.record.num_classes} classes and uses the arg-max")
-    if setting == "best-f1":
-        target = partition_target(model.record, "validation")
-        scores = score(model, target.files, batch_size)
-        if len(scores.labels) == 0:
-            raise EvaluateError("none of the validation images could be scored")
-        sweep = metrics.threshold_sweep(scores.labels, scores.probabilities[:, 1])
-        value = metrics.best_threshold(sweep)
-        chosen = next(row for row in sweep if row["threshold"] == value)
-        how = {"threshold": value, "method": "best macro F1 on the validation partition",
-               "validation_images": len(scores.labels), "validation_macro_f1": chosen["macro_f1"]}
-    else:
-        value = float(setting)
-        how = {"threshold": value, "method": "given on the command line"}
     record.update(model_path, threshold=value)
     model.record.threshold = value
-    return how
+    return {"threshold": value, "method": "given on the command line"}
 
 
 def uncalibrated(scores: Scores, model: classifier.Classifier):
@@ -287,13 +270,10 @@ def evaluate(args) -> dict:
         model = classifier.load(args.model)
     except classifier.ModelError as error:
         raise EvaluateError(str(error)) from None
-    threshold_info = store_threshold(args.model, model, args.store_threshold, args.batch_size) \
-        if args.store_threshold else None
+    threshold_info = None if args.store_threshold is None else store_threshold(args.model, model,
+                                                                                args.store_threshold)
     target = folder_target(args.data, model.class_names) if args.data else partition_target(
         model.record, args.partition)
-    if args.store_threshold == "best-f1" and not args.data and args.partition == "validation":
-        print("note: the threshold was chosen on these same validation images, so these scores are optimistic",
-              file=sys.stderr)
     if len(target.files) == 0:
         raise EvaluateError(f"no images to score in {target.name}")
     scores = score(model, target.files, args.batch_size, args.mistakes)

@@ -102,14 +102,6 @@ def threshold_sweep(y_true, scores, thresholds=None) -> list:
     return rows
 
 
-def best_threshold(sweep: list, key: str = "macro_f1") -> float:
-    """The threshold with the highest `key`; of several equally good ones, the middle one, so the choice
-    sits inside the best plateau rather than on its edge."""
-    best = max(row[key] for row in sweep)
-    winners = [row["threshold"] for row in sweep if row[key] >= best - 1e-12]
-    return winners[len(winners) // 2]
-
-
 def wilson_interval(successes: int, count: int, z: float = 1.96) -> tuple:
     """The Wilson score interval (95 % by default) of a proportion: how far the accuracy measured on `count`
     test images may be from the accuracy on all pictures like them. Stays inside [0, 1] even at 0 or 1."""

@@ -15,8 +15,8 @@ from happysad import evaluate, images, predict, record
 SIZE = 8
 # Red value (0-255) of each image = the forced model's probability of "sad" (x 255). Threshold 0.5.
 FOLDER = {"happy": [26, 51, 77, 204], "sad": [230, 179, 102, 115, 153]}  # mistakes: happy 204, sad 102, 115
-VALIDATION = {"happy": [51, 153], "sad": [204, 255]}  # macro F1 is 1 for any threshold in (0.6, 0.8]
-TEST = {"happy": [51], "sad": [102]}  # chosen on these, the threshold would lie in (0.2, 0.4]
+VALIDATION = {"happy": [51, 153], "sad": [204, 255]}
+TEST = {"happy": [51], "sad": [102]}
 
 
 def write_png(path, red: int) -> None:
@@ -162,7 +162,7 @@ def test_class_mismatch_empty_folder_and_empty_class_are_one_line_errors(forced,
     assert "\n" not in message
 
 
-def test_threshold_is_chosen_on_validation_and_predict_uses_it(forced, tmp_path, capsys):
+def test_a_stored_threshold_is_used_by_predict_which_says_why_a_label_has_p_below_half(forced, tmp_path, capsys):
     model_path = copy_model(forced["model"], tmp_path / "models")
     probe = tmp_path / "probe.png"
     write_png(probe, 153)  # p(sad) = 0.6: sad at the default 0.5, happy once the threshold is above 0.6
@@ -172,21 +172,17 @@ def test_threshold_is_chosen_on_validation_and_predict_uses_it(forced, tmp_path,
         return json.loads(capsys.readouterr().out)["label"]
 
     assert predicted_label() == "sad"
-    report = run_json(capsys, ["--model", str(model_path), "--store-threshold", "best-f1", "--out",
+    report = run_json(capsys, ["--model", str(model_path), "--store-threshold", "0.7", "--out",
                                str(tmp_path / "r"), "--no-tensorboard"])
     stored = record.read(model_path)
-    assert 0.6 < stored.threshold <= 0.8  # the validation plateau, not the test one (0.2, 0.4]
-    assert report["threshold"] == stored.threshold and report["stored_threshold"]["validation_images"] == 4
+    assert stored.threshold == report["threshold"] == 0.7 and report["stored_threshold"]["method"].startswith("given")
     assert stored.class_names == ["happy", "sad"] and stored.split == record.read(forced["model"]).split
     assert predicted_label() == "happy"
     predict.main([str(probe), "--model", str(model_path)])  # happy with p(happy) = 0.4: the line says why
-    assert capsys.readouterr().out.strip().endswith(f"happy (p=0.40; sad needs p >= {stored.threshold:.2f})")
-
-    run_json(capsys, ["--model", str(model_path), "--store-threshold", "0.3", "--out", str(tmp_path / "r"),
-                      "--no-tensorboard"])
-    assert record.read(model_path).threshold == 0.3
-    with pytest.raises(SystemExit):
-        evaluate.main(["--model", str(model_path), "--store-threshold", "1.5"])
+    assert capsys.readouterr().out.strip().startswith(f"{probe}: happy (p=0.40; sad needs p >= 0.70)")
+    for wrong in ("1.5", "best-f1"):
+        with pytest.raises(SystemExit):
+            evaluate.main(["--model", str(model_path), "--store-threshold", wrong])
 
 
 def test_multiclass_uses_argmax_and_refuses_a_threshold(tmp_path, capsys):
@@ -203,7 +199,7 @@ def test_multiclass_uses_argmax_and_refuses_a_threshold(tmp_path, capsys):
     assert report["metrics"]["confusion_matrix"] == [[2, 0, 0], [0, 2, 0], [0, 1, 2]]
     assert report["threshold"] is None and "roc_auc" not in report["metrics"]
     assert report["metrics"]["per_class"]["red"]["accuracy"] == pytest.approx(2 / 3)
-    assert "two-class" in error_of(["--model", str(model_path), "--store-threshold", "best-f1"])
+    assert "two-class" in error_of(["--model", str(model_path), "--store-threshold", "0.4"])
 
 
 def test_agrees_with_training_on_the_trained_models_test_partition(trained, tmp_path, capsys):
