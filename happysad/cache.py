@@ -57,6 +57,14 @@ def available_memory() -> int:
         return 4 * 1024**3
 
 
+SETTINGS = "auto, memory, disk[:PATH] or none"
+
+
+def valid_setting(setting: str) -> bool:
+    """Whether a cache setting (--cache) is one of SETTINGS: the one check train, review and this module use."""
+    return setting in ("auto", "memory", "disk", "none") or setting.startswith("disk:")
+
+
 def memory_cache_budget() -> int:
     """Half the available RAM: the rest is for TensorFlow, the model, prefetched batches and everyone else."""
     return available_memory() // 2
@@ -70,8 +78,8 @@ def choose_caches(setting: str, partitions: dict, preprocessing, budget: int = N
     of them together fit in `budget` (default: half the available RAM), else on disk, so a dataset larger
     than memory trains instead of crashing. The test partition is read once and is never cached.
     """
-    if setting not in ("auto", "memory", "disk", "none") and not setting.startswith("disk:"):
-        raise ValueError(f"--cache must be auto, memory, disk[:PATH] or none, got {setting!r}")
+    if not valid_setting(setting):
+        raise ValueError(f"the cache setting must be {SETTINGS}, got {setting!r}")
     cached = {name: files for name, files in partitions.items() if name != "test"}
     if setting == "auto":
         total = sum(decoded_bytes(files, preprocessing.image_size) for files in cached.values())

@@ -11,14 +11,14 @@ from happysad.files import write_atomic
 from happysad.runtime import keras, tf
 
 
-def stopping(args) -> list:
+def stopping(patience: int) -> list:
     """Early stopping (keeping the best epoch's weights) and learning-rate reduction on a plateau, both
-    watching the validation loss."""
-    if not args.patience:
+    watching the validation loss; none for patience 0."""
+    if not patience:
         return []
-    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True,
+    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True,
                                           verbose=1),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=max(1, args.patience // 2),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=max(1, patience // 2),
                                               min_lr=1e-6, verbose=1)]
 
 

@@ -110,8 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     recipe = models.RECIPES[args.arch]
     args.image_size = args.image_size or recipe.image_size
-    if args.cache not in ("auto", "disk", "memory", "none") and not args.cache.startswith("disk:"):
-        parser.error(f"--cache must be auto, disk[:PATH], memory or none, got {args.cache!r}")
+    if not cache.valid_setting(args.cache):
+        parser.error(f"--cache must be {cache.SETTINGS}, got {args.cache!r}")
     if args.weights == "none":
         parser.error("--weights none gives random features that know nothing about pictures; use imagenet or a file")
     if args.folds < 3:

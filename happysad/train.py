@@ -171,8 +171,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--holdout applies to a pretrained backbone's cross-validation; the CNN and fine-tuning keep "
                      "a test partition by --split")
     args.split = args.split or "0.7,0.2,0.1"
-    if args.cache not in ("auto", "memory", "disk", "none") and not args.cache.startswith("disk:"):
-        parser.error(f"--cache must be auto, memory, disk[:PATH] or none, got {args.cache!r}")
+    if not cache.valid_setting(args.cache):
+        parser.error(f"--cache must be {cache.SETTINGS}, got {args.cache!r}")
     if not 0 <= args.unsure_band < 1:
         parser.error(f"--unsure-band must be in [0, 1), got {args.unsure_band}")
     if args.far_z <= 0:
@@ -449,7 +449,7 @@ def train_on_partitions(args) -> dict:
                            matrix_every_epoch=False)
     checkpoint = run_dir / f"checkpoint{Path(args.model).suffix}" if args.checkpoint and setup.is_chief else None
     history = keras.callbacks.History()  # one for every fit of the run: Keras appends each stage's epochs
-    run_callbacks = [*callbacks.stopping(args), timing, *board, history]
+    run_callbacks = [*callbacks.stopping(args.patience), timing, *board, history]
     # Fits on images (the CNN, fine-tuning) take minutes an epoch: they checkpoint and can be resumed. A head
     # on stored features trains again in seconds, the same way for the same seed (and is not a whole model).
     image_callbacks = list(run_callbacks)

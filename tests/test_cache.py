@@ -25,7 +25,7 @@ def test_auto_cache_is_memory_within_budget_else_disk_and_test_is_never_cached(f
     elsewhere = image_cache.choose_caches(f"disk:{tmp_path / 'other'}", parts, images.Preprocessing(16))
     assert elsewhere["train"].startswith(str(tmp_path / "other" / "images-"))
     assert 0 < image_cache.memory_cache_budget() < image_cache.available_memory()
-    with pytest.raises(ValueError, match="--cache must be"):
+    with pytest.raises(ValueError, match="the cache setting must be"):
         image_cache.choose_caches("ram", parts, images.Preprocessing(16))
 
 
