@@ -8,14 +8,15 @@ hidden, but two facts come with it, each with its reason:
                    probabilities (happysad.calibration) make the band mean what it says: about 60 % right
                    for a band of 0.2 around 0.5.
     fits no class  the picture's features (what the output layer reads) are far from every class seen in
-                   training: the cosine distance to the nearest class centre is beyond the domain's limit.
-                   The limit comes from the distances of photos the centres never saw (out of fold, or the
-                   validation partition): their median plus FAR_Z robust standard deviations (1.4826 times
-                   the median absolute deviation, which the far pictures cannot inflate), and at least
-                   FAR_RATIO times the median, for folders where nearly all pictures are alike.
+                   training: the cosine distance to the nearest of the classes' centres (k-means, about one
+                   centre per PHOTOS_PER_CENTRE photos, at most CENTRES_PER_CLASS per class, so a class of
+                   several kinds of picture keeps them all) is beyond the domain's limit. The limit comes from
+                   photos the centres never saw (out of fold, or the validation partition): all but FAR_SHARE
+                   of them are closer, and it is at least FAR_RATIO times their median, for folders where
+                   nearly all pictures are alike.
 
-train stores the class centres and the limit with the model (the record's `domain`); predict, serve and the
-JSON API mark each image by them, and review lists its suspects by the same rules.
+train stores the centres and the limit with the model (the record's `domain`); predict, serve and the JSON API
+mark each image by them, and review lists its suspects by the same rules.
 """
 from __future__ import annotations
 
@@ -23,9 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from happysad.runtime import deferred
+
+cluster = deferred("sklearn.cluster", after_tensorflow=False)
+
 UNSURE_BAND = 0.2  # README: on unseen web photos, 15 % of them fall inside; 57 % of those were right, 85 % outside
-FAR_Z = 3.0  # README: on unseen web photos 3-5 % are marked, and 83 % of pictures unlike any photo
+FAR_SHARE = 0.04  # README: 3-4 % of unseen web photos are marked, and 91-95 % of pictures unlike any photo
 FAR_RATIO = 1.5
+CENTRES_PER_CLASS = 16
+PHOTOS_PER_CENTRE = 8
 
 
 def unit(vectors) -> np.ndarray:
@@ -34,9 +41,14 @@ def unit(vectors) -> np.ndarray:
 
 
 def class_centres(vectors, labels, num_classes: int) -> np.ndarray:
-    """(classes, dim) unit-length mean of each class's unit-length vectors."""
+    """(centres, dim) unit-length k-means centres of each class's unit-length vectors, all classes together."""
     vectors, labels = unit(vectors), np.asarray(labels, int)
-    return unit(np.stack([vectors[labels == c].mean(axis=0) for c in range(num_classes)]))
+    found = []
+    for c in range(num_classes):
+        members = vectors[labels == c]
+        count = int(np.clip(len(members) // PHOTOS_PER_CENTRE, 1, CENTRES_PER_CLASS))
+        found.append(cluster.KMeans(count, n_init=3, random_state=0).fit(members).cluster_centers_)
+    return unit(np.concatenate(found))
 
 
 def distances(vectors, centres) -> np.ndarray:
@@ -54,22 +66,12 @@ def out_of_fold_distances(vectors, labels, folds, num_classes: int) -> np.ndarra
     return result
 
 
-def robust_z(values, median: float, spread: float) -> np.ndarray:
-    return (np.asarray(values) - median) / max(spread, 1e-12)
-
-
 @dataclass(frozen=True)
 class Domain:
-    """What the training photos look like to the model: class centres, and how far an unseen one may be."""
+    """What the training photos look like to the model: the classes' centres, and how far an unseen one may be."""
 
-    centres: np.ndarray  # (classes, dim), unit length
-    median: float  # of the held-out distances
-    spread: float  # 1.4826 * their median absolute deviation
-    far_z: float = FAR_Z
-
-    @property
-    def limit(self) -> float:
-        return max(self.median + self.far_z * self.spread, FAR_RATIO * self.median)
+    centres: np.ndarray  # (centres, dim), unit length
+    limit: float  # a cosine distance: further than this from every centre fits no class
 
     def far(self, vectors) -> tuple:
         """(distances, whether each is beyond the limit) of feature vectors."""
@@ -77,22 +79,21 @@ class Domain:
         return found, found > self.limit
 
     def to_record(self) -> dict:
-        return {"centres": np.round(self.centres, 6).tolist(), "median": self.median, "spread": self.spread,
-                "far_z": self.far_z, "limit": self.limit}
+        return {"centres": np.round(self.centres, 5).tolist(), "limit": self.limit}
 
     @classmethod
     def from_record(cls, values: dict):
         """The record's domain, or None for a model trained before it was stored."""
         if not values:
             return None
-        return cls(np.asarray(values["centres"], np.float64), values["median"], values["spread"], values["far_z"])
+        return cls(np.asarray(values["centres"], np.float64), float(values["limit"]))
 
 
-def fit_domain(centres, held_out_distances, far_z: float = FAR_Z) -> Domain:
+def far_limit(held_out_distances, far_share: float = FAR_SHARE) -> float:
+    """The distance all but far_share of the held-out photos are within, and at least FAR_RATIO times their
+    median."""
     held_out_distances = np.asarray(held_out_distances, np.float64)
-    median = float(np.median(held_out_distances))
-    spread = float(1.4826 * np.median(np.abs(held_out_distances - median)))
-    return Domain(np.asarray(centres, np.float64), median, spread, far_z)
+    return float(max(np.quantile(held_out_distances, 1 - far_share), FAR_RATIO * np.median(held_out_distances)))
 
 
 def unsure(probabilities, threshold: float = 0.5, band: float = UNSURE_BAND) -> np.ndarray:

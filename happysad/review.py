@@ -17,7 +17,7 @@ Two kinds of finding, each image at most one:
                    probability; listed most confident first
     fits no class  an unsure prediction, or a picture far from every class, by the rules predict and serve
                    mark them with (happysad.marks), on the out-of-fold probabilities and the distances to the
-                   class centres of the other folds: --unsure-band and --outlier-z set them. Listed farthest
+                   class centres of the other folds: --unsure-band and --far-share set them. Listed farthest
                    first. It takes precedence: a suggestion for a picture that looks like no class means nothing
 
 Nothing moves unless asked. --move-to-suggested moves the wrong-folder images with confidence of at least
@@ -67,8 +67,8 @@ class Ranking:
     """Out-of-fold scores of every image, and the suspects among them (most certain first)."""
 
     probabilities: np.ndarray  # (images, classes)
-    distances: np.ndarray  # (images,) cosine distance to the nearest class centroid of the other folds
-    outlier_z: np.ndarray  # (images,) robust z-score of the distance
+    distances: np.ndarray  # (images,) cosine distance to the nearest class centre of the other folds
+    far_limit: float  # beyond it an image fits no class (marks.far_limit)
     folds: np.ndarray  # (images,) the fold that scored each image
     penalty: float  # the head's C chosen on every image: the head the heatmaps are drawn with
     suspects: list = field(default_factory=list)
@@ -87,9 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              f"{cache.DEFAULT_CACHE_DIR}), disk:PATH, or memory / none (this run only)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--seed", type=int, default=defaults.SEED, help="same seed and data: same folds and heads")
-    parser.add_argument("--outlier-z", type=float, default=marks.FAR_Z,
-                        help="an image whose distance to every class has a robust z-score above this fits no "
-                             f"class (default {marks.FAR_Z})")
+    parser.add_argument("--far-share", type=float, default=marks.FAR_SHARE,
+                        help="an image further from every class than all but this share of the images (each "
+                             "measured by the centres of the other folds) fits no class, as predict marks it "
+                             f"(default {marks.FAR_SHARE})")
     parser.add_argument("--unsure-band", type=float, default=marks.UNSURE_BAND,
                         help="an image whose two highest out-of-fold probabilities lie within this of each other "
                              f"is listed as unsure, as predict marks it (default {marks.UNSURE_BAND})")
@@ -126,37 +127,37 @@ def parse_args(argv=None) -> argparse.Namespace:
 # -- folds and scores: pure functions of a feature matrix ------------------------------------------------------
 
 def rank(vectors, labels, groups, n_classes: int, n_folds: int = 5, seed: int = defaults.SEED,
-         outlier_z: float = marks.FAR_Z, band: float = marks.UNSURE_BAND) -> Ranking:
+         far_share: float = marks.FAR_SHARE, band: float = marks.UNSURE_BAND) -> Ranking:
     """Score every image out of fold and pick the suspects, from features alone (see the module docstring)."""
     vectors = np.asarray(vectors, np.float32)
     labels = np.asarray(labels, dtype=int)
     folds = data.make_folds(labels, groups, n_folds, seed)
     measurement = crossval.cross_validate({"features": crossval.unit(vectors)}, labels, folds)
     distances = marks.out_of_fold_distances(vectors, labels, folds, n_classes)
-    domain = marks.fit_domain(marks.class_centres(vectors, labels, n_classes), distances, outlier_z)
-    ranking = Ranking(measurement.probabilities, distances,
-                      marks.robust_z(distances, domain.median, domain.spread), folds, measurement.final.penalty)
-    ranking.suspects = find_suspects(ranking, labels, domain.limit, band)
+    ranking = Ranking(measurement.probabilities, distances, marks.far_limit(distances, far_share), folds,
+                      measurement.final.penalty)
+    ranking.suspects = find_suspects(ranking, labels, band)
     return ranking
 
 
-def find_suspects(ranking: Ranking, labels, far_limit: float, band: float = marks.UNSURE_BAND) -> list:
+def find_suspects(ranking: Ranking, labels, band: float = marks.UNSURE_BAND) -> list:
     """Wrong-folder suspects, most confident first, then fits-no-class ones, farthest first."""
     suggested = ranking.probabilities.argmax(axis=1)
     confidence = ranking.probabilities.max(axis=1)
     unsure = marks.unsure(ranking.probabilities, 0.5, band)
-    far = ranking.distances > far_limit
+    far = ranking.distances > ranking.far_limit
     wrong, lost = [], []
     for i in range(len(labels)):
         if far[i] or unsure[i]:
-            why = (f"far from every class (distance z {ranking.outlier_z[i]:.1f})" if far[i]
+            why = (f"far from every class (distance {ranking.distances[i]:.2f}, limit {ranking.far_limit:.2f})"
+                   if far[i]
                    else f"unsure (highest probability {confidence[i]:.2f})")
             lost.append(Suspect(i, "no-class", int(suggested[i]), float(confidence[i]), why, bool(far[i])))
         elif suggested[i] != labels[i]:
             wrong.append(Suspect(i, "wrong-folder", int(suggested[i]), float(confidence[i]),
                                  f"its folder's class at p {ranking.probabilities[i, labels[i]]:.3f}"))
     wrong.sort(key=lambda s: -s.confidence)
-    lost.sort(key=lambda s: -ranking.outlier_z[s.index])
+    lost.sort(key=lambda s: -ranking.distances[s.index])
     return wrong + lost
 
 
@@ -191,7 +192,7 @@ def suspect_rows(ranking: Ranking, relative: list, labels, class_names) -> list:
     """One dict per suspect, in ranking order: what the table, the page, the JSON and the moves use."""
     return [{"path": relative[s.index], "kind": s.kind, "folder": class_names[labels[s.index]],
              "suggested": class_names[s.suggested], "confidence": round(s.confidence, 4), "why": s.why,
-             "outlier_z": round(float(ranking.outlier_z[s.index]), 2), "far": s.far, "index": s.index}
+             "distance": round(float(ranking.distances[s.index]), 4), "far": s.far, "index": s.index}
             for s in ranking.suspects]
 
 
@@ -311,7 +312,7 @@ def review(args) -> dict:
     groups = data.near_copy_groups(files, cache.array_store(args.cache, near_copies.FAMILY, near_copies.VERSION),
                                    digests)
     seconds["near_copies"], mark = time.perf_counter() - mark, time.perf_counter()
-    ranking = rank(vectors, labels, groups, len(class_names), args.folds, args.seed, args.outlier_z,
+    ranking = rank(vectors, labels, groups, len(class_names), args.folds, args.seed, args.far_share,
                    args.unsure_band)
     seconds["cross_validation"] = time.perf_counter() - mark
     accuracy = float(np.mean(ranking.probabilities.argmax(axis=1) == labels))
@@ -339,13 +340,13 @@ def review(args) -> dict:
     report = {
         "data_dir": str(args.data_dir), "classes": class_names, "out_of_fold_accuracy": accuracy,
         "settings": {name: getattr(args, name) for name in (
-            "arch", "weights", "image_size", "folds", "seed", "outlier_z", "unsure_band", "min_confidence")} | {"far_ratio": marks.FAR_RATIO},
+            "arch", "weights", "image_size", "folds", "seed", "far_share", "unsure_band", "min_confidence")} | {"far_ratio": marks.FAR_RATIO,
+                                                                            "far_limit": ranking.far_limit},
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
         "images": [{"path": relative[i], "folder": class_names[labels[i]], "fold": int(ranking.folds[i]),
                     "group": int(groups[i]),
                     "probabilities": dict(zip(class_names, np.round(ranking.probabilities[i], 4).tolist())),
-                    "distance": round(float(ranking.distances[i]), 4),
-                    "outlier_z": round(float(ranking.outlier_z[i]), 2)} for i in range(len(files))],
+                    "distance": round(float(ranking.distances[i]), 4)} for i in range(len(files))],
         "suspects": [{key: value for key, value in row.items() if key != "index"} for row in rows],
         "moved": [{"from": source, "to": target} for source, target in moves],
     }

@@ -33,7 +33,7 @@ callbacks = deferred("happysad.callbacks")  # defines Keras classes: imported wh
 # record keeps in fields of their own (the preprocessing settings, the seed), and those of the cross-validated
 # path, which a fit on images does not use.
 NOT_HYPERPARAMETERS = {"model", "logdir", "run_name", "cache", "fractions", "checkpoint", "image_size", "faces",
-                       "seed", "backbones", "cross_validate", "folds", "holdout", "unsure_band", "far_z"}
+                       "seed", "backbones", "cross_validate", "folds", "holdout", "unsure_band", "far_share"}
 
 
 # Options of fits on images (the CNN, fine-tuning) that a cross-validated head has no use for.
@@ -96,10 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="predictions whose calibrated probability lies within B around the threshold (two "
                              "classes), or whose two highest probabilities lie within B of each other, are "
                              f"marked unsure (default {marks.UNSURE_BAND})")
-    parser.add_argument("--far-z", type=float, default=marks.FAR_Z, metavar="Z",
-                        help="a picture whose features are further from every class centre than the training "
-                             "photos' median distance plus Z robust standard deviations is marked 'fits no "
-                             f"class' (default {marks.FAR_Z})")
+    parser.add_argument("--far-share", type=float, default=marks.FAR_SHARE, metavar="S",
+                        help="a picture further from every class than all but a share S of the training photos "
+                             "(each measured by centres that never saw it) is marked 'fits no class' (default "
+                             f"{marks.FAR_SHARE})")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run of this same command that was killed, from its last finished "
                              "epoch (its backup lives beside --model until the run ends)")
@@ -175,8 +175,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--cache must be {cache.SETTINGS}, got {args.cache!r}")
     if not 0 <= args.unsure_band < 1:
         parser.error(f"--unsure-band must be in [0, 1), got {args.unsure_band}")
-    if args.far_z <= 0:
-        parser.error(f"--far-z must be positive, got {args.far_z}")
+    if not 0 < args.far_share < 0.5:
+        parser.error(f"--far-share must be between 0 and 0.5, got {args.far_share}")
     if args.resume and args.strategy == "multiworker":
         parser.error("--resume works on one machine (one or several GPUs), not with --strategy multiworker")
     if args.threshold != "auto":
@@ -289,8 +289,8 @@ def train_with_folds(args) -> dict:
     models.set_head(network, head.coef_, head.intercept_)
     calibration.apply_to_network(network, choice.scaling)
     vectors = feature_sets[choice.features][:len(files)]
-    domain = marks.fit_domain(marks.class_centres(vectors, labels, len(class_names)),
-                              marks.out_of_fold_distances(vectors, labels, folds, len(class_names)), args.far_z)
+    domain = marks.Domain(marks.class_centres(vectors, labels, len(class_names)), marks.far_limit(
+        marks.out_of_fold_distances(vectors, labels, folds, len(class_names)), args.far_share))
     model_metrics = {"cross_validation": cross_validated, "train_seconds": time.time() - started}
     if len(test):
         probabilities = calibration.apply(choice.scaling, head.predict_proba(feature_sets[choice.features][len(files):]))
@@ -507,7 +507,7 @@ def train_on_partitions(args) -> dict:
         threshold=threshold,
         calibration={**scaling.to_record(), "fitted_on": "validation partition", "unsure_band": args.unsure_band},
         domain=partition_domain(network, parts, preprocessing, args.batch_size, len(class_names),
-                                args.far_z).to_record(),
+                                args.far_share).to_record(),
         seed=args.seed,
         data_dir=str(Path(args.data).resolve()),
         split={name: data.relative(parts[name], args.data) for name in data.PARTITIONS},
@@ -595,9 +595,10 @@ def fine_tune(args, network, num_classes: int, setup, datasets, callbacks, class
                    callbacks=callbacks, class_weight=class_weight, initial_epoch=initial_epoch)
 
 
-def partition_domain(network, parts, preprocessing, batch_size: int, num_classes: int, far_z: float) -> marks.Domain:
-    """The class centres of the training images' features (what the output layer reads), and the distance
-    limit from the validation images, which the network never trained on."""
+def partition_domain(network, parts, preprocessing, batch_size: int, num_classes: int,
+                     far_share: float) -> marks.Domain:
+    """The centres of the training images' features (what the output layer reads), and the distance limit
+    from the validation images, which the network never trained on."""
     reader = keras.Model(network.inputs, network.get_layer("prediction").input)
 
     def vectors(name):
@@ -605,7 +606,7 @@ def partition_domain(network, parts, preprocessing, batch_size: int, num_classes
         return reader.predict(dataset, verbose=0)
 
     centres = marks.class_centres(vectors("train"), parts["train"].labels, num_classes)
-    return marks.fit_domain(centres, marks.distances(vectors("validation"), centres), far_z)
+    return marks.Domain(centres, marks.far_limit(marks.distances(vectors("validation"), centres), far_share))
 
 
 def saved_epoch(history: dict, args, stage_start: int) -> int:

@@ -14,29 +14,34 @@ def test_unsure_is_a_band_around_the_threshold_and_between_the_two_highest_of_mo
     assert marks.unsure_reason(three[0], ["a", "b", "c"]) == "a 0.40 against b 0.35"
 
 
-def test_distances_are_cosine_to_the_nearest_class_centre():
-    vectors = np.array([[1.0, 0.0], [2.0, 0.1], [0.0, 3.0], [0.1, 1.0]])
-    centres = marks.class_centres(vectors, [0, 0, 1, 1], 2)
-    np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 1.0)
-    found = marks.distances(np.array([[5.0, 0.05], [1.0, 1.0]]), centres)
-    assert found[0] < 0.01 and found[1] == pytest.approx(1 - np.cos(np.pi / 4), abs=0.05)
-
-
-def test_the_limit_is_median_plus_z_robust_deviations_and_ignores_the_far_ones_it_should_find():
+def test_distances_are_cosine_to_the_nearest_centre_and_a_class_of_two_kinds_keeps_both():
     rng = np.random.default_rng(0)
-    held_out = np.r_[rng.normal(0.3, 0.02, 200), [0.9, 0.95]]  # two outliers cannot widen the spread
-    domain = marks.fit_domain(np.eye(2), held_out, far_z=3.5)
-    assert domain.median == pytest.approx(0.3, abs=0.01) and domain.spread == pytest.approx(0.02, rel=0.2)
-    assert domain.limit == pytest.approx(max(domain.median + 3.5 * domain.spread, 1.5 * domain.median))
-    alike = marks.fit_domain(np.eye(2), np.full(50, 0.2))  # no spread: the ratio keeps alike pictures in
-    assert alike.limit == pytest.approx(0.3)
+    kinds = np.eye(4)[[0, 1, 2]] * 5  # class 0 holds two kinds of picture (directions 0 and 1), class 1 one
+    vectors = np.concatenate([kinds[0] + rng.normal(0, 0.3, (40, 4)), kinds[1] + rng.normal(0, 0.3, (40, 4)),
+                              kinds[2] + rng.normal(0, 0.3, (40, 4))])
+    labels = [0] * 80 + [1] * 40
+    centres = marks.class_centres(vectors, labels, 2)
+    np.testing.assert_allclose(np.linalg.norm(centres, axis=1), 1.0)
+    # A picture of either kind of class 0 is close to a centre, where one mean of the class would lie between
+    # the two kinds, 45 degrees from both; a picture unlike all three is far.
+    near = marks.distances(kinds[:3] + 0.1, centres)
+    assert near.max() < 0.02
+    assert marks.distances(np.array([[0, 0, 0, 1.0]]), centres)[0] > 0.8
 
 
-def test_a_domain_survives_the_record():
-    domain = marks.fit_domain(marks.class_centres(np.eye(3)[:, :2] + 0.1, [0, 1, 1], 2), [0.1, 0.2, 0.3], 2.0)
+def test_the_limit_leaves_out_the_share_asked_for_and_alike_pictures_in():
+    held_out = np.linspace(0.1, 0.5, 101)
+    assert marks.far_limit(held_out, 0.04) == pytest.approx(0.484)  # 4 of the 101 lie beyond it
+    assert marks.far_limit(np.full(50, 0.2)) == pytest.approx(0.3)  # no spread: FAR_RATIO x the median
+
+
+def test_a_domain_survives_the_record_and_marks_the_far():
+    domain = marks.Domain(marks.unit(np.array([[1.0, 0.0], [0.0, 1.0]])), 0.2)
     again = marks.Domain.from_record(domain.to_record())
     np.testing.assert_allclose(again.centres, domain.centres, atol=1e-6)
-    assert again.limit == pytest.approx(domain.limit) and marks.Domain.from_record({}) is None
+    assert again.limit == domain.limit and marks.Domain.from_record({}) is None
+    found, far = again.far(np.array([[1.0, 0.1], [1.0, 1.0]]))
+    assert list(far) == [False, True] and found[1] == pytest.approx(1 - np.cos(np.pi / 4))
 
 
 def test_out_of_fold_distances_never_use_the_vectors_own_fold():

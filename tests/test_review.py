@@ -72,17 +72,14 @@ def test_flipped_labels_rank_first_and_a_far_vector_fits_no_class():
     assert all(s.suggested == labels[s.index] and s.confidence > 0.8 for s in wrong)
     lost = [s for s in ranking.suspects if s.kind == "no-class"]
     assert [s.index for s in lost] == [80] and lost[0].why.startswith("far from every class")
-    assert ranking.outlier_z[80] > 10 and ranking.probabilities.shape == (81, 2)
+    assert ranking.distances[80] > 1.5 * ranking.far_limit and ranking.probabilities.shape == (81, 2)
 
 
 def test_unsure_fits_no_class_and_alike_pictures_are_not_far():
     probabilities = np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8], [0.95, 0.05]])
-    distances = np.array([0.10, 0.10, 0.10, 0.1003])  # all alike: a tiny spread, a huge z-score
-    domain = marks.fit_domain(np.eye(2), distances)
-    ranking = review.Ranking(probabilities, distances, marks.robust_z(distances, domain.median, domain.spread),
-                             np.zeros(4, int), 1.0)
-    assert ranking.outlier_z[3] > 3.5
-    suspects = review.find_suspects(ranking, np.array([0, 0, 0, 1]), domain.limit)
+    distances = np.array([0.10, 0.10, 0.10, 0.1003])  # all alike: the farthest is no outlier
+    ranking = review.Ranking(probabilities, distances, marks.far_limit(distances), np.zeros(4, int), 1.0)
+    suspects = review.find_suspects(ranking, np.array([0, 0, 0, 1]))
     assert [(s.index, s.kind) for s in suspects] == [(3, "wrong-folder"), (2, "wrong-folder"), (1, "no-class")]
     assert suspects[2].why.startswith("unsure")
 
