@@ -8,6 +8,7 @@ import happysad
 from happysad import predict, record, sample
 
 
+@pytest.mark.slow
 def test_train_returns_the_saved_model_and_load_predicts_files_as_the_command_does(
         weights_file, tmp_path, capsys):
     sample.write_faces(tmp_path / "photos", per_class=15, size=32, seed=3)

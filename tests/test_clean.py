@@ -285,6 +285,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2 and "--min-size" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_error_from_the_shell_has_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "happysad.clean", str(tmp_path / "missing")], cwd=REPO,
                             capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

@@ -32,6 +32,7 @@ def test_every_image_is_scored_by_the_head_of_the_fold_that_left_it_out():
                                       metrics.predicted_labels(measurement.probabilities[held], choice.threshold))
 
 
+@pytest.mark.slow
 def test_the_informative_features_are_chosen_and_noise_measures_as_chance():
     labels = np.repeat([0, 1], 60)
     signal = crossval.unit(clusters(labels, separation=0.7, seed=1))

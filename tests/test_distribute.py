@@ -130,6 +130,7 @@ train.main(common + ["--strategy", "mirrored", "--batch-size", str(batch // 2), 
 """ % SIZE
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_devices_matches_one_device(faces_dir, tmp_path):
     """Same seed, data and global batch on one device and mirrored over two logical CPUs: same model.
 
@@ -156,6 +157,7 @@ def test_mirrored_over_two_devices_matches_one_device(faces_dir, tmp_path):
     np.testing.assert_allclose(p_two, p_one, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_multiworker_two_processes_chief_saves_a_working_model(faces_dir, tmp_path):
     ports, epochs = free_ports(2), 2
     workers = []

@@ -32,6 +32,7 @@ def mass_inside(heatmaps, masks) -> np.ndarray:
     return np.array([h[m].sum() / max(h.sum(), 1e-12) for h, m in zip(heatmaps, masks)])
 
 
+@pytest.mark.slow
 def test_the_cnn_looks_at_the_square_also_in_mixed_precision():
     pictures, labels, masks = marked(240, 96, 24)
     keras.utils.set_random_seed(0)
@@ -51,6 +52,7 @@ def test_the_cnn_looks_at_the_square_also_in_mixed_precision():
     np.testing.assert_allclose(explain.heatmaps(half, pictures[200:], predicted), heatmaps, atol=0.05)
 
 
+@pytest.mark.slow
 def test_a_nested_imagenet_backbone_looks_at_the_square():
     weights = SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5"
     if not weights.exists():

@@ -17,6 +17,8 @@ import tensorflow as tf
 
 from happysad import classifier, export, files, images, predict, record
 
+pytestmark = pytest.mark.slow  # whole module: its fixtures train or start a server (tens of seconds)
+
 FLOAT_TOLERANCE = 1e-5
 QUANTIZED_TOLERANCE = 2e-2
 FORMATS = {"keras": ("keras", "none"), "savedmodel": ("savedmodel", "none"), "tflite": ("tflite", "none"),

@@ -8,6 +8,8 @@ import tensorflow as tf
 
 from happysad import classifier, data, evaluate, faces, images, predict, record, sample, train
 
+pytestmark = pytest.mark.slow  # whole module: its fixtures train or start a server (tens of seconds)
+
 FACE_BOX = (190, 120, 110, 140)  # x, y, width, height of the drawn face in a 360 px picture
 
 

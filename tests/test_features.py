@@ -73,6 +73,7 @@ def test_the_expression_network_with_face_crops_is_one_saved_network_with_the_he
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_second_run_never_runs_the_backbone(small_dir, weights_file, tmp_path, monkeypatch):
     first = run(small_dir, weights_file, tmp_path / "first")
     calls = []
@@ -84,6 +85,7 @@ def test_a_second_run_never_runs_the_backbone(small_dir, weights_file, tmp_path,
         first["record"].metrics["cross_validation"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_views_are_stored_for_training_images_only(small_dir, weights_file, tmp_path):
     result = run(small_dir, weights_file, tmp_path / "views", "--views", "4", "--fine-tune", "2",
                  "--fine-tune-epochs", "1", "--epochs", "2")
@@ -101,6 +103,7 @@ def test_views_are_stored_for_training_images_only(small_dir, weights_file, tmp_
     assert all(store.get("flip", digest) is None for digest in digests)
 
 
+@pytest.mark.slow
 def test_vectors_are_found_by_content_and_keyed_by_everything_they_depend_on(small_dir, weights_file, tmp_path):
     network = models.build("mobilenet025", 2, SIZE, weights=str(weights_file))
     extractor, _ = models.split_at_pool(network)
@@ -122,6 +125,7 @@ def test_vectors_are_found_by_content_and_keyed_by_everything_they_depend_on(sma
         features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE))
 
 
+@pytest.mark.slow
 def test_holdout_is_scored_with_the_threshold_chosen_by_cross_validation(small_dir, weights_file, tmp_path):
     result = run(small_dir, weights_file, tmp_path / "t", "--holdout", "0.25")
     saved = result["record"]
@@ -134,6 +138,7 @@ def test_holdout_is_scored_with_the_threshold_chosen_by_cross_validation(small_d
 
 @pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5").exists(),
                     reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
+@pytest.mark.slow
 def test_imagenet_mobilenet025_learns_the_sample_faces(tmp_path):
     folder = tmp_path / "data"
     sample.write_faces(folder, per_class=80, size=128, seed=3)
@@ -156,6 +161,7 @@ def test_recipe_fills_only_what_the_user_did_not_set():
     assert train.parse_args([]).image_size == models.RECIPES["cnn"].image_size
 
 
+@pytest.mark.slow
 def test_three_classes_train_a_softmax_head_on_stored_features(weights_file, tmp_path):
     folder = tmp_path / "data"
     sample.write_faces(folder, per_class=12, size=SIZE, seed=2, classes=("happy", "sad", "neutral"))
@@ -197,6 +203,7 @@ def test_auto_offline_with_no_weights_is_one_line_naming_both_ways_out(small_dir
 @pytest.mark.skipif(not all((SHARED_WEIGHTS / name).exists() for name in (
     "mobilenet_1.0_imagenet_notop_converted.h5", models.EXPRESSION_FILE)),
                     reason="needs ../shared/weights (pretrained weights; not part of a user's clone)")
+@pytest.mark.slow
 def test_auto_offline_uses_the_backbones_in_keras_cache_and_says_which_it_left_out(small_dir, tmp_path,
                                                                                  monkeypatch, capsys):
     cache_folder = keras_home(tmp_path / "keras", monkeypatch)
@@ -220,6 +227,7 @@ def test_auto_offline_uses_the_backbones_in_keras_cache_and_says_which_it_left_o
 
 @pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenetv2_1.0_imagenet_notop_converted.h5").exists(),
                     reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
+@pytest.mark.slow
 def test_two_backbones_run_as_one_saved_network_with_the_heads_probabilities(small_dir, tmp_path, monkeypatch):
     cache_folder = keras_home(tmp_path / "keras", monkeypatch)
     for arch, name in (("mobilenet", "mobilenet_1.0_imagenet_notop_converted.h5"),

@@ -34,6 +34,7 @@ def pictures(n=4, seed=0):
     return np.random.default_rng(seed).uniform(0, 1, (n, SIZE, SIZE, 3)).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", models.ARCHITECTURES)
 def test_each_arch_trains_a_step_and_predicts_the_same_after_save_and_load(arch, tmp_path, expression_file):
     # The expression network exists only as a trained file: a stand-in of its shape.
@@ -197,6 +198,7 @@ def imbalanced(tmp_path_factory):
     return {"model": model_path, "data": root / "data", **result}
 
 
+@pytest.mark.slow
 def test_class_weights_come_from_the_training_partition(imbalanced):
     saved = record.read(imbalanced["model"])
     counts = [sum(p.startswith(name + "/") for p in saved.split["train"]) for name in saved.class_names]
@@ -237,6 +239,7 @@ def test_augmentation_is_only_active_in_training(imbalanced):
     np.testing.assert_array_equal(network.get_layer("augment")(batch, training=False).numpy(), batch)
 
 
+@pytest.mark.slow
 def test_fine_tune_trains_only_the_top_layers_and_never_batchnorm(tmp_path):
     base = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
     weights_file = tmp_path / "mobilenet_v2_notop.weights.h5"  # stands in for Keras' ImageNet file

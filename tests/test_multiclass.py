@@ -7,6 +7,8 @@ from conftest import PLAIN_CNN
 
 from happysad import classifier, evaluate, predict, record, sample, train
 
+pytestmark = pytest.mark.slow  # whole module: its fixtures train or start a server (tens of seconds)
+
 CLASSES = ("happy", "sad", "neutral")
 
 

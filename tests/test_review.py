@@ -84,6 +84,7 @@ def test_unsure_fits_no_class_and_alike_pictures_are_not_far():
     assert suspects[2].why.startswith("unsure")
 
 
+@pytest.mark.slow
 def test_page_has_a_row_and_a_thumbnail_per_suspect_and_a_second_review_reads_stored_features(
         tmp_path, weights_file, monkeypatch, capsys):
     folder = faces(tmp_path / "data")
@@ -154,6 +155,7 @@ def test_moves_go_through_cleans_manifest_and_restore_undoes_them(tmp_path, made
     assert tree(folder) == before
 
 
+@pytest.mark.slow
 def test_quarantine_with_the_backbone_round_trips(tmp_path, weights_file):
     folder = faces(tmp_path / "data")
     before = tree(folder)
@@ -169,6 +171,7 @@ def test_quarantine_with_the_backbone_round_trips(tmp_path, weights_file):
 
 @pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5").exists(),
                     reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
+@pytest.mark.slow
 def test_imagenet_features_rank_flipped_faces_near_the_top(tmp_path):
     folder = tmp_path / "data"
     sample.write_faces(folder, per_class=40, size=128, seed=4)
@@ -190,6 +193,7 @@ def test_imagenet_features_rank_flipped_faces_near_the_top(tmp_path):
 
 @pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5").exists(),
                     reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
+@pytest.mark.slow
 def test_imagenet_features_find_noise_and_text_in_a_face_folder(tmp_path):
     import cv2
 

@@ -22,6 +22,8 @@ import tensorflow as tf
 
 from happysad import classifier, explain, record, serve
 
+pytestmark = pytest.mark.slow  # whole module: its fixtures train or start a server (tens of seconds)
+
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES, MAX_PIXELS, MAX_FILES = 300_000, 1_000_000, 4
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

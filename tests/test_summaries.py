@@ -104,6 +104,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_the_run(trained, tmp_path):
     port = free_port()
     log = open(tmp_path / "tensorboard.log", "w")
@@ -136,6 +137,7 @@ def test_tensorboard_serves_the_run(trained, tmp_path):
         log.close()
 
 
+@pytest.mark.slow
 def test_callbacks_serve_a_second_fit_as_fine_tuning_makes(tmp_path):
     paths, labels = [], []
     for label, colour in enumerate(((0, 0, 255), (255, 0, 0))):

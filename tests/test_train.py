@@ -87,6 +87,7 @@ def test_undecodable_file_is_named_with_a_pointer_to_clean(tmp_path, faces_dir, 
     assert not (tmp_path / "m.h5").exists()
 
 
+@pytest.mark.slow
 def test_fine_tune_stage_continues_the_epoch_count(tmp_path, faces_dir):
     """The second stage's epochs follow the first's in the record and in TensorBoard (steps 0, 1, 2)."""
     import keras
@@ -118,6 +119,7 @@ train.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_at_its_next_epoch_with_the_same_split(tmp_path, faces_dir, capsys):
     import subprocess
     import sys
@@ -154,6 +156,7 @@ def test_a_killed_run_resumes_at_its_next_epoch_with_the_same_split(tmp_path, fa
     assert steps == {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_a_killed_fine_tuning_resumes_after_the_head_with_every_epoch_in_the_record(tmp_path, faces_dir, capsys):
     """The head (2 epochs on stored features) trains again in seconds; the fine-tuning resumes from its backup,
     and the record's history holds the head's epochs, the fine-tuning's from before the kill and the rest."""
@@ -182,6 +185,7 @@ def test_a_killed_fine_tuning_resumes_after_the_head_with_every_epoch_in_the_rec
     assert history["val_loss"][2:4] == saved_before_kill["val_loss"]
 
 
+@pytest.mark.slow
 def test_resume_with_nothing_to_resume_is_a_clear_error_and_a_leftover_is_named(tmp_path, faces_dir, capsys):
     message = run_train(["--data", str(faces_dir), "--model", str(tmp_path / "m.h5"), "--resume"], capsys)
     assert "no interrupted run to continue" in message
