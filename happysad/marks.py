@@ -47,7 +47,7 @@ def class_centres(vectors, labels, num_classes: int) -> np.ndarray:
     for c in range(num_classes):
         members = vectors[labels == c]
         count = int(np.clip(len(members) // PHOTOS_PER_CENTRE, 1, CENTRES_PER_CLASS))
-        found.append(cluster.KMeans(count, n_init=3, random_state=0).fit(members).cluster_centers_)
+        found.append(cluster.KMeans(count, n_init=1, random_state=0).fit(members).cluster_centers_)
     return unit(np.concatenate(found))
 
 
