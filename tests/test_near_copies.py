@@ -105,6 +105,7 @@ def test_re_framed_letterboxed_and_mirrored_copies_join_their_original():
     assert [hash_only[i] for i in range(len(copies)) if i % 5 in (3, 4)] == [3] * 6
 
 
+@pytest.mark.slow
 def test_300_different_faces_from_one_drawing_template_give_no_pair(tmp_path):
     written = sample.write_faces(tmp_path, per_class=150, size=128, seed=11)
     fingerprints = near_copies.load_fingerprints([path for paths in written.values() for path in paths])
