@@ -123,9 +123,6 @@ def split(files: Files, fractions=(0.7, 0.2, 0.1), seed: int = defaults.SEED, gr
     Each class's groups (a group belongs to the class of its first file) are shuffled with a generator derived
     from the seed and the label, then cut where the running image count comes closest to the fractions, so
     each partition holds about the same class balance and none is empty (a class needs at least 3 groups).
-    With every file its own group the cuts fall where they did before groups existed, so a seed gives the
-    split it always gave; except that a small class with extreme fractions (say 3 images, test 0.6) once got
-    no validation image, and now gets one.
     """
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
         raise DataError(f"split fractions must be three positive numbers summing to 1, got {fractions}")

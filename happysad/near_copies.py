@@ -13,19 +13,7 @@ side): grayscale, 64x64 INTER_AREA thumbnail, 2-D DCT, and one bit per coefficie
 frequencies: above their median or not. Two images are as far apart as the closest pair of their hashes (the
 number of bits that differ), so a copy with 5-8% cut off its borders still meets the original at a crop.
 
-Why this hash, measured on the photos described at THRESHOLD, each variant at its best threshold:
-  - the difference hash (dHash: is each thumbnail pixel brighter than its neighbour), without the crops, at
-    any size from 8x8 to 16x16, with or without vertical differences, finds most cropped copies only where it
-    also joins hundreds of different pictures; with the crops, finding 92% of them joins 20 pairs of different
-    pictures, because the flat black or white backgrounds of icons and cut-outs give all of them the same
-    "not brighter" bits. pHash compares each coefficient with the median: as many ones as zeros, whatever
-    the background.
-  - the classic 64-bit pHash (8x8 frequencies) finds the same 6 real copies but also joins 3 pairs of
-    different photos, and 4 pairs of different faces among the 300 of happysad.sample the tests train on
-    (48 px): too coarse for pictures that are all one oval on a plain background. The 256-bit one joins 1
-    pair of photos and no faces: the closest two different faces are 56 bits apart.
-  - the price of the finer hash: a copy cut on one side only shifts the picture, which the centred crops do
-    not follow, and is found 7% of the time (41% with 8x8).
+The README's "Why this hash" gives the measurements that chose it and THRESHOLD.
 
 No hash tells a smiling drawing from the frowning version of the same emoji template: the mouth is too small a
 detail. Such pairs group like copies, which is why clean moves conflicts into a quarantine that `--restore`
@@ -49,17 +37,8 @@ SQUARE = 2 * THUMBNAIL  # the picture is first reduced to this square, then crop
 HASH_SIZE = 16  # the 16x16 lowest frequencies: 256 bits per hash
 CROPS = (0.0, 0.04, 0.08)  # fraction cut off every side before hashing, one hash each
 FAMILY, VERSION = "near-copies", "v2"  # stored fingerprints: VERSION changes whenever fingerprint() does
-# Largest distance (differing bits of the closest pair of hashes) at which two images are near copies.
-# Measured on happysad-web, 865 web-scraped photos (373,680 pairs, 7 of them byte-identical files). Distances
-# are even but for rare ties (every hash has 128 ones).
-#   - all pairs: 14 are <= 48 apart, the next at 50, 52, 64, 68...; 0.1% are <= 94, 1% <= 102, half <= 118.
-#   - synthetic copies of 216 of the photos, found at <= 48: resized to half and re-encoded as JPEG quality 60:
-#     100% (all <= 12); 5-8% cut off each side (independently) and brightened by +30: 96% (88% at <= 40, 99%
-#     at <= 56); 2.5-4% off each side: 100% (all <= 34).
-#   - real pairs, each looked at side by side: 12 copies that are not byte-identical (other encodings, an added
-#     watermark or band, crops); at <= 48, 6 of them and 1 false match (a happy and a sad wallpaper of one
-#     emoji template); at <= 52 to 60, 3 (also a smiling and a frowning smiley, two crying emoji). The other 6
-#     copies are 68-116 apart, with 10% or more cut off or a band added: beyond any threshold of a hash.
+# Largest distance (differing bits of the closest pair of hashes) at which two images are near copies: the
+# README's "Why this hash" says what it catches and joins on web photos and generated faces.
 THRESHOLD = 48
 
 
