@@ -29,11 +29,11 @@ from happysad.runtime import deferred, enable_memory_growth, keras
 
 callbacks = deferred("happysad.callbacks")  # defines Keras classes: imported when training starts
 
-# Command-line options that name files or tune speed rather than change what the model learns, those the
-# record keeps in fields of their own (the preprocessing settings, the seed), and those of the cross-validated
-# path, which a fit on images does not use.
-NOT_HYPERPARAMETERS = {"model", "logdir", "run_name", "cache", "fractions", "checkpoint", "image_size", "faces",
-                       "seed", "backbones", "cross_validate", "folds", "holdout", "unsure_band", "far_share"}
+# The options of a fit on images that change what the model learns, as the record and TensorBoard's HParams
+# keep them; the rest name files, tune speed (--jit, --resume) or live in fields of the record of their own
+# (the preprocessing, the seed, the marks), and a new option joins this list only when it is added here.
+FIT_HYPERPARAMETERS = ("arch", "epochs", "batch_size", "learning_rate", "fine_tune", "fine_tune_epochs", "views",
+                       "dropout", "patience", "threshold")
 
 
 # Options of fits on images (the CNN, fine-tuning) that a cross-validated head has no use for.
@@ -422,7 +422,7 @@ def train_on_partitions(args) -> dict:
                          dropout=args.dropout, weights=args.weights),
             len(class_names), args.learning_rate, jit=args.jit)
     network.summary(print_fn=print)
-    hyperparameters = {**{key: value for key, value in vars(args).items() if key not in NOT_HYPERPARAMETERS},
+    hyperparameters = {**{name: getattr(args, name) for name in FIT_HYPERPARAMETERS},
                        "data": str(args.data), "weights": args.weights if args.arch != "cnn" else None, "augment": augment,
                        "split": list(args.fractions), "class_weight": class_weight, "strategy": setup.name,
                        "replicas": setup.replicas, "global_batch_size": setup.global_batch(args.batch_size),
