@@ -62,10 +62,10 @@ class Classifier:
         self.domain = marks.Domain.from_record(self.record.domain)
         self.forward = self.network
         if isinstance(self.network, keras.Model):
-            outputs = self.network.outputs[0]  # (Sequential models have no .output before they are called)
-            if self.domain is not None:
-                outputs = [self.network.get_layer("prediction").input, outputs]
-            scorer = keras.Model(self.network.inputs, outputs)
+            scorer = self.network
+            if self.domain is not None:  # (Sequential models have no .output before they are called: .outputs)
+                scorer = keras.Model(self.network.inputs, [self.network.get_layer("prediction").input,
+                                                           self.network.outputs[0]])
             self.forward = tf.function(lambda images: scorer(images, training=False), reduce_retracing=True)
         else:
             self.domain = None  # an export computes the probabilities only
@@ -126,14 +126,11 @@ class Classifier:
     def can_explain(self) -> bool:
         return models.has_evidence(self.network)
 
-    def heatmaps(self, batch: np.ndarray, labels: list, batch_size: int = 16) -> np.ndarray:
+    def heatmaps(self, batch: np.ndarray, labels: list) -> np.ndarray:
         """Grad-CAM heatmaps (happysad.explain) of the evidence for each image's label: (n, size, size)."""
         if not self.can_explain:
             raise ModelError(EXPORTS_CANNOT_EXPLAIN)
-        classes = [self.class_names.index(label) for label in labels]
-        return np.concatenate([explain.heatmaps(self.network, batch[start:start + batch_size],
-                                                classes[start:start + batch_size])
-                               for start in range(0, len(batch), batch_size)])
+        return explain.heatmaps(self.network, batch, [self.class_names.index(label) for label in labels])
 
     def predict(self, batch) -> list:
         """A Prediction per image: `batch` is a list of image file paths, or images prepared as

@@ -204,8 +204,8 @@ def uncalibrated(scores: Scores, model: classifier.Classifier):
                             scores.probabilities)
 
 
-def calibration_errors(scores: Scores, model: classifier.Classifier) -> dict:
-    before = uncalibrated(scores, model)
+def calibration_errors(scores: Scores, before) -> dict:
+    """The expected calibration error of the scores, and of `before` (uncalibrated) where there is one."""
     return {"calibration_error": calibration.expected_calibration_error(scores.labels, scores.probabilities),
             "calibration_error_before": None if before is None else
             calibration.expected_calibration_error(scores.labels, before)}
@@ -225,13 +225,12 @@ def marked_shares(scores: Scores, model: classifier.Classifier) -> dict:
 
 
 def build_figures(target_name: str, scores: Scores, model: classifier.Classifier, summary: dict,
-                  sweep: list, history: dict) -> dict:
+                  sweep: list, history: dict, before) -> dict:
     """The report's pictures by name, as matplotlib figures."""
     names = model.class_names
     figures = {"confusion_matrix": reports.confusion_matrix_figure(
         summary["confusion_matrix"], names, f"{target_name}: {summary['count']} images")}
     if summary["count"]:
-        before = uncalibrated(scores, model)
         figures["reliability"] = reports.reliability_figure(
             None if before is None else calibration.reliability(scores.labels, before),
             calibration.reliability(scores.labels, scores.probabilities),
@@ -282,12 +281,13 @@ def evaluate(args) -> dict:
         raise EvaluateError(f"none of the {len(target.files)} images in {target.name} could be decoded "
                             f"(e.g. {skipped[0][0]}: {skipped[0][1]})")
     summary = metrics.summarize(scores.labels, scores.probabilities, model.class_names, model.record.threshold)
-    summary.update(calibration_errors(scores, model))
+    before = uncalibrated(scores, model)
+    summary.update(calibration_errors(scores, before))
     summary.update(marked_shares(scores, model))
     sweep = metrics.threshold_sweep(scores.labels, scores.probabilities[:, 1]) if model.record.binary else []
     history = model.record.history
     pictures = {name: reports.png_bytes(figure)
-                for name, figure in build_figures(target.name, scores, model, summary, sweep, history).items()}
+                for name, figure in build_figures(target.name, scores, model, summary, sweep, history, before).items()}
 
     out = Path(args.out) if args.out else default_out(args.model, target.name)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from happysad import model as models
 from happysad.runtime import tf
 
 OPACITY = 0.45  # of the heatmap over the picture
+CHUNK = 16  # images whose feature maps and gradients are held at once
 
 
 def heatmaps(network, batch, classes) -> np.ndarray:
@@ -23,6 +24,11 @@ def heatmaps(network, batch, classes) -> np.ndarray:
     size, 3) in [0, 1], as every stage prepares images)."""
     to_maps, to_features = models.evidence_models(network)
     kernel, bias = network.get_layer("prediction").get_weights()
+    return np.concatenate([chunk_heatmaps(to_maps, to_features, kernel, bias, batch[start:start + CHUNK],
+                                          classes[start:start + CHUNK]) for start in range(0, len(batch), CHUNK)])
+
+
+def chunk_heatmaps(to_maps, to_features, kernel, bias, batch, classes) -> np.ndarray:
     images = np.asarray(batch, np.float32)
     classes = np.asarray(classes, int)
     maps = [tf.convert_to_tensor(m) for m in tf.nest.flatten(to_maps(images, training=False))]
@@ -52,4 +58,3 @@ def overlay(image, heatmap) -> np.ndarray:
     coloured = cv2.applyColorMap(np.uint8(255 * np.clip(heatmap, 0, 1)), cv2.COLORMAP_JET)[..., ::-1]
     blended = (1 - OPACITY) * 255 * np.asarray(image, np.float32) + OPACITY * coloured
     return np.clip(blended, 0, 255).astype(np.uint8)
-

@@ -1,10 +1,11 @@
-"""Writing a file so that no reader ever sees half of it, and a file's sha256: one implementation each.
+"""Writing a file so that no reader ever sees half of it, a free name, and a file's sha256: one implementation each.
 
 Every file happysad writes over something a user relies on (a model's record, clean's manifest and converted
 copies, stored features) goes through write_atomic: the bytes go to a hidden temporary file beside the target
 (same filesystem, so the rename is atomic), reach the disk (fsync), and only then replace the target. A crash
 at any moment leaves the old file or the new one, never a mix. Hidden, because training and clean skip names
-starting with "." should a killed run leave the temporary file behind.
+starting with "." should a killed run leave the temporary file behind. free_path finds a name that no file
+has yet, for commands that add files beside a user's own (quarantine moves, heatmaps).
 """
 import hashlib
 import os
@@ -40,3 +41,12 @@ def sha256_each(paths) -> list:
     """sha256 of each file's bytes, read on every core: what the stores find a moved or renamed file by."""
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         return list(pool.map(sha256, paths))
+
+
+def free_path(path: Path) -> Path:
+    """path, or path-1, path-2... with the same extension: the first name no file has yet."""
+    candidate, number = path, 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate

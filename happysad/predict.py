@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from happysad import classifier, defaults, explain, images
+from happysad.files import free_path
 from happysad.runtime import enable_memory_growth, tf
 
 
@@ -84,7 +85,8 @@ def main(argv=None) -> None:
     if not paths:
         sys.exit("happysad.predict: error: no images found in " + " ".join(args.paths))
     good, pixels, failed = load_images(paths, model)
-    predictions = model.predict(np.stack(pixels)) if pixels else []
+    pixels = np.stack(pixels) if pixels else None
+    predictions = model.predict(pixels) if pixels is not None else []
     for path, prediction in zip(good, predictions):
         top = [{"label": entry["label"], "name": names.get(entry["label"], entry["label"]),
                 "probability": round(entry["probability"], 6)} for entry in prediction.top(args.top_k or 0)]
@@ -97,7 +99,7 @@ def main(argv=None) -> None:
             print(f"{path}: {names.get(prediction.label, prediction.label)} (p={prediction.probability:.2f}"
                   f"{threshold_note(model, prediction, names)})" + "".join(f"  [{note}]" for note in prediction.notes))
     if args.explain and predictions:
-        written = write_heatmaps(args.explain, model, good, np.stack(pixels), predictions)
+        written = write_heatmaps(args.explain, model, good, pixels, predictions)
         print(f"heatmaps of the evidence for each label: {len(written)} pictures in {args.explain}", file=sys.stderr)
     for path, reason in failed:
         print(f"happysad.predict: error: {path}: {reason}", file=sys.stderr)
@@ -106,15 +108,14 @@ def main(argv=None) -> None:
 
 
 def write_heatmaps(out_dir: Path, model: classifier.Classifier, paths, pixels, predictions) -> list:
-    """OUT_DIR/<file name>.png per image (a number added where two images share a name): the picture as the
-    model saw it, with the heatmap of the evidence for its label over it."""
+    """OUT_DIR/<file name>.png per image: the picture as the model saw it, with the heatmap of the evidence for
+    its label over it. A name that is taken (another image's heatmap, or any file already there, such as a
+    photo when OUT_DIR is a photo folder) gets a number (files.free_path): nothing is ever overwritten."""
     heatmaps = model.heatmaps(pixels, [p.label for p in predictions])
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path, picture, heatmap in zip(paths, pixels, heatmaps):
-        target, n = out_dir / f"{path.stem}.png", 2
-        while target in written:
-            target, n = out_dir / f"{path.stem}-{n}.png", n + 1
+        target = free_path(out_dir / f"{path.stem}.png")
         tf.io.write_file(str(target), tf.io.encode_png(explain.overlay(picture, heatmap)))
         written.append(target)
     return written

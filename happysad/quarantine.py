@@ -62,21 +62,12 @@ def append_entry(manifest, entry: dict):
     os.fsync(manifest.fileno())
 
 
-def free_path(path: Path) -> Path:
-    """path, or path-1, path-2... with the same extension: the first name no file has yet."""
-    candidate, number = path, 0
-    while candidate.exists():
-        number += 1
-        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
-    return candidate
-
-
 def move(data_dir: Path, found: Finding, manifest, copy_data: bytes = None):
     """Write the readable copy (copy_data, if any, beside the file with found.convert_to's extension), then move
     the file into DATA_DIR/.quarantine/<reason>/; both go into the manifest first."""
     source = data_dir / found.path
-    target = free_path(data_dir / QUARANTINE / found.reason / found.path)
-    copy_path = free_path(source.with_suffix(found.convert_to)) if copy_data is not None else None
+    target = files.free_path(data_dir / QUARANTINE / found.reason / found.path)
+    copy_path = files.free_path(source.with_suffix(found.convert_to)) if copy_data is not None else None
     append_entry(manifest, manifest_entry(data_dir, found.path, target, found.reason, found.detail, found.sha256,
                                           copy_path, copy_data))
     if copy_path:

@@ -43,7 +43,7 @@ import numpy as np
 
 from happysad import (cache, crossval, data, defaults, explain, features, images, marks, model as models,
                       near_copies, quarantine, reports)
-from happysad.files import sha256_each
+from happysad.files import free_path, sha256_each
 from happysad.runtime import enable_memory_growth, tf
 
 THUMBNAIL = 160  # pixels of the longer side of a thumbnail on the page and the contact sheet
@@ -262,7 +262,7 @@ def move_to_class(data_dir: Path, row: dict, sha256: str, manifest) -> str:
     """Move a suspect into the suggested class folder (same path below it, a free name), recorded first in
     the quarantine's manifest so that `clean --restore` moves it back; returns where it went, relative to data_dir."""
     source = data_dir / row["path"]
-    target = quarantine.free_path(data_dir / row["suggested"] / Path(*Path(row["path"]).parts[1:]))
+    target = free_path(data_dir / row["suggested"] / Path(*Path(row["path"]).parts[1:]))
     quarantine.append_entry(manifest, quarantine.manifest_entry(
         data_dir, row["path"], target, "review-relabel",
         f"in {row['folder']}, the model says {row['suggested']} (p {row['confidence']:.3f})", sha256))
@@ -327,7 +327,8 @@ def review(args) -> dict:
                f"({args.folds}-fold cross-validation on {args.arch} features, out-of-fold accuracy {accuracy:.3f}): "
                f"{len(of_kind(rows, 'wrong-folder'))} probably in the wrong folder, "
                f"{len(of_kind(rows, 'no-class'))} fit no class.")
-    write_pictures(args, rows, files, summary, suspect_heatmaps(args, rows, files, vectors, labels, ranking.penalty))
+    write_pictures(args, rows, files, summary, suspect_heatmaps(args, rows, files, class_names, vectors, labels,
+                                                                 ranking.penalty))
 
     moves = []
     if args.move_to_suggested or args.quarantine:
@@ -355,7 +356,7 @@ def review(args) -> dict:
     return report
 
 
-def suspect_heatmaps(args, rows: list, files: data.Files, vectors, labels, penalty: float) -> dict:
+def suspect_heatmaps(args, rows: list, files: data.Files, class_names: list, vectors, labels, penalty: float) -> dict:
     """{path: JPEG} of the first --top wrong-folder suspects as the model sees them, with the heatmap of the
     evidence for the suggested class over them (happysad.explain). Drawn with the head trained on every image
     (the suspects included: a picture of where the evidence lies, not a measurement) in the network train
@@ -363,7 +364,6 @@ def suspect_heatmaps(args, rows: list, files: data.Files, vectors, labels, penal
     shown = of_kind(rows, "wrong-folder", args.top)
     if not shown:
         return {}
-    class_names = data.find_classes(args.data_dir)
     head = crossval.fit_head(crossval.unit(vectors), labels, penalty)
     network = models.build_linear((args.arch,), len(class_names), args.image_size, args.weights)
     models.set_head(network, head.coef_, head.intercept_)

@@ -488,7 +488,7 @@ def train_on_partitions(args) -> dict:
     calibration.apply_to_network(network, scaling)
     threshold = crossval.decision_threshold(args.threshold, len(class_names))
     print(f"fitted on the validation partition: {scaling_text(scaling, len(class_names))}")
-    tested = probabilities("test")
+    tested = calibration.apply(scaling, uncalibrated)  # what the network now says, without a second pass
     test_metrics = {**metrics.summarize(parts["test"].labels, tested, class_names, threshold),
                     "calibration_error": calibration.expected_calibration_error(parts["test"].labels, tested),
                     "calibration_error_before": calibration.expected_calibration_error(parts["test"].labels,

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from happysad import marks
+from happysad import crossval, marks
 
 
 def test_unsure_is_a_band_around_the_threshold_and_between_the_two_highest_of_more_classes():
@@ -36,7 +36,7 @@ def test_the_limit_leaves_out_the_share_asked_for_and_alike_pictures_in():
 
 
 def test_a_domain_survives_the_record_and_marks_the_far():
-    domain = marks.Domain(marks.unit(np.array([[1.0, 0.0], [0.0, 1.0]])), 0.2)
+    domain = marks.Domain(crossval.unit(np.array([[1.0, 0.0], [0.0, 1.0]])), 0.2)
     again = marks.Domain.from_record(domain.to_record())
     np.testing.assert_allclose(again.centres, domain.centres, atol=1e-6)
     assert again.limit == domain.limit and marks.Domain.from_record({}) is None

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from happysad import data, images, predict, record
+from happysad import classifier, data, explain, images, predict, record
 
 
 def run_predict(args, capsys):
@@ -77,3 +77,23 @@ def test_folder_argument_and_missing_model(trained, tmp_path, capsys):
     assert code == 0 and len(out.splitlines()) == len(list((trained["data"] / "sad").iterdir()))
     code, _, _ = run_predict([str(tmp_path), "--model", str(tmp_path / "none.h5")], capsys)
     assert "not found" in str(code) and "happysad.train" in str(code)
+
+
+def test_explain_writes_each_heatmap_beside_and_never_over_the_users_files(trained, tmp_path, capsys):
+    saved = record.read(trained["model"])
+    paths = [trained["data"] / p for p in saved.split["test"][:3]]
+    out_dir = tmp_path / "explained"
+    out_dir.mkdir()
+    taken = out_dir / f"{paths[0].stem}.png"
+    taken.write_bytes(b"the user's own picture")
+    code, out, _ = run_predict([*map(str, paths), "--model", str(trained["model"]), "--json", "--explain",
+                                str(out_dir)], capsys)
+    assert code == 0 and taken.read_bytes() == b"the user's own picture"
+    labels = [json.loads(line)["label"] for line in out.splitlines()]
+    model = classifier.load(trained["model"])
+    pixels = np.stack([model.load_image(p) for p in paths])
+    want = [explain.overlay(picture, heatmap) for picture, heatmap in zip(pixels, model.heatmaps(pixels, labels))]
+    written = [out_dir / f"{paths[0].stem}-1.png"] + [out_dir / f"{p.stem}.png" for p in paths[1:]]
+    for path, expected in zip(written, want):
+        np.testing.assert_array_equal(cv2.imread(str(path))[..., ::-1], expected)
+    assert len(list(out_dir.iterdir())) == 4
