@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from test_near_copies import cropped_copy, framed, jpeg, resized_copy, scene
 
-from happysad import clean, images, quarantine, sample
+from happysad import cache, clean, images, near_copies, quarantine, sample
+from happysad import data as data_module
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -175,6 +176,28 @@ def test_a_re_framed_copy_under_the_other_label_is_a_conflict_and_restore_undoes
     assert not (data / "happy" / "stock.jpg").exists()
     clean.main([str(data), "--restore"])
     assert tree(data) == before
+
+
+def test_a_second_clean_reads_each_pairs_keypoint_check_from_the_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default store, .cache/happysad, where train and review look too
+    data = tmp_path / "data"
+    sample.write_faces(data, per_class=3, size=128, seed=5)
+    wide = scene(2)
+    (data / "happy" / "stock.jpg").write_bytes(jpeg(framed(wide, 16 / 9, 0.5)))
+    (data / "sad" / "stock-4x3.jpg").write_bytes(jpeg(framed(wide, 4 / 3, 0.2)))
+    first = clean.clean(data, dry_run=True)
+    assert {found.reason for found in first.findings} == {"label-conflict"}
+
+    def unchecked(*args, **kwargs):
+        raise AssertionError("a pair was checked again")
+
+    monkeypatch.setattr(near_copies, "inliers", unchecked)
+    again = clean.clean(data, dry_run=True)
+    assert [(f.path, f.detail) for f in again.findings] == [(f.path, f.detail) for f in first.findings]
+    files, _ = data_module.list_images(data, ["happy", "sad"])
+    monkeypatch.setattr(near_copies, "file_fingerprint", unchecked)  # train finds clean's fingerprints
+    store = cache.array_store("auto", near_copies.FAMILY, near_copies.VERSION)
+    assert len(set(data_module.near_copy_groups(files, store))) == len(files) - 1
 
 
 def test_near_copies_within_a_class_stay_and_are_reported(tmp_path, capsys):
