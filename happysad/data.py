@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from happysad import defaults, images, near_copies
+from happysad.errors import SettingError
 from happysad.cache import image_bytes
 from happysad.files import sha256_each
 from happysad.runtime import deferred, tf
@@ -32,7 +33,7 @@ PARTITIONS = ("train", "validation", "test")
 SHUFFLE_BUFFER_BYTES = 1024**3
 
 
-class DataError(Exception):
+class DataError(SettingError):
     """A problem with the user's folder, reported as one line."""
 
 
@@ -188,7 +189,7 @@ def hold_out(files: Files, fraction: float, seed: int, groups, class_names=None)
     try:
         test = make_folds(files.labels, groups, max(2, round(1 / fraction)), seed, class_names) == 0
     except DataError as error:
-        raise DataError(f"--holdout {fraction:g}: {error}".replace("use fewer folds", "hold out more")) from None
+        raise DataError(f"`holdout` {fraction:g}: {error}".replace("use fewer folds", "hold out more")) from None
     return files.subset(np.flatnonzero(~test)), files.subset(np.flatnonzero(test))
 
 

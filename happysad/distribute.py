@@ -35,12 +35,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from happysad.errors import SettingError
 from happysad.runtime import keras, tf
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 
 
-class DistributeError(Exception):
+class DistributeError(SettingError):
     """A strategy or precision that cannot run here, reported as one line."""
 
 
@@ -72,7 +73,7 @@ def read_tf_config(environ=None) -> dict:
     environ = os.environ if environ is None else environ
     text = environ.get("TF_CONFIG", "")
     if not text.strip():
-        raise DistributeError("--strategy multiworker needs the TF_CONFIG environment variable, e.g. "
+        raise DistributeError("`strategy` multiworker needs the TF_CONFIG environment variable, e.g. "
                               '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                               '"task": {"type": "worker", "index": 0}}')
     try:
@@ -108,7 +109,7 @@ def worker_position(config: dict) -> tuple:
 def make(name: str = "auto") -> Setup:
     """Create the strategy. Call first thing: multi-worker collectives must be set up before TF starts."""
     if name not in STRATEGIES:
-        raise DistributeError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+        raise DistributeError(f"`strategy` must be one of {', '.join(STRATEGIES)}, got {name!r}")
     gpus = tf.config.list_physical_devices("GPU")
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "default"
@@ -138,7 +139,7 @@ def set_precision(mixed: bool) -> str:
         keras.mixed_precision.set_global_policy("float32")
         return "float32"
     if not tf.config.list_physical_devices("GPU"):
-        raise DistributeError("--mixed-precision needs a GPU (float16 compute); on this CPU-only machine it "
+        raise DistributeError("`mixed_precision` needs a GPU (float16 compute); on this CPU-only machine it "
                               "would be emulated and slower than float32, so train without it")
     keras.mixed_precision.set_global_policy("mixed_float16")
     return "mixed_float16"
@@ -158,7 +159,7 @@ def training_input(setup: Setup, per_replica_batch: int, images: int, make_datas
     local_replicas = setup.replicas // setup.num_workers
     if images < per_replica_batch * local_replicas:
         raise DistributeError(f"each worker has {images} training images, fewer than one full batch of "
-                              f"{per_replica_batch} per replica × {local_replicas} replica(s): lower --batch-size")
+                              f"{per_replica_batch} per replica × {local_replicas} replica(s): lower `batch_size`")
     if setup.num_workers == 1:
         return make_dataset(setup.global_batch(per_replica_batch), True)
 

@@ -264,18 +264,18 @@ def default_out(model_path, target_name: str) -> Path:
     return Path("reports") / f"{Path(model_path).name.split('.')[0]}-{target_name}"
 
 
-def evaluate(args) -> dict:
+def evaluate(model_path=defaults.MODEL, *, data_dir=None, partition: str = "test", out=None, batch_size: int = 64,
+             mistakes: int = 16, tensorboard: bool = True, threshold_to_store: float = None) -> dict:
+    """Score the model on its own partition (or on data_dir), write the report folder, and return the report."""
     try:
-        model = classifier.load(args.model)
+        model = classifier.load(model_path)
     except classifier.ModelError as error:
         raise EvaluateError(str(error)) from None
-    threshold_info = None if args.store_threshold is None else store_threshold(args.model, model,
-                                                                                args.store_threshold)
-    target = folder_target(args.data, model.class_names) if args.data else partition_target(
-        model.record, args.partition)
+    threshold_info = None if threshold_to_store is None else store_threshold(model_path, model, threshold_to_store)
+    target = folder_target(data_dir, model.class_names) if data_dir else partition_target(model.record, partition)
     if len(target.files) == 0:
         raise EvaluateError(f"no images to score in {target.name}")
-    scores = score(model, target.files, args.batch_size, args.mistakes)
+    scores = score(model, target.files, batch_size, mistakes)
     skipped = target.skipped + scores.skipped
     if len(scores.labels) == 0:
         raise EvaluateError(f"none of the {len(target.files)} images in {target.name} could be decoded "
@@ -289,16 +289,15 @@ def evaluate(args) -> dict:
     pictures = {name: reports.png_bytes(figure)
                 for name, figure in build_figures(target.name, scores, model, summary, sweep, history, before).items()}
 
-    out = Path(args.out) if args.out else default_out(args.model, target.name)
+    out = Path(out) if out else default_out(model_path, target.name)
     out.mkdir(parents=True, exist_ok=True)
     for name, png in pictures.items():
         (out / f"{name}.png").write_bytes(png)
     report = {
-        "model": str(args.model),
+        "model": str(model_path),
         "model_sha256": model.record.model_sha256,
         "evaluated": target.name,
-        "source": str(Path(args.data).resolve()) if args.data else f"{args.partition} partition of "
-                                                                   f"{model.record.data_dir}",
+        "source": str(Path(data_dir).resolve()) if data_dir else f"{partition} partition of {model.record.data_dir}",
         "class_names": model.class_names,
         "threshold": model.record.threshold if model.record.binary else None,
         "stored_threshold": threshold_info,
@@ -317,8 +316,8 @@ def evaluate(args) -> dict:
         "tensorboard": None,
     }
     run_dir = Path(model.record.run_dir) if model.record.run_dir else None
-    if run_dir and run_dir.is_dir() and not args.no_tensorboard:
-        log_dir = run_dir / ("evaluate" if target.name == "test" and not args.data else f"evaluate-{target.name}")
+    if run_dir and run_dir.is_dir() and tensorboard:
+        log_dir = run_dir / ("evaluate" if target.name == "test" and not data_dir else f"evaluate-{target.name}")
         summaries.write_evaluation(log_dir, summary, pictures, scores.labels, scores.probabilities,
                                      model.class_names)
         report["tensorboard"] = str(log_dir)
@@ -423,7 +422,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     enable_memory_growth()
     try:
-        report = evaluate(args)
+        report = evaluate(args.model, data_dir=args.data, partition=args.partition, out=args.out,
+                          batch_size=args.batch_size, mistakes=args.mistakes, tensorboard=not args.no_tensorboard,
+                          threshold_to_store=args.store_threshold)
     except EvaluateError as error:
         sys.exit(f"happysad.evaluate: error: {error}")
     if args.json:

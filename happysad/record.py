@@ -17,9 +17,9 @@ from happysad.images import Preprocessing
 
 # 2: near_copies and the per-epoch history. 3: `preprocessing` holds every setting (image_size and faces, the
 # first at the top level before). 4: `calibration`, the scaling written into the output layer (already in the
-# network: kept to undo it for reports), and `domain`, what "fits no class" is measured by. Older records read
-# as they are: missing fields empty, settings moved in.
-FORMAT_VERSION = 4
+# network: kept to undo it for reports), and `domain`, what "fits no class" is measured by. 5: `config`, every
+# setting of the run (config.TrainConfig). Older records read as they are: missing fields empty, settings moved in.
+FORMAT_VERSION = 5
 
 
 class RecordError(Exception):
@@ -40,6 +40,7 @@ class Record:
     metrics: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)  # per-epoch values as Keras logs them ("loss", "val_loss"...)
     hyperparameters: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # every setting of the run, as config.TrainConfig holds it
     run_dir: str = ""
     created: str = ""
     model_file: str = ""

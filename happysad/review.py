@@ -41,8 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import (cache, crossval, data, defaults, explain, features, images, marks, model as models,
-                      near_copies, quarantine, reports)
+from happysad import (cache, crossval, data, defaults, errors, explain, features, images, marks, model as models, near_copies,
+                      quarantine, reports)
+from happysad.config import ReviewConfig, add_options, from_command_line
 from happysad.files import free_path, sha256_each
 from happysad.runtime import enable_memory_growth, tf
 
@@ -74,54 +75,10 @@ class Ranking:
     suspects: list = field(default_factory=list)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> ReviewConfig:
     parser = argparse.ArgumentParser(prog="python -m happysad.review", description=__doc__.splitlines()[0])
-    parser.add_argument("data_dir", type=Path, help="folder with one subfolder of images per class")
-    parser.add_argument("--arch", default="mobilenet", choices=tuple(models.BACKBONES),
-                        help="pretrained backbone whose features are scored (default mobilenet)")
-    parser.add_argument("--weights", default="imagenet",
-                        help="backbone weights: imagenet (downloaded once by Keras) or PATH to a *_notop.h5 file")
-    parser.add_argument("--image-size", type=int, help="images are resized to N×N (default: the --arch recipe's)")
-    parser.add_argument("--cache", default="auto",
-                        help="where backbone features are stored: auto or disk (the store train uses, "
-                             f"{cache.DEFAULT_CACHE_DIR}), disk:PATH, or memory / none (this run only)")
-    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
-    parser.add_argument("--seed", type=int, default=defaults.SEED, help="same seed and data: same folds and heads")
-    parser.add_argument("--far-share", type=float, default=marks.FAR_SHARE,
-                        help="an image further from every class than all but this share of the images (each "
-                             "measured by the centres of the other folds) fits no class, as predict marks it "
-                             f"(default {marks.FAR_SHARE})")
-    parser.add_argument("--unsure-band", type=float, default=marks.UNSURE_BAND,
-                        help="an image whose two highest out-of-fold probabilities lie within this of each other "
-                             f"is listed as unsure, as predict marks it (default {marks.UNSURE_BAND})")
-    parser.add_argument("--min-confidence", type=float, default=0.9,
-                        help="--move-to-suggested and --quarantine act on wrong-folder suspects at least this "
-                             "confident (default 0.9)")
-    parser.add_argument("--move-to-suggested", action="store_true",
-                        help="move confident wrong-folder suspects into the suggested class folder")
-    parser.add_argument("--quarantine", action="store_true",
-                        help="move confident wrong-folder suspects (unless --move-to-suggested) and every "
-                             f"fits-no-class image into DATA_DIR/{quarantine.QUARANTINE}/")
-    parser.add_argument("--top", type=int, default=20,
-                        help="suspects of each kind in the terminal table and on the contact sheet (default 20; "
-                             "the page and the JSON list all)")
-    parser.add_argument("--html", default="reports/review.html", help="the page (default reports/review.html)")
-    parser.add_argument("--png", default="reports/review.png", help="the contact sheet (default reports/review.png)")
-    parser.add_argument("--json", metavar="PATH", help="also write every image's scores and the suspects to PATH")
-    args = parser.parse_args(argv)
-    recipe = models.RECIPES[args.arch]
-    args.image_size = args.image_size or recipe.image_size
-    if not cache.valid_setting(args.cache):
-        parser.error(f"--cache must be {cache.SETTINGS}, got {args.cache!r}")
-    if args.weights == "none":
-        parser.error("--weights none gives random features that know nothing about pictures; use imagenet or a file")
-    if args.folds < 3:
-        parser.error("--folds must be at least 3 (each fold's penalty is chosen on the other folds)")
-    if args.top < 1:
-        parser.error("--top must be at least 1")
-    if args.image_size < models.MIN_IMAGE_SIZE:
-        parser.error(f"--image-size must be at least {models.MIN_IMAGE_SIZE}")
-    return args
+    add_options(parser, ReviewConfig)
+    return from_command_line(parser, ReviewConfig, argv)
 
 
 # -- folds and scores: pure functions of a feature matrix ------------------------------------------------------
@@ -163,20 +120,20 @@ def find_suspects(ranking: Ranking, labels, band: float = marks.UNSURE_BAND) -> 
 
 # -- the command: features, ranking, report, moves --------------------------------------------------------------
 
-def image_features(args, files: data.Files, digests: list) -> tuple:
+def image_features(config: ReviewConfig, files: data.Files, digests: list) -> tuple:
     """(vectors, how many were computed now): from the feature store where a review or train run left them.
 
     The backbone is built only when some image is missing from the store.
     """
-    preprocessing = images.Preprocessing(args.image_size)  # the whole picture: faces are train's choice
-    store = cache.array_store(args.cache, features.FAMILY, features.extractor_id(args.arch, args.weights,
+    preprocessing = images.Preprocessing(config.image_size)  # the whole picture: faces are train's choice
+    store = cache.array_store(config.cache, features.FAMILY, features.extractor_id(config.arch, config.weights,
                                                                                  preprocessing))
     missing = sum(store.get("original", digest) is None for digest in digests)
     extractor = None
     if missing:
-        extractor, _ = models.split_at_pool(models.build(args.arch, 2, preprocessing.image_size,
-                                                         weights=args.weights))
-    with data.undecodable_explained(files.paths, preprocessing, args.data_dir):
+        extractor, _ = models.split_at_pool(models.build(config.arch, 2, preprocessing.image_size,
+                                                         weights=config.weights))
+    with data.undecodable_explained(files.paths, preprocessing, config.data):
         vectors = features.extract(extractor, files.paths, store, preprocessing, digests=digests)[0]
     return vectors, missing
 
@@ -271,78 +228,76 @@ def move_to_class(data_dir: Path, row: dict, sha256: str, manifest) -> str:
     return target.relative_to(data_dir).as_posix()
 
 
-def act(data_dir: Path, rows: list, digests: list, args) -> list:
+def act(data_dir: Path, rows: list, digests: list, config: ReviewConfig) -> list:
     """Carry out --move-to-suggested and --quarantine; [(path, where it went)] in the order done."""
     moves = []
     # An unsure prediction is a doubt, not a finding: only pictures far from every class, and wrong-folder
     # suspects the model is sure of, are moved.
     chosen = [row for row in rows
-              if (row["far"] if row["kind"] == "no-class" else row["confidence"] >= args.min_confidence)]
+              if (row["far"] if row["kind"] == "no-class" else row["confidence"] >= config.min_confidence)]
     with quarantine.open_manifest(data_dir) as manifest:
         for row in chosen:
             sha256 = digests[row["index"]]
-            if row["kind"] == "wrong-folder" and args.move_to_suggested:
+            if row["kind"] == "wrong-folder" and config.move_to_suggested:
                 moves.append((row["path"], move_to_class(data_dir, row, sha256, manifest)))
-            elif args.quarantine:
+            elif config.quarantine:
                 found = quarantine.Finding(row["path"], row["folder"], REASONS[row["kind"]], row["why"], sha256)
                 quarantine.move(data_dir, found, manifest)
                 moves.append((row["path"], found.quarantine))
     return moves
 
 
-def review(args) -> dict:
+def review(config: ReviewConfig) -> dict:
     """Score, rank, report and (when asked) move; returns the report that --json writes."""
     started = time.perf_counter()
-    class_names = data.find_classes(args.data_dir)
-    files, skipped = data.list_images(args.data_dir, class_names)
+    class_names = data.find_classes(config.data)
+    files, skipped = data.list_images(config.data, class_names)
     if skipped:
         print(f"note: {len(skipped)} file(s) with extensions training does not read are ignored "
-              f"(e.g. {skipped[0]}): run `python -m happysad.clean {args.data_dir}` to convert or quarantine them")
+              f"(e.g. {skipped[0]}): run `python -m happysad.clean {config.data}` to convert or quarantine them")
     labels = np.asarray(files.labels, dtype=int)
     counts = "  ".join(f"{name}={n}" for name, n in zip(class_names, files.count_per_class(len(class_names))))
     print(f"{len(files)} images in {len(class_names)} classes: {counts}")
 
     digests = sha256_each(files.paths)
-    vectors, computed = image_features(args, files, digests)
+    vectors, computed = image_features(config, files, digests)
     seconds = {"features": time.perf_counter() - started}
-    print(f"features ({args.arch}, {args.image_size} px): {computed} computed, {len(files) - computed} from the "
+    print(f"features ({config.arch}, {config.image_size} px): {computed} computed, {len(files) - computed} from the "
           f"store, in {seconds['features']:.1f} s")
 
     mark = time.perf_counter()
-    groups = data.near_copy_groups(files, cache.array_store(args.cache, near_copies.FAMILY, near_copies.VERSION),
+    groups = data.near_copy_groups(files, cache.array_store(config.cache, near_copies.FAMILY, near_copies.VERSION),
                                    digests)
     seconds["near_copies"], mark = time.perf_counter() - mark, time.perf_counter()
-    ranking = rank(vectors, labels, groups, len(class_names), args.folds, args.seed, args.far_share,
-                   args.unsure_band)
+    ranking = rank(vectors, labels, groups, len(class_names), config.folds, config.seed, config.far_share,
+                   config.unsure_band)
     seconds["cross_validation"] = time.perf_counter() - mark
     accuracy = float(np.mean(ranking.probabilities.argmax(axis=1) == labels))
-    print(f"cross-validation: {args.folds} folds, each group of near copies in one ({seconds['near_copies']:.1f} s "
+    print(f"cross-validation: {config.folds} folds, each group of near copies in one ({seconds['near_copies']:.1f} s "
           f"to find them), a logistic-regression head per fold, in {seconds['cross_validation']:.1f} s; out-of-fold "
           f"accuracy {accuracy:.3f}")
 
-    relative = data.relative(files, args.data_dir)
+    relative = data.relative(files, config.data)
     rows = suspect_rows(ranking, relative, labels, class_names)
-    print(terminal_table(rows, args.top))
-    summary = (f"{len(files)} images of {args.data_dir}, each scored by a head that never trained on it "
-               f"({args.folds}-fold cross-validation on {args.arch} features, out-of-fold accuracy {accuracy:.3f}): "
+    print(terminal_table(rows, config.top))
+    summary = (f"{len(files)} images of {config.data}, each scored by a head that never trained on it "
+               f"({config.folds}-fold cross-validation on {config.arch} features, out-of-fold accuracy {accuracy:.3f}): "
                f"{len(of_kind(rows, 'wrong-folder'))} probably in the wrong folder, "
                f"{len(of_kind(rows, 'no-class'))} fit no class.")
-    write_pictures(args, rows, files, summary, suspect_heatmaps(args, rows, files, class_names, vectors, labels,
+    write_pictures(config, rows, files, summary, suspect_heatmaps(config, rows, files, class_names, vectors, labels,
                                                                  ranking.penalty))
 
     moves = []
-    if args.move_to_suggested or args.quarantine:
-        moves = act(Path(args.data_dir), rows, digests, args)
-        print(f"moved {len(moves)} file(s)" + (f" (undo: python -m happysad.clean {args.data_dir} --restore)"
+    if config.move_to_suggested or config.quarantine:
+        moves = act(Path(config.data), rows, digests, config)
+        print(f"moved {len(moves)} file(s)" + (f" (undo: python -m happysad.clean {config.data} --restore)"
                                                if moves else "") + "".join(f"\n  {a} -> {b}" for a, b in moves))
     seconds["total"] = time.perf_counter() - started
     print(f"took {seconds['total']:.1f} s: features {seconds['features']:.1f} s, near copies "
           f"{seconds['near_copies']:.1f} s, cross-validation {seconds['cross_validation']:.1f} s")
     report = {
-        "data_dir": str(args.data_dir), "classes": class_names, "out_of_fold_accuracy": accuracy,
-        "settings": {name: getattr(args, name) for name in (
-            "arch", "weights", "image_size", "folds", "seed", "far_share", "unsure_band", "min_confidence")} | {"far_ratio": marks.FAR_RATIO,
-                                                                            "far_limit": ranking.far_limit},
+        "data_dir": str(config.data), "classes": class_names, "out_of_fold_accuracy": accuracy,
+        "settings": config.to_record() | {"far_ratio": marks.FAR_RATIO, "far_limit": ranking.far_limit},
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
         "images": [{"path": relative[i], "folder": class_names[labels[i]], "fold": int(ranking.folds[i]),
                     "group": int(groups[i]),
@@ -351,48 +306,48 @@ def review(args) -> dict:
         "suspects": [{key: value for key, value in row.items() if key != "index"} for row in rows],
         "moved": [{"from": source, "to": target} for source, target in moves],
     }
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if config.json:
+        Path(config.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 
-def suspect_heatmaps(args, rows: list, files: data.Files, class_names: list, vectors, labels, penalty: float) -> dict:
+def suspect_heatmaps(config: ReviewConfig, rows: list, files: data.Files, class_names: list, vectors, labels, penalty: float) -> dict:
     """{path: JPEG} of the first --top wrong-folder suspects as the model sees them, with the heatmap of the
     evidence for the suggested class over them (happysad.explain). Drawn with the head trained on every image
     (the suspects included: a picture of where the evidence lies, not a measurement) in the network train
     would save, so the backbone runs only on these few pictures."""
-    shown = of_kind(rows, "wrong-folder", args.top)
+    shown = of_kind(rows, "wrong-folder", config.top)
     if not shown:
         return {}
     head = crossval.fit_head(crossval.unit(vectors), labels, penalty)
-    network = models.build_linear((args.arch,), len(class_names), args.image_size, args.weights)
+    network = models.build_linear((config.arch,), len(class_names), config.image_size, config.weights)
     models.set_head(network, head.coef_, head.intercept_)
-    preprocessing = images.Preprocessing(args.image_size)
+    preprocessing = images.Preprocessing(config.image_size)
     pixels = np.stack([preprocessing.load(files.paths[row["index"]]).numpy() for row in shown])
     heatmaps = explain.heatmaps(network, pixels, [class_names.index(row["suggested"]) for row in shown])
     return {row["path"]: tf.io.encode_jpeg(explain.overlay(picture, heatmap), quality=85).numpy()
             for row, picture, heatmap in zip(shown, pixels, heatmaps)}
 
 
-def write_pictures(args, rows: list, files: data.Files, summary: str, heatmaps: dict) -> None:
+def write_pictures(config: ReviewConfig, rows: list, files: data.Files, summary: str, heatmaps: dict) -> None:
     """The page (every suspect, an embedded JPEG thumbnail each, and the heatmap of the first --top wrong-folder
     suspects) and the contact sheet (the first --top)."""
     pictures = {row["path"]: thumbnail(files.paths[row["index"]]) for row in rows}
     jpegs = {path: tf.io.encode_jpeg(pixels, quality=85).numpy() for path, pixels in pictures.items()}
-    for path in (args.html, args.png):
+    for path in (config.html, config.png):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    reports.write_page(args.html, f"review of {args.data_dir}", page_sections(rows, jpegs, summary, heatmaps))
-    Path(args.png).write_bytes(reports.png_bytes(contact_sheet(rows, pictures, args.top)))
-    print(f"page {args.html}, contact sheet {args.png}")
+    reports.write_page(config.html, f"review of {config.data}", page_sections(rows, jpegs, summary, heatmaps))
+    Path(config.png).write_bytes(reports.png_bytes(contact_sheet(rows, pictures, config.top)))
+    print(f"page {config.html}, contact sheet {config.png}")
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    config = parse_args(argv)
     enable_memory_growth()
     try:
-        review(args)
+        review(config)
     except (data.DataError, models.BuildError) as error:
-        sys.exit(f"happysad.review: error: {error}")
+        sys.exit(f"happysad.review: error: {errors.for_command(error)}")
 
 
 if __name__ == "__main__":

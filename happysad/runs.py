@@ -148,17 +148,17 @@ def print_table(rows: list) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
-def list_runs(args) -> None:
-    runs, unfinished = find_runs(args.logdir)
+def list_runs(logdir, as_json: bool = False) -> None:
+    runs, unfinished = find_runs(logdir)
     best, criterion = best_run(runs)
-    command = f"tensorboard --logdir {shlex.quote(str(args.logdir))}"
-    if args.json:
-        print(json.dumps({"logdir": str(args.logdir), "best": best.name if best else None,
+    command = f"tensorboard --logdir {shlex.quote(str(logdir))}"
+    if as_json:
+        print(json.dumps({"logdir": str(logdir), "best": best.name if best else None,
                           "best_by": criterion, "runs": [run.summary() for run in runs],
                           "unfinished": unfinished, "tensorboard": command}, indent=2))
         return
     if not runs:
-        print(f"no finished runs in {args.logdir}" + (f" ({len(unfinished)} without a record.json)"
+        print(f"no finished runs in {logdir}" + (f" ({len(unfinished)} without a record.json)"
                                                          if unfinished else ""))
         return
     rows = [["", "run", "started", "minutes", *KEY_HYPERPARAMETERS, "cv acc", "val acc", "val loss", "test acc",
@@ -196,10 +196,10 @@ def comparison(run_a: Run, run_b: Run) -> dict:
     return {"runs": [run_a.name, run_b.name], "metrics": metrics, "differing_hyperparameters": differing}
 
 
-def compare(args) -> None:
-    run_a, run_b = (resolve(args.logdir, name) for name in args.compare)
+def compare(logdir, names, as_json: bool = False) -> None:
+    run_a, run_b = (resolve(logdir, name) for name in names)
     result = comparison(run_a, run_b)
-    if args.json:
+    if as_json:
         print(json.dumps(result, indent=2))
         return
     rows = [["metric", run_a.name, run_b.name]]
@@ -217,9 +217,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     try:
         if args.compare:
-            compare(args)
+            compare(args.logdir, args.compare, args.json)
         else:
-            list_runs(args)
+            list_runs(args.logdir, args.json)
     except RunsError as error:
         sys.exit(f"happysad.runs: error: {error}")
 

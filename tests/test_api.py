@@ -26,6 +26,8 @@ def test_train_returns_the_saved_model_and_load_predicts_files_as_the_command_do
     np.testing.assert_allclose([p.probability for p in loaded], [row["probability"] for row in printed], atol=1e-6)
 
 
-def test_a_wrong_option_is_a_value_error_with_trains_message(tmp_path):
-    with pytest.raises(ValueError, match="--folds must be at least 3"):
+def test_a_wrong_setting_is_a_value_error_that_names_the_setting(tmp_path):
+    with pytest.raises(ValueError, match="^folds must be at least 3"):
         happysad.train(data=tmp_path, arch="mobilenet", folds=2)
+    with pytest.raises(ValueError, match="unknown setting.* fold;"):
+        happysad.train(data=tmp_path, arch="mobilenet", fold=2)

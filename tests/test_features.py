@@ -5,6 +5,7 @@ A MobileNet (v1, width 0.25) with random weights saved to a file stands in for I
 tested is the plumbing (store, keys, the head inside the saved model), not what ImageNet features are worth.
 Real ImageNet weights from ../shared/weights are used where that folder is present.
 """
+import dataclasses
 import urllib.error
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 from conftest import SHARED_WEIGHTS
 
-from happysad import cache, calibration, classifier, features, images, model as models, sample, train
+from happysad import cache, calibration, classifier, features, images, model as models, record, sample, train
+from happysad.config import TrainConfig
 from happysad.files import sha256_each
 
 SIZE = 32
@@ -60,6 +62,9 @@ def test_saved_model_gives_the_scikit_learn_heads_probability(small_dir, weights
     np.testing.assert_allclose(model.probabilities(pixels)[:, 1], expected, atol=1e-5)
     assert saved.hyperparameters["head"] == "logistic regression"
     assert saved.hyperparameters["penalty"] == result["measurement"].final.penalty
+    read_back = record.read(tmp_path / "a" / "m.h5").config  # every setting of the run, saved with the model
+    assert read_back["folds"] == 3 and read_back["image_size"] == SIZE and read_back["arch"] == "mobilenet025"
+    assert set(read_back) == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def test_the_expression_network_with_face_crops_is_one_saved_network_with_the_heads_probability(
@@ -196,7 +201,7 @@ def test_auto_offline_with_no_weights_is_one_line_naming_both_ways_out(small_dir
                     "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--cache", "none"])
     message = str(exit_info.value.code)
     assert message.startswith("happysad.train: error: --arch auto found no backbone weights")
-    assert str(cache_folder) in message and "--weights PATH" in message and "\n" not in message
+    assert str(cache_folder) in message and "--arch mobilenet --weights PATH" in message and "\n" not in message
     assert not (tmp_path / "m.h5").exists()
 
 

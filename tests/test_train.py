@@ -218,7 +218,7 @@ def test_the_closing_line_gives_each_class_recall_and_the_threshold():
 @pytest.mark.parametrize("argv, message", [
     (["--arch", "mobilenet", "--split", "0.6,0.2,0.2"], "--split applies to the CNN and fine-tuning"),
     (["--arch", "mobilenet", "--folds", "2"], "--folds must be at least 3"),
-    (["--arch", "mobilenet", "--views", "2", "--no-class-weights"], "--views, --no-class-weights: for fits on images"),
+    (["--arch", "mobilenet", "--views", "2", "--no-class-weights"], "--views, --class-weights: for fits on images"),
     (["--arch", "mobilenet", "--epochs", "3", "--resume"], "--epochs, --resume: for fits on images"),
     (["--arch", "auto", "--weights", "x_notop.h5"], "--weights must be imagenet"),
     (["--arch", "mobilenet+cnn"], "choose cnn, auto, or one or more of"),
