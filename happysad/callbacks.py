@@ -198,12 +198,12 @@ class HParams(keras.callbacks.Callback):
 
 
 def tensorboard(run_dir, options: dict, train_files, validation_dataset, validation_labels,
-                class_names, preprocessing: images.Preprocessing, seed: int = 0) -> list:
+                class_names, preprocessing: images.Preprocessing, seed: int = 0) -> tuple:
     """Keras' TensorBoard callback (scalars, learning rate, Keras graph), TrainingSummaries and the HParams
     record. Put them after callbacks that add values to the epoch logs, so those values are written too."""
-    return [
+    return (
         keras.callbacks.TensorBoard(log_dir=str(run_dir), write_graph=True),
         TrainingSummaries(run_dir, train_files, validation_dataset, validation_labels, class_names,
                           preprocessing, seed=seed),
         HParams(run_dir, options, preprocessing, seed),
-    ]
+    )

@@ -43,7 +43,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 import warnings
 from collections import defaultdict
@@ -54,7 +53,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from happysad import cache, images, near_copies, quarantine
+from happysad import cache, console, images, near_copies, quarantine
 from happysad.quarantine import QUARANTINE, Finding
 from happysad.data import DataError, class_folders as subfolders, walk_class
 from happysad.runtime import enable_memory_growth, tf
@@ -180,6 +179,9 @@ def check_file(data_dir: Path, path: str, label: str, min_size: int) -> tuple:
     return finding("mis-extended", why, ".png"), hashlib.sha256(copy).hexdigest(), fingerprint
 
 
+PROGRESS_FROM = 500  # files: fewer are checked in a few seconds
+
+
 def scan(data_dir, listing: dict, min_size: int = 32, progress: bool = False) -> tuple:
     """(every file of `listing` (list_files) that has to leave its class folder, as Findings sorted by path,
     the groups of same-class near copies that stay, as sorted lists of paths).
@@ -188,17 +190,13 @@ def scan(data_dir, listing: dict, min_size: int = 32, progress: bool = False) ->
     """
     data_dir = Path(data_dir)
     files = [(path, label) for label, paths in listing.items() for path in paths]
-    show_progress = progress and (sys.stderr.isatty() or len(files) >= 2000)
-    every = 50 if sys.stderr.isatty() else max(1, len(files) // 10)
     results = []
     # TensorFlow's and OpenCV's decoders release the GIL, so threads keep every core busy.
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        checks = pool.map(lambda item: check_file(data_dir, item[0], item[1], min_size), files)
-        for done, result in enumerate(checks, 1):
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool, \
+            console.progress(len(files), "file", PROGRESS_FROM if progress else len(files) + 1) as shown:
+        for result in pool.map(lambda item: check_file(data_dir, item[0], item[1], min_size), files):
             results.append(result)
-            if show_progress and (done % every == 0 or done == len(files)):
-                end = "\r" if sys.stderr.isatty() and done < len(files) else "\n"
-                print(f"happysad.clean: checked {done}/{len(files)} files", end=end, file=sys.stderr, flush=True)
+            shown.update(1)
 
     findings = {path: found for (path, _), (found, _, _) in zip(files, results) if found}
     # (path, label, sha256 of the bytes training would read, fingerprint) of every file training can use

@@ -18,6 +18,6 @@ def table(rows: list, indent: str = "") -> str:
 
 def progress(total: int, unit: str, shown_from: int) -> tqdm:
     """A progress bar over `total` units, shown only from `shown_from` of them: `.update(n)` as they finish,
-    then `.close()` (or use it in a with block)."""
+    then `.close()` (or use it in a with block), which leaves the last state: how many, how long, how fast."""
     return tqdm(total=total, unit=unit, disable=total < shown_from, file=sys.stderr, mininterval=1.0,
-                dynamic_ncols=True, leave=False)
+                dynamic_ncols=True)

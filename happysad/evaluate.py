@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import calibration, classifier, data, defaults, explain, marks, metrics, record, reports, summaries
+from happysad import calibration, classifier, console, data, defaults, explain, marks, metrics, record, reports, summaries
 from happysad.runtime import enable_memory_growth, tf
 
 
@@ -397,10 +397,8 @@ def print_table(report: dict) -> None:
     if report["stored_threshold"]:
         info = report["stored_threshold"]
         print(f"stored threshold {info['threshold']:.2f} in the model's record ({info['method']})")
-    width = max(8, *(len(n) for n in names))
-    print(f"{'class':<{width}}  precision  recall     f1  accuracy  images")
-    for name, p, r, f, a, s in metric_rows(report):
-        print(f"{name:<{width}}  {p:9.3f}  {r:6.3f}  {f:5.3f}  {a:8.3f}  {s:6d}")
+    print(console.table([["class", "precision", "recall", "f1", "accuracy", "images"]] + [
+        [name, *(f"{value:.3f}" for value in values), str(count)] for name, *values, count in metric_rows(report)]))
     print(headline(report))
     summary = report["metrics"]
     print(f"marked unsure: {summary['unsure']} of {summary['count']}" + (
@@ -408,10 +406,8 @@ def print_table(report: dict) -> None:
         if summary["accuracy_unsure"] is not None and summary["accuracy_sure"] is not None else "")
           + ("" if summary["fits_no_class"] is None else f"; fits no class: {summary['fits_no_class']}"))
     print("confusion matrix (rows: true, columns: predicted)")
-    cell = max(6, *(len(n) for n in names))
-    print(" " * width + "  " + " ".join(f"{n:>{cell}}" for n in names))
-    for name, row in zip(names, report["metrics"]["confusion_matrix"]):
-        print(f"{name:<{width}}  " + " ".join(f"{v:>{cell}d}" for v in row))
+    print(console.table([["", *names]] + [[name, *map(str, row)]
+                                          for name, row in zip(names, report["metrics"]["confusion_matrix"])]))
     for item in report["skipped"]:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     print(f"report: {Path(report['report_dir']) / 'index.html'}" +

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import files
+from happysad import console, files
 from happysad.cache import ArrayStore
-from happysad.runtime import keras, tf
+from happysad.runtime import tf
 
 # Stored views per image, by --views. "zoom" is the central 80 % of the picture, resized back up.
 VIEWS = {1: ("original",), 2: ("original", "flip"), 4: ("original", "flip", "zoom", "zoom-flip")}
@@ -58,12 +58,11 @@ def compute(extractor, paths, preprocessing, view: str, batch_size: int = 32) ->
                .batch(batch_size)
                .map(lambda batch: transform(batch, view))
                .prefetch(tf.data.AUTOTUNE))
-    progress = keras.utils.Progbar(len(paths), unit_name="image") if len(paths) >= PROGRESS_FROM else None
     computed = []
-    for batch in dataset:
-        computed.append(np.asarray(extractor.predict_on_batch(batch), np.float32))
-        if progress:
-            progress.add(len(computed[-1]))
+    with console.progress(len(paths), "image", PROGRESS_FROM) as progress:
+        for batch in dataset:
+            computed.append(np.asarray(extractor.predict_on_batch(batch), np.float32))
+            progress.update(len(computed[-1]))
     return np.concatenate(computed)
 
 

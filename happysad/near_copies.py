@@ -29,8 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from happysad import files, images
-from happysad.runtime import keras, tf
+from happysad import console, files, images
+from happysad.runtime import tf
 
 THUMBNAIL = 64  # pixels of the square the DCT runs on
 SQUARE = 2 * THUMBNAIL  # the picture is first reduced to this square, then cropped
@@ -148,12 +148,11 @@ def load_fingerprints(paths, store=None, digests=None) -> list:
         digests = files.sha256_each(paths)
     found = [stored_fingerprint(store, digest) for digest in digests] if store is not None else [None] * len(paths)
     missing = [i for i, fingerprint in enumerate(found) if fingerprint is None]
-    progress = keras.utils.Progbar(len(missing), unit_name="file") if len(missing) >= PROGRESS_FROM["file"] else None
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool, \
+            console.progress(len(missing), "file", PROGRESS_FROM["file"]) as progress:
         for i, fingerprint in zip(missing, pool.map(file_fingerprint, [paths[i] for i in missing])):
             found[i] = fingerprint
-            if progress:
-                progress.add(1)
+            progress.update(1)
             if store is not None and fingerprint is not None:
                 keep(store, digests[i], fingerprint)
     return found
@@ -269,14 +268,13 @@ def confirmed_pairs(fingerprints: list, min_inliers: int = MIN_INLIERS, store=No
         return found
 
     pairs = sorted(candidates(fingerprints))
-    progress = keras.utils.Progbar(len(pairs), unit_name="pair") if len(pairs) >= PROGRESS_FROM["pair"] else None
     confirmed = set()
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool, \
+            console.progress(len(pairs), "pair", PROGRESS_FROM["pair"]) as progress:
         for (i, j, _), found in zip(pairs, pool.map(count, pairs)):
             if found >= min_inliers:
                 confirmed.add((i, j))
-            if progress:
-                progress.add(1)
+            progress.update(1)
     return sorted(confirmed)
 
 

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import (cache, crossval, data, defaults, errors, explain, features, images, marks, model as models, near_copies,
-                      quarantine, reports)
+from happysad import (cache, console, crossval, data, defaults, errors, explain, features, images, marks,
+                      model as models, near_copies, quarantine, reports)
 from happysad.config import ReviewConfig, add_options, from_command_line
 from happysad.files import free_path, sha256_each
 from happysad.runtime import enable_memory_growth, tf
@@ -169,12 +169,9 @@ def terminal_table(rows: list, top: int) -> str:
             continue
         lines.append(f"{title}: {len(chosen)}" + (f" (the first {top} here, all on the page)" if len(chosen) > top
                                                    else ""))
-        table = [("path", "folder", "suggested", "confidence", "why")] + [
+        lines.append(console.table([("path", "folder", "suggested", "confidence", "why")] + [
             (row["path"], row["folder"], row["suggested"], f"{row['confidence']:.3f}", row["why"])
-            for row in chosen[:top]]
-        widths = [max(len(cells[i]) for cells in table) for i in range(4)]
-        lines += ["  " + "".join(cell.ljust(width + 2) for cell, width in zip(cells, widths)) + cells[4]
-                  for cells in table]
+            for row in chosen[:top]], indent="  "))
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from happysad import defaults, record
+from happysad import console, defaults, record
 
 KEY_HYPERPARAMETERS = ("arch", "epochs", "batch_size", "image_size", "learning_rate", "seed")
 COMPARED_METRICS = (
@@ -141,13 +141,6 @@ def fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def print_table(rows: list) -> None:
-    """rows[0] is the header; columns are padded to their widest cell."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-
-
 def list_runs(logdir, as_json: bool = False) -> None:
     runs, unfinished = find_runs(logdir)
     best, criterion = best_run(runs)
@@ -171,7 +164,7 @@ def list_runs(logdir, as_json: bool = False) -> None:
                      fmt(run.metric("cross_validation", "accuracy")),
                      fmt(run.metric("saved_epoch", "val_accuracy")), fmt(run.metric("saved_epoch", "val_loss")),
                      fmt(run.metric("test", "accuracy")), fmt(run.metric("test", "f1"))])
-    print_table(rows)
+    print(console.table(rows))
     if best:
         print(f"* best by {criterion}: {best.name}")
     if unfinished:
@@ -204,11 +197,11 @@ def compare(logdir, names, as_json: bool = False) -> None:
         return
     rows = [["metric", run_a.name, run_b.name]]
     rows += [[label, fmt(a), fmt(b)] for label, (a, b) in result["metrics"].items() if (a, b) != (None, None)]
-    print_table(rows)
+    print(console.table(rows))
     print()
     if result["differing_hyperparameters"]:
-        print_table([["hyper-parameter", run_a.name, run_b.name]] + [
-            [key, fmt(a), fmt(b)] for key, (a, b) in result["differing_hyperparameters"].items()])
+        print(console.table([["hyper-parameter", run_a.name, run_b.name]] + [
+            [key, fmt(a), fmt(b)] for key, (a, b) in result["differing_hyperparameters"].items()]))
     else:
         print("same hyper-parameters")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import (cache, calibration, classifier, crossval, data, defaults, distribute, errors, features, images,
-                      marks, metrics, model as models, near_copies, record, reports, summaries)
+from happysad import (cache, calibration, classifier, console, crossval, data, defaults, distribute, errors,
+                      features, images, marks, metrics, model as models, near_copies, record, reports, summaries)
 from happysad.config import TrainConfig, add_options, from_command_line
 from happysad.files import sha256_each, write_atomic
 from happysad.runtime import deferred, enable_memory_growth, keras
@@ -209,8 +209,9 @@ def candidates_table(measurement: crossval.Measurement) -> str:
     for (name, penalty), loss in measurement.scores.items():
         if name not in best or loss < best[name][1]:
             best[name] = (penalty, loss)
-    return "\n".join(f"  {name:<28} log loss {loss:.3f} (C {penalty:g})" + (
-        "  <- chosen" if name == measurement.final.features else "") for name, (penalty, loss) in best.items())
+    return console.table([("candidate", "log loss", "C", "")] + [
+        (name, f"{loss:.3f}", f"{penalty:g}", "<- chosen" if name == measurement.final.features else "")
+        for name, (penalty, loss) in best.items()], indent="  ")
 
 
 def cross_validation_line(summary: dict, class_names) -> str:
@@ -285,15 +286,15 @@ def train_on_partitions(config: TrainConfig) -> dict:
     else:
         run_dir = run_folder(config.logdir, config.run_name) if setup.is_chief else distribute.scratch_folder(setup)
     timing = callbacks.EpochTiming(len(parts["train"]))
-    board = callbacks.tensorboard(
+    scalars, summaries_callback, hparams = callbacks.tensorboard(
         run_dir, hyperparameters, parts["train"], datasets.get("validation"), parts["validation"].labels,
         class_names, preprocessing, seed=config.seed)
     if pretrained:
-        board[1].watch(features.dataset(stored["validation"][0], labels["validation"], config.batch_size),
+        summaries_callback.watch(features.dataset(stored["validation"][0], labels["validation"], config.batch_size),
                            matrix_every_epoch=False)
     checkpoint = run_dir / f"checkpoint{Path(config.model).suffix}" if config.checkpoint and setup.is_chief else None
     history = keras.callbacks.History()  # one for every fit of the run: Keras appends each stage's epochs
-    run_callbacks = [*callbacks.stopping(config.patience), timing, *board, history]
+    run_callbacks = [*callbacks.stopping(config.patience), timing, scalars, summaries_callback, hparams, history]
     # Fits on images (the CNN, fine-tuning) take minutes an epoch: they checkpoint and can be resumed. A head
     # on stored features trains again in seconds, the same way for the same seed (and is not a whole model).
     image_callbacks = list(run_callbacks)
@@ -318,7 +319,7 @@ def train_on_partitions(config: TrainConfig) -> dict:
         warn_if_nothing_learnt(history.history)
         stage_start = len(history.history["loss"]) if config.fine_tune else 0
         if config.fine_tune:
-            board[1].watch(datasets["validation"])
+            summaries_callback.watch(datasets["validation"])
             fine_tune(config, network, len(class_names), setup, datasets, image_callbacks, class_weight,
                       initial_epoch=stage_start)
     train_seconds = time.time() - started

@@ -23,6 +23,16 @@ with warnings.catch_warnings():
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path):
+    """clean keeps its near-copy store in the working folder's .cache/ (where train and review look): here,
+    the test's own folder, never the project's (not by monkeypatch, which a test may undo)."""
+    before = os.getcwd()
+    os.chdir(tmp_path)
+    yield
+    os.chdir(before)
+
+
 @pytest.fixture
 def dataset(tmp_path):
     """(data_dir, {reason: [paths]}): 4 faces per class plus one broken or tricky file of each kind."""
@@ -179,7 +189,6 @@ def test_a_re_framed_copy_under_the_other_label_is_a_conflict_and_restore_undoes
 
 
 def test_a_second_clean_reads_each_pairs_keypoint_check_from_the_store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the default store, .cache/happysad, where train and review look too
     data = tmp_path / "data"
     sample.write_faces(data, per_class=3, size=128, seed=5)
     wide = scene(2)
@@ -246,9 +255,10 @@ def test_an_interrupted_run_loses_nothing_and_can_be_finished_or_undone(dataset,
     real_replace, calls = os.replace, []
 
     def interrupted_replace(source, target):
-        calls.append(target)
-        if len(calls) == stop_at:
-            raise KeyboardInterrupt
+        if Path(target).is_relative_to(data):  # the moves and conversions, not the near-copy store's writes
+            calls.append(target)
+            if len(calls) == stop_at:
+                raise KeyboardInterrupt
         real_replace(source, target)
 
     monkeypatch.setattr(os, "replace", interrupted_replace)
@@ -329,3 +339,12 @@ def test_hidden_files_are_skipped_left_alone_and_reported(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "skipped 2 hidden file(s) or folder(s) (e.g. happy/.DS_Store)" in out and "nothing to clean" in out
     assert tree(data) == before
+
+
+def test_progress_goes_to_standard_error_so_json_on_standard_output_stays_whole(dataset, monkeypatch, capsys):
+    monkeypatch.setattr(clean, "PROGRESS_FROM", 1)
+    monkeypatch.setattr(near_copies, "PROGRESS_FROM", {"file": 1, "pair": 1})
+    clean.main([str(dataset[0]), "--json", "-", "--dry-run"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["dry_run"] is True
+    assert "file/s" in captured.err  # the bars showed, beside the JSON
