@@ -153,6 +153,7 @@ BACKBONES = {
                                "efficientnetb0_notop.h5"),
     "resnet50": Backbone("ResNet50", lambda prefix="": [caffe_input(prefix)],
                          "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "resnet50v2": Backbone("ResNet50V2", to_pm1, "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     "vgg16": Backbone("VGG16", lambda prefix="": [caffe_input(prefix)], "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     # preprocess_input "torch": [0, 1] minus the ImageNet mean, divided by its standard deviation.
     "densenet121": Backbone("DenseNet121", lambda prefix="": [layers.Normalization(

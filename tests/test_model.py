@@ -23,10 +23,11 @@ PREPROCESS = {
     "mobilenetv2": keras.applications.mobilenet_v2.preprocess_input,
     "efficientnetb0": keras.applications.efficientnet.preprocess_input,
     "resnet50": keras.applications.resnet50.preprocess_input,
+    "resnet50v2": keras.applications.resnet_v2.preprocess_input,
     "vgg16": keras.applications.vgg16.preprocess_input,
     "densenet121": keras.applications.densenet.preprocess_input,
 }
-CONVERTERS = {"mobilenetv2": "to_pm1", "efficientnetb0": "to_255", "resnet50": "caffe_input",
+CONVERTERS = {"mobilenetv2": "to_pm1", "efficientnetb0": "to_255", "resnet50": "caffe_input", "resnet50v2": "to_pm1",
               "vgg16": "caffe_input", "densenet121": "imagenet_norm"}
 
 
