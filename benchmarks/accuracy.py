@@ -144,6 +144,7 @@ def unseen(model: Path, test_side: Path, unlike: Path, out: Path, env: dict) -> 
     return {"accuracy": measured["accuracy"], "scored": report["scored"],
             "recall": {name: c["recall"] for name, c in measured["per_class"].items()},
             "ece": measured["calibration_error"], "ece_before": measured["calibration_error_before"],
+            "ece_chance": measured["calibration_error_chance"],
             "unsure": measured["unsure"] / report["scored"], "accuracy_unsure": measured["accuracy_unsure"],
             "accuracy_sure": measured["accuracy_sure"],
             "no_class": (measured["fits_no_class"] or 0) / report["scored"],
@@ -175,18 +176,20 @@ def share(value) -> str:
 
 def print_marks(rows: list, names: list) -> None:
     """Calibration and the marks, means over seeds: what the numbers a user is shown are worth."""
-    print("\ncalibration and marks, means over seeds (ECE on the unseen photos; unsure: share marked, and the "
-          "accuracy inside and outside the band; fits no class: share of unseen photos and of unlike pictures):\n")
-    print("| configuration | ECE | ECE uncalibrated | unsure | accuracy unsure / sure | fits no class: photos "
-          "| fits no class: unlike pictures |")
-    print("|---" * 7 + "|")
+    print("\ncalibration and marks, means over seeds (ECE on the unseen photos; by chance: what perfectly "
+          "calibrated probabilities would show on as many photos; unsure: share marked, and the accuracy inside and "
+          "outside the band; fits no class: share of unseen photos and of unlike pictures):\n")
+    print("| configuration | ECE | ECE uncalibrated | ECE by chance | unsure | accuracy unsure / sure "
+          "| fits no class: photos | fits no class: unlike pictures |")
+    print("|---" * 8 + "|")
     for name in names:
         mine = [row for row in rows if row["name"] == name]
 
         def mean(key):
             values = [row[key] for row in mine if row[key] is not None]
             return statistics.mean(values) if values else None
-        print(f"| {name} | {share(mean('ece'))} | {share(mean('ece_before'))} | {share(mean('unsure'))} | "
+        print(f"| {name} | {share(mean('ece'))} | {share(mean('ece_before'))} | {share(mean('ece_chance'))} | "
+              f"{share(mean('unsure'))} | "
               f"{share(mean('accuracy_unsure'))} / {share(mean('accuracy_sure'))} | {share(mean('no_class'))} | "
               f"{share(mean('unlike_no_class'))} |")
 

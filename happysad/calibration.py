@@ -123,3 +123,35 @@ def expected_calibration_error(labels, probabilities, bins: int = BINS) -> float
     total = sum(row["count"] for row in rows)
     return float(sum(row["count"] * abs(row["confidence"] - row["accuracy"]) for row in rows if row["count"])
                  / max(total, 1))
+
+
+def chance_calibration_error(probabilities, bins: int = BINS, draws: int = 2000, seed: int = 0) -> float:
+    """The expected calibration error that perfectly calibrated probabilities would still show on this many
+    images: the mean over `draws` sets of outcomes drawn from the probabilities themselves (each prediction
+    right with its confidence). A measured error near it says no more than "calibrated, as far as this many
+    images can tell"; a few hundred images cannot tell 0.03 from 0."""
+    confidence = np.asarray(probabilities, np.float64).max(axis=1)
+    which = np.clip(np.searchsorted(np.linspace(0.0, 1.0, bins + 1), confidence, side="right") - 1, 0, bins - 1)
+    in_bin = np.eye(bins)[which]  # (images, bins)
+    right = np.random.default_rng(seed).random((draws, len(confidence))) < confidence
+    gaps = (right - confidence) @ in_bin  # (draws, bins): per bin, the sum of (right - confidence)
+    return float(np.abs(gaps).sum(axis=1).mean() / max(len(confidence), 1))
+
+
+def errors(labels, probabilities, uncalibrated=None) -> dict:
+    """What every stage reports of its probabilities' calibration: the expected calibration error, before
+    calibration where known, and what perfectly calibrated probabilities would show on this many images."""
+    return {"calibration_error": expected_calibration_error(labels, probabilities),
+            "calibration_error_before": None if uncalibrated is None else
+            expected_calibration_error(labels, uncalibrated),
+            "calibration_error_chance": chance_calibration_error(probabilities)}
+
+
+def errors_text(summary: dict) -> str:
+    """errors() as train and evaluate print it."""
+    before = summary.get("calibration_error_before")
+    chance = summary.get("calibration_error_chance")
+    return (f"calibration error (ECE) {summary['calibration_error']:.3f}"
+            + ("" if before is None else f" (uncalibrated {before:.3f})")
+            + ("" if chance is None else f"; perfectly calibrated probabilities would show about {chance:.3f} "
+                                         f"on {summary['count']} images"))

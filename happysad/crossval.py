@@ -62,8 +62,7 @@ class Measurement:
         summary = metrics.summarize(labels, self.probabilities, class_names, self.final.threshold,
                                     predicted=self.predicted)
         return {**summary, "folds": int(self.folds.max()) + 1,
-                "calibration_error": calibration.expected_calibration_error(labels, self.probabilities),
-                "calibration_error_before": calibration.expected_calibration_error(labels, self.uncalibrated),
+                **calibration.errors(labels, self.probabilities, self.uncalibrated),
                 "fold_choices": [asdict(choice) for choice in self.fold_choices],
                 "choice": asdict(self.final),
                 "candidates": [{"features": name, "penalty": penalty, "log_loss": loss}

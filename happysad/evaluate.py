@@ -204,13 +204,6 @@ def uncalibrated(scores: Scores, model: classifier.Classifier):
                             scores.probabilities)
 
 
-def calibration_errors(scores: Scores, before) -> dict:
-    """The expected calibration error of the scores, and of `before` (uncalibrated) where there is one."""
-    return {"calibration_error": calibration.expected_calibration_error(scores.labels, scores.probabilities),
-            "calibration_error_before": None if before is None else
-            calibration.expected_calibration_error(scores.labels, before)}
-
-
 def marked_shares(scores: Scores, model: classifier.Classifier) -> dict:
     """How many scored images carry each mark, and how often the unsure and the other ones were right."""
     right = metrics.predicted_labels(scores.probabilities, model.record.threshold) == scores.labels
@@ -282,7 +275,7 @@ def evaluate(model_path=defaults.MODEL, *, data_dir=None, partition: str = "test
                             f"(e.g. {skipped[0][0]}: {skipped[0][1]})")
     summary = metrics.summarize(scores.labels, scores.probabilities, model.class_names, model.record.threshold)
     before = uncalibrated(scores, model)
-    summary.update(calibration_errors(scores, before))
+    summary.update(calibration.errors(scores.labels, scores.probabilities, before))
     summary.update(marked_shares(scores, model))
     sweep = metrics.threshold_sweep(scores.labels, scores.probabilities[:, 1]) if model.record.binary else []
     history = model.record.history
@@ -339,9 +332,7 @@ def metric_rows(report: dict) -> list:
 def headline(report: dict) -> str:
     summary = report["metrics"]
     parts = [f"accuracy {summary['accuracy']:.3f}", f"log loss {summary['log_loss']:.3f}",
-             f"calibration error {summary['calibration_error']:.3f}"
-             + (f" (uncalibrated {summary['calibration_error_before']:.3f})"
-                if summary.get("calibration_error_before") is not None else "")]
+             calibration.errors_text(summary)]
     for key, label in (("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC")):
         if summary.get(key) is not None:
             parts.append(f"{label} {summary[key]:.3f}")

@@ -219,8 +219,7 @@ def cross_validation_line(summary: dict, class_names) -> str:
     return (f"cross-validated accuracy {summary['accuracy']:.3f} {interval} on all {summary['count']} photos, each "
             "scored by a model that never saw it or its near copies "
             f"({summary['folds']} folds, choices made inside each)  {recalls}\n"
-            f"calibration error (ECE) of those probabilities {summary['calibration_error']:.3f} "
-            f"(uncalibrated {summary['calibration_error_before']:.3f})")
+            + calibration.errors_text(summary))
 
 
 def scaling_text(scaling: calibration.Scaling, num_classes: int) -> str:
@@ -335,9 +334,7 @@ def train_on_partitions(config: TrainConfig) -> dict:
     print(f"fitted on the validation partition: {scaling_text(scaling, len(class_names))}")
     tested = calibration.apply(scaling, uncalibrated)  # what the network now says, without a second pass
     test_metrics = {**metrics.summarize(parts["test"].labels, tested, class_names, threshold),
-                    "calibration_error": calibration.expected_calibration_error(parts["test"].labels, tested),
-                    "calibration_error_before": calibration.expected_calibration_error(parts["test"].labels,
-                                                                                       uncalibrated)}
+                    **calibration.errors(parts["test"].labels, tested, uncalibrated)}
     print(test_line(test_metrics, class_names))
     summaries.write_measured(run_dir, {"test": test_metrics}, step=len(history.history["loss"]) - 1)
     reports.plot_curves(history.history, run_dir / "curves.png")
@@ -474,8 +471,7 @@ def test_line(summary: dict, class_names) -> str:
     interval, recalls = measured_parts(summary, class_names, "threshold")
     return (f"test ({summary['count']} images never used in training): accuracy {summary['accuracy']:.3f} "
             f"{interval}  f1 {summary['f1']:.3f}  {recalls}" + (
-                f"\ncalibration error (ECE) {summary['calibration_error']:.3f} (uncalibrated "
-                f"{summary['calibration_error_before']:.3f})" if "calibration_error" in summary else ""))
+                "\n" + calibration.errors_text(summary) if "calibration_error" in summary else ""))
 
 
 def measured_parts(summary: dict, class_names, threshold_name: str) -> tuple:

@@ -50,6 +50,26 @@ def test_expected_calibration_error_by_hand():
     assert sum(row["count"] for row in rows) == 4 and [row["count"] for row in rows if row["count"]] == [2, 2]
 
 
+def test_the_error_by_chance_is_what_calibrated_probabilities_show_and_shrinks_with_more_images():
+    """Perfectly calibrated probabilities still show an error on few images: the chance error says how much."""
+    _, _, truth = overconfident(n=6400, seed=3)
+    rng = np.random.default_rng(4)
+    measured, chance = {}, {}
+    for n in (100, 1600):
+        errors = []
+        for draw in range(40):  # outcomes drawn from the probabilities: calibrated by construction
+            rows = truth[rng.choice(len(truth), n, replace=False)]
+            labels = (rng.random(n) < rows[:, 1]).astype(int)
+            errors.append(calibration.expected_calibration_error(labels, rows))
+        measured[n], chance[n] = np.mean(errors), calibration.chance_calibration_error(rows)
+        assert chance[n] == pytest.approx(measured[n], rel=0.25), n
+    assert chance[100] / chance[1600] == pytest.approx(4.0, rel=0.3)  # one over the square root of the count
+    labels, said, _ = overconfident(n=1600, seed=5)
+    assert calibration.expected_calibration_error(labels, said) > 4 * calibration.chance_calibration_error(said)
+    sure = np.array([[0.0, 1.0]] * 50)  # confidence 1: always right, no room for chance
+    assert calibration.chance_calibration_error(sure) == 0.0
+
+
 def test_the_scaling_written_into_the_output_layer_gives_the_calibrated_probabilities():
     from happysad.runtime import keras
 
