@@ -97,12 +97,7 @@ def train_with_folds(config: TrainConfig) -> dict:
         files, test = folder.files, data.Files([], [])
     groups = [group_of[path] for path in files.paths]
     copies = near_copy_lists(folder.files, folder.groups, config.data)
-    if copies:
-        print(f"near copies: {sum(map(len, copies))} images in {len(copies)} groups, each kept in one fold")
-    for name, part in (("training", files), ("holdout", test)):
-        if len(part) or name == "training":
-            print(f"{name:>10}: {len(part):5d} images  " + "  ".join(
-                f"{c}={n}" for c, n in zip(class_names, part.count_per_class(len(class_names)))))
+    print_partitions(copies, "fold", {"training": files, **({"holdout": test} if len(test) else {})}, class_names)
     folds = data.make_folds(files.labels, groups, config.folds, config.seed, class_names)
 
     # -- features: each candidate backbone's, stored once per image -----------------------------------------
@@ -164,10 +159,7 @@ def train_with_folds(config: TrainConfig) -> dict:
         run_dir=str(run_dir),
         created=datetime.datetime.now().isoformat(timespec="seconds"),
     )
-    record.save(network, config.model, run_record)
-    write_atomic(run_dir / "record.json", run_record.to_json())
-    print(f"saved {config.model} (trained on all {len(files)} photos) and {record.sidecar_path(config.model)}; run logs "
-          f"in {run_dir} (tensorboard --logdir {config.logdir})")
+    save_run(network, run_record, config, f"trained on all {len(files)} photos")
     return {"record": run_record, "measurement": measurement, "run_dir": run_dir, "network": network, "head": head,
             "scaling": choice.scaling, "features": feature_sets[choice.features][:len(files)]}
 
@@ -246,23 +238,18 @@ def train_on_partitions(config: TrainConfig) -> dict:
     parts = data.split(files, config.split, config.seed, groups=groups)
     copies = near_copy_lists(files, groups, config.data)
     binary = models.is_binary(len(class_names))
-    if copies:
-        print(f"near copies: {sum(map(len, copies))} images in {len(copies)} groups, each kept in one partition")
-    for name in data.PARTITIONS:
-        counts = parts[name].count_per_class(len(class_names))
-        print(f"{name:>10}: {len(parts[name]):5d} images  " + "  ".join(
-            f"{c}={n}" for c, n in zip(class_names, counts)))
+    print_partitions(copies, "partition", parts, class_names)
     class_weight = data.class_weights(parts["train"].labels, len(class_names)) if config.class_weights else None
     if class_weight:
         print("class weights (from the training partition): " + "  ".join(
             f"{name}={class_weight[i]:.3f}" for i, name in enumerate(class_names)))
 
     # -- network -------------------------------------------------------------------------------------------
-    pretrained = config.arch != "cnn" and config.weights != "none"
-    augment = config.augment
+    # A pretrained backbone fits on images only to fine-tune: its head trains first, on stored features.
+    fine_tuning = bool(config.fine_tune)
     with setup.strategy.scope():
         network = models.compile_model(
-            models.build(config.arch, len(class_names), preprocessing.image_size, augment=augment,
+            models.build(config.arch, len(class_names), preprocessing.image_size, augment=config.augment,
                          dropout=config.dropout, weights=config.weights),
             len(class_names), config.learning_rate, jit=config.jit)
     network.summary(print_fn=print)
@@ -272,10 +259,10 @@ def train_on_partitions(config: TrainConfig) -> dict:
                        "replicas": setup.replicas, "global_batch_size": setup.global_batch(config.batch_size),
                        "precision": precision}
 
-    # -- inputs: decoded-image pipelines (CNN, fine-tuning), or stored backbone features (pretrained) ------
+    # -- inputs: decoded-image pipelines, and for fine-tuning's first stage stored backbone features --------
     labels = {name: np.asarray(parts[name].labels, np.float32 if binary else np.int32) for name in data.PARTITIONS}
-    extractor, head = models.split_at_pool(network) if pretrained else (None, None)
-    stored = stored_features(config, extractor, parts, preprocessing, digests) if pretrained else None
+    extractor, head = models.split_at_pool(network) if fine_tuning else (None, None)
+    stored = stored_features(config, extractor, parts, preprocessing, digests) if fine_tuning else None
     datasets = image_datasets(config, setup, parts, preprocessing, binary)
 
     # -- callbacks: timing, early stopping, TensorBoard ----------------------------------------------------
@@ -288,7 +275,7 @@ def train_on_partitions(config: TrainConfig) -> dict:
     scalars, summaries_callback, hparams = callbacks.tensorboard(
         run_dir, hyperparameters, parts["train"], datasets.get("validation"), parts["validation"].labels,
         class_names, preprocessing, seed=config.seed)
-    if pretrained:
+    if fine_tuning:
         summaries_callback.watch(features.dataset(stored["validation"][0], labels["validation"], config.batch_size),
                            matrix_every_epoch=False)
     checkpoint = run_dir / f"checkpoint{Path(config.model).suffix}" if config.checkpoint and setup.is_chief else None
@@ -307,17 +294,17 @@ def train_on_partitions(config: TrainConfig) -> dict:
         provisional = record.Record(class_names, preprocessing, seed=config.seed, run_dir=str(run_dir))
         write_atomic(record.sidecar_path(checkpoint), provisional.to_json())
 
-    # -- fit: the head on stored features or the whole CNN, then optional fine-tuning ---------------------
+    # -- fit: the whole CNN; or the head on stored features, then the opened backbone on images -------------
     started = time.time()
     with data.undecodable_explained(files.paths, preprocessing, config.data):
-        if pretrained:
+        if fine_tuning:
             fit_head(config, head, len(class_names), stored, labels, run_callbacks, class_weight)
         else:
             distribute.fit(network, setup, datasets["train"], datasets["validation"], epochs=config.epochs,
                            callbacks=image_callbacks, class_weight=class_weight)
         warn_if_nothing_learnt(history.history)
-        stage_start = len(history.history["loss"]) if config.fine_tune else 0
-        if config.fine_tune:
+        stage_start = len(history.history["loss"]) if fine_tuning else 0
+        if fine_tuning:
             summaries_callback.watch(datasets["validation"])
             fine_tune(config, network, len(class_names), setup, datasets, image_callbacks, class_weight,
                       initial_epoch=stage_start)
@@ -366,13 +353,28 @@ def train_on_partitions(config: TrainConfig) -> dict:
     if not setup.is_chief:
         print(f"worker {setup.worker_index}: done; the chief saves the model and the logs")
         return {"record": run_record, "history": history.history, "run_dir": None}
-    record.save(network, config.model, run_record)
-    write_atomic(run_dir / "record.json", run_record.to_json())
+    save_run(network, run_record, config, f"trained on the {len(parts['train'])} training images")
     if backup:
         shutil.rmtree(backup.folder, ignore_errors=True)  # the run has ended: nothing left to resume
-    print(f"saved {config.model} and {record.sidecar_path(config.model)}; run logs in {run_dir} "
-          f"(tensorboard --logdir {config.logdir})")
     return {"record": run_record, "history": history.history, "run_dir": run_dir}
+
+
+def print_partitions(copies: list, kept_in: str, parts: dict, class_names) -> None:
+    """The near-copy groups and each partition's images per class, as both pipelines start."""
+    if copies:
+        print(f"near copies: {sum(map(len, copies))} images in {len(copies)} groups, each kept in one {kept_in}")
+    for name, part in parts.items():
+        print(f"{name:>10}: {len(part):5d} images  " + "  ".join(
+            f"{c}={n}" for c, n in zip(class_names, part.count_per_class(len(class_names)))))
+
+
+def save_run(network, run_record: record.Record, config: TrainConfig, trained_on: str) -> None:
+    """The model and its record, atomically (a failed save keeps the previous model), and the record's copy
+    in the run folder, as both pipelines end."""
+    record.save(network, config.model, run_record)
+    write_atomic(Path(run_record.run_dir) / "record.json", run_record.to_json())
+    print(f"saved {config.model} ({trained_on}) and {record.sidecar_path(config.model)}; run logs in "
+          f"{run_record.run_dir} (tensorboard --logdir {config.logdir})")
 
 
 def image_datasets(config: TrainConfig, setup, parts, preprocessing, binary) -> dict:
