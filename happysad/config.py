@@ -13,7 +13,7 @@ import os
 import typing
 from dataclasses import dataclass
 
-from happysad import cache, defaults, distribute, features, marks, model as models
+from happysad import cache, defaults, distribute, features, images, marks, model as models
 from happysad.errors import SettingError
 
 RECIPE = "filled from the --arch recipe when not given"
@@ -75,6 +75,8 @@ class FeatureConfig:
                                        "once into Keras' cache folder), none (train from scratch) or PATH to a "
                                        f"Keras *_notop.h5 file ({models.EXPRESSION}: to {models.EXPRESSION_FILE})")
     image_size: int = setting(None, "images are resized to N×N", recipe=True, metavar="N")
+    faces: bool = setting(False, "crop each image to its largest face (OpenCV), the whole image when none is "
+                                 "found")
     seed: int = setting(defaults.SEED, "same seed and data: same split, folds and initialisation")
     folds: int = setting(5, "pretrained backbone: K-fold cross-validation that measures the head, and the "
                             "penalty, threshold and backbone choices inside it", metavar="K")
@@ -112,6 +114,10 @@ class FeatureConfig:
 
     def recipe(self) -> models.Recipe:
         return models.recipe(self.arch, self.weights)
+
+    def preprocessing(self) -> images.Preprocessing:
+        """How every image of the run is read: the one preprocessing train, review and the saved model share."""
+        return images.Preprocessing(self.image_size, self.faces)
 
     @property
     def backbones(self) -> tuple:
@@ -177,8 +183,6 @@ class TrainConfig(FeatureConfig):
                            images_only=True)
     checkpoint: bool = setting(False, "also save the best epoch so far to the run folder as it trains "
                                       "(checkpoint.h5)", images_only=True)
-    faces: bool = setting(False, "crop each image to its largest face (OpenCV), the whole image when none is "
-                                 "found")
     model: str = setting(defaults.MODEL, "where to save the model (.h5)")
     logdir: str = setting(defaults.LOGDIR, "TensorBoard runs go to LOGDIR/RUN_NAME")
     run_name: str = setting(None, "run folder name (default: the start time)")

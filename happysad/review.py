@@ -125,7 +125,7 @@ def image_features(config: ReviewConfig, files: data.Files, digests: list) -> tu
 
     The backbone is built only when some image is missing from the store.
     """
-    preprocessing = images.Preprocessing(config.image_size)  # the whole picture: faces are train's choice
+    preprocessing = config.preprocessing()  # train's, for the same settings: its stored features serve here
     store = cache.array_store(config.cache, features.FAMILY, features.extractor_id(config.arch, config.weights,
                                                                                  preprocessing))
     missing = sum(store.get("original", digest) is None for digest in digests)
@@ -319,7 +319,7 @@ def suspect_heatmaps(config: ReviewConfig, rows: list, files: data.Files, class_
     head = crossval.fit_head(crossval.unit(vectors), labels, penalty)
     network = models.build_linear((config.arch,), len(class_names), config.image_size, config.weights)
     models.set_head(network, head.coef_, head.intercept_)
-    preprocessing = images.Preprocessing(config.image_size)
+    preprocessing = config.preprocessing()
     pixels = np.stack([preprocessing.load(files.paths[row["index"]]).numpy() for row in shown])
     heatmaps = explain.heatmaps(network, pixels, [class_names.index(row["suggested"]) for row in shown])
     return {row["path"]: tf.io.encode_jpeg(explain.overlay(picture, heatmap), quality=85).numpy()

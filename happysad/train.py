@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from happysad import (cache, calibration, classifier, console, crossval, data, defaults, distribute, errors,
-                      features, images, marks, metrics, model as models, near_copies, record, reports, summaries)
+                      features, marks, metrics, model as models, near_copies, record, reports, summaries)
 from happysad.config import TrainConfig, add_options, from_command_line
 from happysad.files import sha256_each, write_atomic
 from happysad.runtime import deferred, enable_memory_growth, keras
@@ -89,7 +89,7 @@ def train_with_folds(config: TrainConfig) -> dict:
     started = time.time()
     keras.utils.set_random_seed(config.seed)
     folder = read_folder(config)
-    class_names, preprocessing = folder.class_names, images.Preprocessing(config.image_size, config.faces)
+    class_names, preprocessing = folder.class_names, config.preprocessing()
     group_of = dict(zip(folder.files.paths, folder.groups))
     if config.holdout:
         files, test = data.hold_out(folder.files, config.holdout, config.seed, folder.groups, class_names)
@@ -234,7 +234,7 @@ def train_on_partitions(config: TrainConfig) -> dict:
     # -- data: class folders -> near-copy groups -> leak-free split ---------------------------------------
     folder = read_folder(config)
     class_names, files, digests, groups = folder.class_names, folder.files, folder.digests, folder.groups
-    preprocessing = images.Preprocessing(config.image_size, config.faces)
+    preprocessing = config.preprocessing()
     parts = data.split(files, config.split, config.seed, groups=groups)
     copies = near_copy_lists(files, groups, config.data)
     binary = models.is_binary(len(class_names))

@@ -221,3 +221,36 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
         with pytest.raises(SystemExit):
             review.parse_args([str(tmp_path), *wrong])
         assert "error:" in capsys.readouterr().err
+
+
+def test_with_faces_review_scores_the_face_crops_under_trains_stored_features(weights_file, tmp_path):
+    """--faces, a setting review shares with train (config.FeatureConfig): the features of the face crops, kept
+    in the store under the key train uses for the same settings; without it, the whole pictures'."""
+    import cv2
+
+    from happysad import data, faces as face_finder
+    from happysad.config import TrainConfig
+    from happysad.files import sha256_each
+
+    folder = tmp_path / "data"
+    sample.write_faces(folder, per_class=6, size=128, seed=5)
+    files, _ = data.list_images(folder, data.find_classes(folder))
+    digests = sha256_each(files.paths)
+    settings = ["--arch", "mobilenet025", "--weights", str(weights_file), "--image-size", str(SIZE),
+                "--cache", f"disk:{tmp_path / 'store'}"]
+
+    def scored(*extra):
+        return review.image_features(review.parse_args([str(folder), *settings, *extra]), files, digests)
+
+    cropped, computed = scored("--faces")
+    assert computed == len(files)
+    again, computed = scored("--faces")
+    assert computed == 0 and np.array_equal(again, cropped)  # read back from the store
+    whole, computed = scored()
+    assert computed == len(files)  # another preprocessing, another key: computed anew
+    found = [face_finder.largest_face(cv2.imread(path)[..., ::-1]) is not None for path in files.paths]
+    differs = [not np.allclose(a, b, atol=1e-5) for a, b in zip(cropped, whole)]
+    assert differs == found and any(found) and not all(found)  # a face found: its crop; none: the whole picture
+    trained = TrainConfig.build(arch="mobilenet025", weights=str(weights_file), image_size=SIZE, faces=True)
+    reviewed = review.parse_args([str(folder), *settings, "--faces"])
+    assert trained.preprocessing() == reviewed.preprocessing()  # train's stored features serve review
