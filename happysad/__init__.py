@@ -1,6 +1,7 @@
 """happysad: train an image classifier on your own folders of pictures.
 
-The common path in one call each, the details reachable (the commands' options, as keyword arguments):
+The common path in one call each, the details reachable (every setting of happysad.config.TrainConfig, which
+the train command's options are made from, as a keyword argument):
 
     import happysad
     model = happysad.train(data="photos", arch="auto")     # cross-validated, then trained on every photo
@@ -15,7 +16,7 @@ import importlib
 
 from happysad import defaults
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 
 def load(model: str = defaults.MODEL):
