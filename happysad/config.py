@@ -10,7 +10,6 @@ check in `problems`. Errors name the setting between backquotes (errors.SettingE
 import argparse
 import dataclasses
 import os
-import typing
 from dataclasses import dataclass
 
 from happysad import cache, defaults, distribute, features, images, marks, model as models
@@ -100,11 +99,16 @@ class FeatureConfig:
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; the settings are {', '.join(fields)}")
         for name, value in given.items():
-            parse = fields[name].metadata["parse"]
+            parse, kind = fields[name].metadata["parse"], fields[name].type
             if isinstance(value, os.PathLike):  # happysad.train(data=Path("photos"))
                 given[name] = value = os.fspath(value)
             if parse and value is not None:
                 given[name] = parse(value)
+            elif isinstance(value, str) and kind in (int, float):  # text, as the command line gives it
+                try:
+                    given[name] = kind(value)
+                except ValueError:
+                    raise ConfigError(f"`{name}` must be a number, got {value!r}") from None
         config = cls(**given)
         for problem in config.problems(given):
             raise ConfigError(problem)
@@ -274,18 +278,12 @@ def plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def value_type(field: dataclasses.Field):
-    """int, float, str or bool: what the field's annotation holds (None aside)."""
-    kinds = [kind for kind in typing.get_args(field.type) if kind is not type(None)] or [field.type]
-    return kinds[0]
-
-
 def add_options(parser: argparse.ArgumentParser, config_class) -> None:
     """One command-line option per field of config_class, named after it (image_size: --image-size). Options
     not given stay out of the namespace (argparse.SUPPRESS), so config_class.build knows what the user set and
     owns every default."""
     for field in dataclasses.fields(config_class):
-        meta, kind = field.metadata, value_type(field)
+        meta, kind = field.metadata, field.type
         default = ("; " + RECIPE) if meta["recipe"] else (
             f" (default {field.default})" if field.default not in (None, False) else "")
         options = dict(help=meta["help"] + default, default=argparse.SUPPRESS)

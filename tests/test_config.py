@@ -36,7 +36,7 @@ def test_the_command_line_and_the_keywords_build_the_same_configuration(argv, se
 
 def test_false_is_a_value_of_every_switch():
     """happysad.train(faces=False) and --no-faces: every yes/no setting takes both."""
-    switches = [f.name for f in dataclasses.fields(TrainConfig) if config.value_type(f) is bool]
+    switches = [f.name for f in dataclasses.fields(TrainConfig) if f.type is bool]
     assert {"faces", "augment", "class_weights", "jit"} <= set(switches)
     for name in switches:
         assert getattr(TrainConfig.build(**{name: False}), name) is False
@@ -75,11 +75,16 @@ def test_a_wrong_setting_is_named_as_a_setting_and_worded_as_a_flag_by_the_comma
     (dict(arch="mobilenet", strategy="multiworker"), "strategy multiworker: for fits on images"),
     (dict(arch="mobilenet", split=(0.6, 0.2, 0.2)), "split applies to the CNN and fine-tuning"),
     (dict(unsure_band=1.0), "unsure_band must be in [0, 1)"),
+    (dict(epochs="many"), "epochs must be a number, got 'many'"),
 ])
 def test_each_check_names_its_setting(settings, message):
     with pytest.raises(ConfigError) as error:
         TrainConfig.build(**settings)
     assert str(error.value).startswith(message), str(error.value)
+
+
+def test_numbers_given_as_text_are_read_as_the_command_line_reads_them():
+    assert TrainConfig.build(epochs="5", learning_rate="0.01") == TrainConfig.build(epochs=5, learning_rate=0.01)
 
 
 def test_a_default_given_again_is_not_misplaced():
