@@ -251,6 +251,8 @@ class ReviewConfig(FeatureConfig):
     data: str = setting(None, "folder with one subfolder of images per class", positional=True)
     arch: str = setting("mobilenet", "pretrained backbone whose features are scored",
                         choices=tuple(models.BACKBONES))
+    weights: str = setting("imagenet", "backbone weights: imagenet (each backbone's published weights, downloaded "
+                                       "once into Keras' cache folder) or PATH to a Keras *_notop.h5 file")
     min_confidence: float = setting(0.9, "--move-to-suggested and --quarantine act on wrong-folder suspects at "
                                          "least this confident")
     move_to_suggested: bool = setting(False, "move confident wrong-folder suspects into the suggested class "
