@@ -109,6 +109,9 @@ class FeatureConfig:
                     given[name] = kind(value)
                 except ValueError:
                     raise ConfigError(f"`{name}` must be a number, got {value!r}") from None
+            choices = fields[name].metadata["choices"]
+            if choices and given[name] not in choices:  # as argparse checks them on the command line
+                raise ConfigError(f"`{name}` must be one of {', '.join(map(str, choices))}, got {given[name]!r}")
         config = cls(**given)
         for problem in config.problems(given):
             raise ConfigError(problem)

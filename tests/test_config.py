@@ -76,6 +76,8 @@ def test_a_wrong_setting_is_named_as_a_setting_and_worded_as_a_flag_by_the_comma
     (dict(arch="mobilenet", split=(0.6, 0.2, 0.2)), "split applies to the CNN and fine-tuning"),
     (dict(unsure_band=1.0), "unsure_band must be in [0, 1)"),
     (dict(epochs="many"), "epochs must be a number, got 'many'"),
+    (dict(views=3), "views must be one of 1, 2, 4, got 3"),
+    (dict(strategy="all"), "strategy must be one of auto, default, mirrored, multiworker"),
 ])
 def test_each_check_names_its_setting(settings, message):
     with pytest.raises(ConfigError) as error:
