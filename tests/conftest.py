@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from happysad import runtime, sample, train
+from happysad import cache, runtime, sample, train
 from happysad.runtime import keras
 
 # The project's TensorFlow start-up (oneDNN on, no C++ chatter), before a test module imports TensorFlow itself.
@@ -19,6 +19,16 @@ SMALL_IMAGE = 48
 # stopping, which pay off on real photos): on these clean generated faces it learns in a few epochs, and
 # pinning it keeps the fixtures' results and time independent of train's defaults.
 PLAIN_CNN = ["--no-augment", "--dropout", "0", "--patience", "0"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stores_in_a_temporary_folder(tmp_path_factory):
+    """train, review and clean keep their feature and near-copy stores in the working folder's .cache/ unless
+    told otherwise: in the tests, in a folder of the session's own, never the project's. (Commands run in a
+    subprocess keep their own working folder, a temporary one.)"""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cache, "DEFAULT_CACHE_DIR", str(tmp_path_factory.mktemp("stores") / "happysad"))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def in_tmp_path(tmp_path):
-    """clean keeps its near-copy store in the working folder's .cache/ (where train and review look): here,
-    the test's own folder, never the project's (not by monkeypatch, which a test may undo)."""
+    """Each test in its own working folder: what clean writes beside it stays there (not by monkeypatch,
+    which a test may undo)."""
     before = os.getcwd()
     os.chdir(tmp_path)
     yield

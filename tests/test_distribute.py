@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZE = "32"
 
 
-def python(code_or_args, env=None, timeout=300):
+def python(code_or_args, cwd, env=None):
+    """The code or command in a process of its own, working in cwd (where train keeps its default stores)."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.Popen([sys.executable, *code_or_args], env=environment, cwd=ROOT, text=True,
+    return subprocess.Popen([sys.executable, *code_or_args], env=environment, cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -144,7 +145,7 @@ def test_mirrored_over_two_devices_matches_one_device(faces_dir, tmp_path):
     files, _ = data.list_images(faces_dir, data.find_classes(faces_dir))
     train_count = len(data.split(files, seed=5)["train"])
     assert train_count % 2 == 0, "the comparison needs an even training partition"
-    process = python(["-c", MIRRORED, str(faces_dir), str(tmp_path), str(train_count)])
+    process = python(["-c", MIRRORED, str(faces_dir), str(tmp_path), str(train_count)], tmp_path)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output[-3000:]
     assert "strategy mirrored: 2 replica(s)" in output
@@ -167,7 +168,7 @@ def test_multiworker_two_processes_chief_saves_a_working_model(faces_dir, tmp_pa
         workers.append(python(
             ["-m", "happysad.train", "--data", str(faces_dir), "--epochs", str(epochs), "--image-size", SIZE,
              "--batch-size", "32", "--strategy", "multiworker", "--model", str(out / "models" / "happysad.h5"),
-             "--logdir", str(out / "logs"), "--run-name", "run", "--cache", "none"],
+             "--logdir", str(out / "logs"), "--run-name", "run", "--cache", "none"], out,
             env={"TF_CONFIG": json.dumps(tf_config(ports, index)), "TMPDIR": str(out / "tmp")}))
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     for w, output in zip(workers, outputs):
