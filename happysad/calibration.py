@@ -22,6 +22,7 @@ linear_model = deferred("sklearn.linear_model", after_tensorflow=False)
 optimize = deferred("scipy.optimize", after_tensorflow=False)
 
 BINS = 10  # of the reliability diagram and the expected calibration error, equally wide in confidence
+DRAWN_AT_ONCE = 2_000_000  # outcomes chance_calibration_error holds at once
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,15 @@ def chance_calibration_error(probabilities, bins: int = BINS, draws: int = 2000,
     confidence = np.asarray(probabilities, np.float64).max(axis=1)
     which = np.clip(np.searchsorted(np.linspace(0.0, 1.0, bins + 1), confidence, side="right") - 1, 0, bins - 1)
     in_bin = np.eye(bins)[which]  # (images, bins)
-    right = np.random.default_rng(seed).random((draws, len(confidence))) < confidence
-    gaps = (right - confidence) @ in_bin  # (draws, bins): per bin, the sum of (right - confidence)
-    return float(np.abs(gaps).sum(axis=1).mean() / max(len(confidence), 1))
+    rng, total = np.random.default_rng(seed), 0.0
+    # A few million outcomes at a time, so that evaluating a large folder stays within a few tens of MB; the
+    # generator yields the same numbers in pieces as at once.
+    step = max(1, DRAWN_AT_ONCE // max(len(confidence), 1))
+    for start in range(0, draws, step):
+        right = rng.random((min(step, draws - start), len(confidence))) < confidence
+        gaps = (right - confidence) @ in_bin  # (draws, bins): per bin, the sum of (right - confidence)
+        total += float(np.abs(gaps).sum())
+    return total / draws / max(len(confidence), 1)
 
 
 def errors(labels, probabilities, uncalibrated=None) -> dict:

@@ -70,6 +70,13 @@ def test_the_error_by_chance_is_what_calibrated_probabilities_show_and_shrinks_w
     assert calibration.chance_calibration_error(sure) == 0.0
 
 
+def test_the_error_by_chance_is_the_same_drawn_in_pieces(monkeypatch):
+    _, said, _ = overconfident(n=500, seed=6)
+    whole = calibration.chance_calibration_error(said)
+    monkeypatch.setattr(calibration, "DRAWN_AT_ONCE", 1234)  # two draws of 500 images at a time
+    assert calibration.chance_calibration_error(said) == pytest.approx(whole, rel=1e-12)
+
+
 def test_the_scaling_written_into_the_output_layer_gives_the_calibrated_probabilities():
     from happysad.runtime import keras
 
