@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import time
 import warnings
@@ -193,7 +194,7 @@ def scan(data_dir, listing: dict, min_size: int = 32, progress: bool = False) ->
     results = []
     # TensorFlow's and OpenCV's decoders release the GIL, so threads keep every core busy.
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool, \
-            console.progress(len(files), "file", PROGRESS_FROM if progress else len(files) + 1) as shown:
+            console.progress(len(files), "file", PROGRESS_FROM if progress else math.inf) as shown:
         for result in pool.map(lambda item: check_file(data_dir, item[0], item[1], min_size), files):
             results.append(result)
             shown.update(1)

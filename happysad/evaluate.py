@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import calibration, classifier, console, data, defaults, explain, marks, metrics, record, reports, summaries
+from happysad import (calibration, classifier, console, data, defaults, explain, marks, metrics, record, reports,
+                      summaries)
 from happysad.runtime import enable_memory_growth, tf
 
 

@@ -278,7 +278,8 @@ def review(config: ReviewConfig) -> dict:
     rows = suspect_rows(ranking, relative, labels, class_names)
     print(terminal_table(rows, config.top))
     summary = (f"{len(files)} images of {config.data}, each scored by a head that never trained on it "
-               f"({config.folds}-fold cross-validation on {config.arch} features, out-of-fold accuracy {accuracy:.3f}): "
+               f"({config.folds}-fold cross-validation on {config.arch} features, out-of-fold accuracy "
+               f"{accuracy:.3f}): "
                f"{len(of_kind(rows, 'wrong-folder'))} probably in the wrong folder, "
                f"{len(of_kind(rows, 'no-class'))} fit no class.")
     write_pictures(config, rows, files, summary, suspect_heatmaps(config, rows, files, class_names, vectors, labels,
@@ -308,7 +309,8 @@ def review(config: ReviewConfig) -> dict:
     return report
 
 
-def suspect_heatmaps(config: ReviewConfig, rows: list, files: data.Files, class_names: list, vectors, labels, penalty: float) -> dict:
+def suspect_heatmaps(config: ReviewConfig, rows: list, files: data.Files, class_names: list, vectors, labels,
+                     penalty: float) -> dict:
     """{path: JPEG} of the first --top wrong-folder suspects as the model sees them, with the heatmap of the
     evidence for the suggested class over them (happysad.explain). Drawn with the head trained on every image
     (the suspects included: a picture of where the evidence lies, not a measurement) in the network train

@@ -152,7 +152,7 @@ def list_runs(logdir, as_json: bool = False) -> None:
         return
     if not runs:
         print(f"no finished runs in {logdir}" + (f" ({len(unfinished)} without a record.json)"
-                                                         if unfinished else ""))
+                                                 if unfinished else ""))
         return
     rows = [["", "run", "started", "minutes", *KEY_HYPERPARAMETERS, "cv acc", "val acc", "val loss", "test acc",
              "test f1"]]

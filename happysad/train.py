@@ -429,7 +429,8 @@ def fit_head(config: TrainConfig, head, num_classes: int, stored, labels, callba
           f"val accuracy {result.history['val_accuracy'][best]:.3f}")
 
 
-def fine_tune(config: TrainConfig, network, num_classes: int, setup, datasets, callbacks, class_weight, initial_epoch: int) -> None:
+def fine_tune(config: TrainConfig, network, num_classes: int, setup, datasets, callbacks, class_weight,
+              initial_epoch: int) -> None:
     """Open the backbone's top --fine-tune layers and train the whole model on augmented images, continuing
     the epoch count of the first stage (its History, among the callbacks, appends the new epochs)."""
     with setup.strategy.scope():

@@ -132,4 +132,5 @@ def test_library_errors_say_settings_and_commands_say_flags():
     error = models.BuildError("`arch` x needs `image_size` 32; pass its path as `weights`")
     assert str(error) == "arch x needs image_size 32; pass its path as weights"
     assert errors.for_command(error) == "--arch x needs --image-size 32; pass its path as --weights"
-    assert errors.for_command(OSError("`python -m happysad.clean data` first")) == "`python -m happysad.clean data` first"
+    command_line = "`python -m happysad.clean data` first"  # not a setting's name: left as it is
+    assert errors.for_command(OSError(command_line)) == command_line

@@ -128,8 +128,8 @@ def test_a_killed_run_resumes_at_its_next_epoch_with_the_same_split(tmp_path, fa
     flags = ["--data", str(faces_dir), "--epochs", "4", "--image-size", "32", "--batch-size", "64",
              "--model", str(model_path), "--logdir", str(tmp_path / "logs"), "--run-name", "killed",
              "--patience", "3", "--seed", "5"]
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH, *flags], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "KILL_AFTER_EPOCH": "1"})
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH, *flags], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, "KILL_AFTER_EPOCH": "1"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not model_path.exists() and (tmp_path / ".m.h5.resume" / "state.json").exists()
 
@@ -171,8 +171,8 @@ def test_a_killed_fine_tuning_resumes_after_the_head_with_every_epoch_in_the_rec
     flags = ["--data", str(faces_dir), "--arch", "mobilenetv2", "--weights", str(weights), "--epochs", "2",
              "--patience", "0", "--fine-tune", "4", "--fine-tune-epochs", "3", "--image-size", "32",
              "--batch-size", "64", "--model", str(model_path), "--logdir", str(tmp_path / "logs"), "--run-name", "ft"]
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH, *flags], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "KILL_AFTER_EPOCH": "3"})  # the fine-tuning's second epoch
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH, *flags], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, "KILL_AFTER_EPOCH": "3"})  # the fine-tuning's second epoch
     assert killed.returncode == -9, killed.stderr[-2000:]
     saved_before_kill = json.loads((tmp_path / ".m.h5.resume" / "state.json").read_text())["history"]
     assert len(saved_before_kill["val_loss"]) == 2  # the fine-tuning's epochs only: the head's re-train
