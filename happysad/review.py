@@ -345,7 +345,7 @@ def main(argv=None) -> None:
     enable_memory_growth()
     try:
         review(config)
-    except (data.DataError, models.BuildError) as error:
+    except errors.SettingError as error:  # the folder, the network or the devices, named as settings
         sys.exit(f"happysad.review: error: {errors.for_command(error)}")
 
 

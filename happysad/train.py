@@ -538,7 +538,7 @@ def main(argv=None) -> None:
     enable_memory_growth()
     try:
         train(run_config)
-    except (data.DataError, distribute.DistributeError, models.BuildError) as error:
+    except errors.SettingError as error:  # the folder, the network or the devices, named as settings
         sys.exit(f"happysad.train: error: {errors.for_command(error)}")
 
 
