@@ -122,9 +122,14 @@ class FeatureConfig:
     def recipe(self) -> models.Recipe:
         return models.recipe(self.arch, self.weights)
 
-    def preprocessing(self) -> images.Preprocessing:
-        """How every image of the run is read: the one preprocessing train, review and the saved model share."""
-        return images.Preprocessing(self.image_size, self.faces)
+    def preprocessing(self, backbones: tuple = None) -> images.Preprocessing:
+        """How every image of the run is read: the one preprocessing train, review and the saved model share.
+        backbones: those of the network that reads them (default: `arch`'s; with auto, the ones the data chose),
+        for which `models.preprocessing_for` says who reads the face."""
+        backbones = backbones or self.backbones
+        if backbones[0] in ("cnn", models.AUTO):
+            return images.Preprocessing(self.image_size, self.faces)
+        return models.preprocessing_for(backbones, self.image_size, self.faces)
 
     @property
     def backbones(self) -> tuple:

@@ -3,7 +3,8 @@
 Grad-CAM weighs each channel of a feature map by how much the class's logit grows with it (the gradient,
 averaged over the map) and keeps the positive sum: the regions whose features argued for that class. The feature
 maps are each backbone's output (several backbones: their maps, each resized to the picture, added up) or the
-CNN's last convolution block; model.evidence_models reaches them also when the backbone is nested inside the
+CNN's last convolution block (a backbone reading the face crop beside the picture counts in the logit, but its
+map, which lies on the crop, is not drawn on the picture); model.evidence_models reaches them also when the backbone is nested inside the
 network. The logit is computed from the output layer's own weights, so a saturated sigmoid cannot flatten the
 gradient, and the calibration written into that layer changes only the scale, never the map.
 """
@@ -21,14 +22,15 @@ CHUNK = 16  # images whose feature maps and gradients are held at once
 
 def heatmaps(network, batch, classes) -> np.ndarray:
     """(n, size, size) heatmaps in [0, 1] of the evidence for classes[i] in image i of the batch ((n, size,
-    size, 3) in [0, 1], as every stage prepares images)."""
-    to_maps, to_features = models.evidence_models(network)
+    size, channels) in [0, 1], as every stage prepares images)."""
+    to_maps, to_features, on_picture = models.evidence_models(network)
     kernel, bias = network.get_layer("prediction").get_weights()
-    return np.concatenate([chunk_heatmaps(to_maps, to_features, kernel, bias, batch[start:start + CHUNK],
-                                          classes[start:start + CHUNK]) for start in range(0, len(batch), CHUNK)])
+    return np.concatenate([chunk_heatmaps(to_maps, to_features, on_picture, kernel, bias,
+                                          batch[start:start + CHUNK], classes[start:start + CHUNK])
+                           for start in range(0, len(batch), CHUNK)])
 
 
-def chunk_heatmaps(to_maps, to_features, kernel, bias, batch, classes) -> np.ndarray:
+def chunk_heatmaps(to_maps, to_features, on_picture, kernel, bias, batch, classes) -> np.ndarray:
     images = np.asarray(batch, np.float32)
     classes = np.asarray(classes, int)
     maps = [tf.convert_to_tensor(m) for m in tf.nest.flatten(to_maps(images, training=False))]
@@ -44,7 +46,7 @@ def chunk_heatmaps(to_maps, to_features, kernel, bias, batch, classes) -> np.nda
     gradients = tape.gradient(total_score, maps)
     size = images.shape[1:3]
     total = np.zeros((len(classes), *size), np.float32)
-    for feature_map, gradient in zip(maps, gradients):
+    for feature_map, gradient in (pair for pair, drawn in zip(zip(maps, gradients), on_picture) if drawn):
         feature_map, gradient = tf.cast(feature_map, tf.float32), tf.cast(gradient, tf.float32)
         weights = tf.reduce_mean(gradient, axis=(1, 2), keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1, keepdims=True))
@@ -54,7 +56,8 @@ def chunk_heatmaps(to_maps, to_features, kernel, bias, batch, classes) -> np.nda
 
 
 def overlay(image, heatmap) -> np.ndarray:
-    """The picture ((h, w, 3) in [0, 1]) with the heatmap laid over it in the jet colours: uint8 RGB."""
+    """The picture ((h, w, channels) in [0, 1]: its first three, the whole picture's RGB) with the heatmap laid
+    over it in the jet colours: uint8 RGB."""
     coloured = cv2.applyColorMap(np.uint8(255 * np.clip(heatmap, 0, 1)), cv2.COLORMAP_JET)[..., ::-1]
-    blended = (1 - OPACITY) * 255 * np.asarray(image, np.float32) + OPACITY * coloured
+    blended = (1 - OPACITY) * 255 * np.asarray(image, np.float32)[..., :3] + OPACITY * coloured
     return np.clip(blended, 0, 255).astype(np.uint8)

@@ -81,9 +81,10 @@ def litert_options(quantize: str) -> dict:
 def with_pixel_input(network, image_size: int, any_size: bool) -> keras.Model:
     """The network behind its own preprocessing: raw uint8 RGB pixels in (of any height and width where
     `any_size`, else image_size x image_size), resized bilinearly and scaled to [0, 1] as
-    happysad.images.Preprocessing does, so an app feeding decoded pixels gets the probability predict gives."""
+    happysad.images.Preprocessing does, so an app feeding decoded pixels gets the probability predict gives.
+    A network reading the face beside the picture takes six channels: the picture's RGB, then the face's."""
     side = None if any_size else image_size
-    pixels = keras.Input((side, side, 3), dtype="uint8", name="pixels")
+    pixels = keras.Input((side, side, network.inputs[0].shape[-1]), dtype="uint8", name="pixels")
     x = keras.layers.Resizing(image_size, image_size, interpolation="bilinear", name="resize")(pixels)
     x = keras.layers.Rescaling(1 / 255, name="scale")(x)
     return keras.Model(pixels, network(x, training=False), name=f"{network.name}_pixels")
@@ -128,7 +129,8 @@ def size_bytes(path: Path) -> int:
 
 def compare(network, exported: Path, image_size: int) -> float:
     """Largest probability difference between the source network and the export loaded back from disk."""
-    pixels = np.random.default_rng(0).integers(0, 256, (PROBE_IMAGES, image_size, image_size, 3))
+    pixels = np.random.default_rng(0).integers(0, 256, (PROBE_IMAGES, image_size, image_size,
+                                                        network.inputs[0].shape[-1]))
     probe = (pixels / 255.0).astype(np.float32)  # what the pixels become in every stage (and in the export)
     expected = np.asarray(network(probe, training=False), np.float64)
     got = np.asarray(classifier.load_network(exported)(probe, training=False), np.float64)
@@ -196,9 +198,13 @@ def main(argv=None) -> None:
     except (ExportError, classifier.ModelError) as error:
         sys.exit(f"happysad.export: error: {error}")
     out = result["out"]
-    if result["record"].preprocessing.faces and args.format != "keras":
+    preprocessing = result["record"].preprocessing
+    if preprocessing.faces and args.format != "keras":
         print("note: this model was trained on face crops (--faces): the export resizes and scales pixels, and "
               "the app crops each picture to its face first")
+    if preprocessing.face_beside and args.format != "keras":
+        print("note: this model reads the face beside the picture: the app feeds six channels, the picture's RGB "
+              "and then its largest face's (the picture again when none is found), both resized to one size")
     print(f"saved {out} ({size_bytes(out) / 1e6:.2f} MB) and {record.sidecar_path(out)}; largest probability "
           f"difference from {args.model} on {PROBE_IMAGES} probe images: {result['difference']:.1e}")
 

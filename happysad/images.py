@@ -8,7 +8,8 @@ stores it, so a model always sees pictures prepared exactly as it was trained on
 Pixels are decoded by TensorFlow's own decoder (always RGB, never OpenCV's BGR), resized bilinearly to a
 square and scaled to [0, 1]. Models that want another range (ImageNet backbones) convert inside the model.
 With faces=True (--faces) the largest face is cropped out first (happysad.faces), and the whole picture is
-kept when none is found.
+kept when none is found. With face_beside=True both are kept, side by side in the channels: a network that
+joins a backbone reading the whole picture and one reading the face (happysad.model) takes each its own.
 """
 from __future__ import annotations
 
@@ -57,19 +58,28 @@ class Preprocessing:
 
     image_size: int
     faces: bool = False
+    face_beside: bool = False  # (size, size, 6): the whole picture's RGB, then its largest face's
 
     # Fixed steps, written into the record for whoever audits a model; VERSION names them in cache keys.
     STEPS: ClassVar[dict] = {"decode": "tf.io.decode_image RGB", "resize": "bilinear", "scale": "1/255"}
     VERSION: ClassVar[str] = "v1"
 
+    @property
+    def channels(self) -> int:
+        return 6 if self.face_beside else 3
+
     def decode(self, encoded) -> tf.Tensor:
-        """Encoded image bytes -> float32 RGB tensor of shape (image_size, image_size, 3) in [0, 1]."""
+        """Encoded image bytes -> float32 tensor of shape (image_size, image_size, channels) in [0, 1]: RGB,
+        and with face_beside the face crop's RGB after the picture's."""
         image = decode_pixels(encoded)
-        if self.faces:
-            image = crop_face(image)
+        if self.face_beside:
+            return tf.concat([self.resize(image), self.resize(crop_face(image))], axis=-1)
+        return self.resize(crop_face(image) if self.faces else image)
+
+    def resize(self, image) -> tf.Tensor:
+        """uint8 RGB at any size -> float32 (image_size, image_size, 3) in [0, 1]."""
         image = tf.image.resize(image, (self.image_size, self.image_size), method="bilinear")
-        image = tf.ensure_shape(image, (self.image_size, self.image_size, 3))
-        return image / 255.0
+        return tf.ensure_shape(image, (self.image_size, self.image_size, 3)) / 255.0
 
     def load(self, path) -> tf.Tensor:
         """Read and decode one file (a str or a string tensor, so it works inside tf.data.map)."""
@@ -78,7 +88,8 @@ class Preprocessing:
     @property
     def key(self) -> str:
         """Names these settings in cache keys: any change makes new caches."""
-        return f"{self.VERSION}|{self.image_size}|{'faces' if self.faces else 'whole'}"
+        view = "faces" if self.faces else "whole+face" if self.face_beside else "whole"
+        return f"{self.VERSION}|{self.image_size}|{view}"
 
     def to_record(self) -> dict:
         return {**dataclasses.asdict(self), **self.STEPS}

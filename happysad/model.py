@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import files
+from happysad import files, images
 from happysad.errors import SettingError
 from happysad.runtime import deferred, keras
 
@@ -106,6 +106,7 @@ class Backbone:
     input_layers: object  # (name prefix) -> the layers that turn [0, 1] RGB into the input it was trained on
     weights_file: str  # what Keras downloads for weights="imagenet" (to ~/.keras/models/)
     options: tuple = ()  # further (name, value) arguments of the constructor
+    reads_face: bool = False  # it learnt faces: it reads the picture's largest face (`preprocessing_for`)
 
 
 def to_pm1(prefix: str = "") -> list:
@@ -160,14 +161,15 @@ BACKBONES = {
         mean=[0.485, 0.456, 0.406], variance=[0.229 ** 2, 0.224 ** 2, 0.225 ** 2], name=f"{prefix}imagenet_norm")],
         "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     # Facial expressions, not ImageNet: the one backbone that knows faces (README, "A backbone that knows faces").
-    EXPRESSION: Backbone("", to_expression_input, EXPRESSION_FILE),
+    EXPRESSION: Backbone("", to_expression_input, EXPRESSION_FILE, reads_face=True),
 }
 ARCHITECTURES = ("cnn",) + tuple(BACKBONES)
 AUTO = "auto"
-# What --arch auto tries, alone and in pairs: the two ImageNet backbones of best cross-validated accuracy on web
-# photos per second of feature extraction, about 20 ms an image each on 2 cores, once (README); and the
-# expression network, which wins on faces and costs about 2 ms an image.
-AUTO_BACKBONES = ("mobilenet", "mobilenetv2", EXPRESSION)
+# What --arch auto tries, alone and as a pair: MobileNet v1, the ImageNet backbone of best cross-validated
+# accuracy on web photos per second of feature extraction (about 20 ms an image on 2 cores, once), and the
+# expression network on the face, which adds 3 points there and wins on faces. MobileNetV2 beside them measured
+# no gain for its cost (README, "Every photo counts").
+AUTO_BACKBONES = ("mobilenet", EXPRESSION)
 
 
 @dataclass(frozen=True)
@@ -319,28 +321,58 @@ def build_backbone(arch: str, num_classes: int, image_size: int, *, augment: boo
     return network
 
 
+def preprocessing_for(backbones: tuple, image_size: int, faces: bool = False) -> images.Preprocessing:
+    """What a network of these backbones reads. A backbone that learnt faces reads the picture's largest face
+    (the whole picture when none is found), the others the whole picture: where both kinds are joined, the face
+    crop goes beside the picture and each branch takes its own (`build_linear(beside=True)`). With --faces
+    every backbone reads the face."""
+    reading_face = {BACKBONES[arch].reads_face for arch in backbones}
+    if faces or reading_face == {True}:
+        return images.Preprocessing(image_size, faces=True)
+    return images.Preprocessing(image_size, face_beside=True in reading_face)
+
+
+def channels_reader(prefix: str, face: bool) -> layers.Conv2D:
+    """Picks a branch's three channels of a face_beside input (the picture's, or the face's after them), as
+    a frozen 1×1 convolution whose weights `set_converter_weights` sets: no built-in layer slices channels."""
+    return layers.Conv2D(3, 1, use_bias=False, trainable=False,
+                         name=f"{prefix}{'face' if face else 'picture'}_channels")
+
+
+def channels_weights(face: bool) -> list:
+    kernel = np.zeros((1, 1, 6, 3), np.float32)
+    for channel in range(3):
+        kernel[0, 0, channel + 3 * face, channel] = 1.0
+    return [kernel]
+
+
 def set_converter_weights(converters: list) -> None:
     for layer in converters:
-        if layer.name.endswith("caffe_input"):
+        if layer.name.endswith("_channels"):
+            layer.set_weights(channels_weights(layer.name.endswith("face_channels")))
+        elif layer.name.endswith("caffe_input"):
             layer.set_weights(caffe_weights())
         elif layer.name.endswith("grey"):
             layer.set_weights(grey_weights())
 
 
-def build_linear(backbones: tuple, num_classes: int, image_size: int, weights: str = "imagenet") -> keras.Model:
+def build_linear(backbones: tuple, num_classes: int, image_size: int, weights: str = "imagenet",
+                 beside: bool = False) -> keras.Model:
     """Frozen backbones whose pooled features, each made unit length, go side by side into one Dense layer.
 
     The network of a logistic-regression head (happysad.crossval): `set_head` writes the regression's weights
     into that layer, so the saved model is one Keras network that needs nothing else to predict. With several
     backbones each one's layers are named after it (`mobilenet_pool`...); with one, as build_backbone names
-    them (`pool`), where `pooled_output` finds them.
+    them (`pool`), where `pooled_output` finds them. beside: the input holds the face crop beside the picture
+    (`preprocessing_for`), and each backbone first takes the channels it reads.
     """
-    inputs = keras.Input((image_size, image_size, 3), name="image")
+    inputs = keras.Input((image_size, image_size, 6 if beside else 3), name="image")
     parts, converters = [], []
     for arch in backbones:
         prefix = f"{arch}_" if len(backbones) > 1 else ""
         x = inputs
-        for layer in BACKBONES[arch].input_layers(prefix):
+        readers = [channels_reader(prefix, BACKBONES[arch].reads_face)] if beside else []
+        for layer in readers + BACKBONES[arch].input_layers(prefix):
             converters.append(layer)
             x = layer(x)
         base = load_backbone(arch, image_size, weights, name=f"{prefix}{BACKBONE_NAME}")
@@ -376,8 +408,9 @@ def has_evidence(network) -> bool:
 
 
 def evidence_models(network: keras.Model) -> tuple:
-    """(image -> feature maps, feature maps -> what the output layer reads): the two halves Grad-CAM needs
-    (happysad.explain). The maps are each backbone's output, or the CNN's last convolution block's.
+    """(image -> feature maps, feature maps -> what the output layer reads, whether each map lies on the whole
+    picture): the two halves Grad-CAM needs (happysad.explain). The maps are each backbone's output, or the CNN's
+    last convolution block's; a backbone that reads the face crop beside the picture maps the crop instead.
 
     A backbone nested inside the network is one layer of the outer graph, and its inner tensors cannot be
     asked for from outside (a long-standing Keras limitation): so both halves are built anew from the
@@ -396,7 +429,7 @@ def evidence_models(network: keras.Model) -> tuple:
         y = feature_map
         for layer in kept[last + 1:]:
             y = layer(y)
-        return keras.Model(image, [x], name="maps"), keras.Model([feature_map], y, name="features")
+        return keras.Model(image, [x], name="maps"), keras.Model([feature_map], y, name="features"), (True,)
     names = [layer.name for layer in network.layers]
     prefixes = [name[:-len(BACKBONE_NAME)] for name in names if name.endswith(BACKBONE_NAME)]
     maps, map_inputs, parts = [], [], []
@@ -413,7 +446,8 @@ def evidence_models(network: keras.Model) -> tuple:
             x = network.get_layer(f"{prefix}unit")(x)
         parts.append(x)
     features = parts[0] if len(parts) == 1 else network.get_layer("features")(parts)
-    return keras.Model(image, maps, name="maps"), keras.Model(map_inputs, features, name="features")
+    on_picture = tuple(f"{prefix}face_channels" not in names for prefix in prefixes)
+    return keras.Model(image, maps, name="maps"), keras.Model(map_inputs, features, name="features"), on_picture
 
 
 def parse_arch(text: str) -> tuple:

@@ -89,7 +89,7 @@ def train_with_folds(config: TrainConfig) -> dict:
     started = time.time()
     keras.utils.set_random_seed(config.seed)
     folder = read_folder(config)
-    class_names, preprocessing = folder.class_names, config.preprocessing()
+    class_names = folder.class_names
     group_of = dict(zip(folder.files.paths, folder.groups))
     if config.holdout:
         files, test = data.hold_out(folder.files, config.holdout, config.seed, folder.groups, class_names)
@@ -102,7 +102,7 @@ def train_with_folds(config: TrainConfig) -> dict:
 
     # -- features: each candidate backbone's, stored once per image -----------------------------------------
     everything = data.Files(files.paths + test.paths, files.labels + test.labels)
-    per_backbone = backbone_features(config, everything, preprocessing, folder.digests)
+    per_backbone = backbone_features(config, everything, folder.digests)
     backbones = tuple(per_backbone)
     candidates = (["+".join(pair) for n in (1, 2) for pair in itertools.combinations(backbones, n)]
                   if config.arch == models.AUTO else [config.arch])
@@ -122,8 +122,10 @@ def train_with_folds(config: TrainConfig) -> dict:
     print(cross_validation_line(cross_validated, class_names))
 
     # -- the saved network: the chosen backbones and the head in one Keras model ----------------------------
-    network = models.build_linear(tuple(choice.features.split("+")), len(class_names), preprocessing.image_size,
-                                  config.weights)
+    chosen = tuple(choice.features.split("+"))
+    preprocessing = config.preprocessing(chosen)
+    network = models.build_linear(chosen, len(class_names), preprocessing.image_size, config.weights,
+                                  beside=preprocessing.face_beside)
     models.set_head(network, head.coef_, head.intercept_)
     calibration.apply_to_network(network, choice.scaling)
     vectors = feature_sets[choice.features][:len(files)]
@@ -164,13 +166,15 @@ def train_with_folds(config: TrainConfig) -> dict:
             "scaling": choice.scaling, "features": feature_sets[choice.features][:len(files)]}
 
 
-def backbone_features(config: TrainConfig, files: data.Files, preprocessing, digests: dict) -> dict:
-    """{backbone: (images, dim) pooled features} of --arch's backbones, from the feature store where a run
-    computed them; a backbone is built only when some are missing. --arch auto leaves out, and says so, each
+def backbone_features(config: TrainConfig, files: data.Files, digests: dict) -> dict:
+    """{backbone: (images, dim) pooled features} of --arch's backbones, each of what it reads (the picture, or
+    its face: `config.preprocessing`), from the feature store where a run computed them; a backbone is built
+    only when some are missing. --arch auto leaves out, and says so, each
     backbone of AUTO_BACKBONES whose weights can be neither downloaded nor found in Keras' cache folder."""
     wanted = [digests[path] for path in files.paths]
     found = {}
     for arch in models.AUTO_BACKBONES if config.arch == models.AUTO else config.backbones:
+        preprocessing = config.preprocessing((arch,))
         store = cache.array_store(config.cache, features.FAMILY, features.extractor_id(arch, config.weights,
                                                                                      preprocessing))
         missing = sum(store.get("original", digest) is None for digest in wanted)
