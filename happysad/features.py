@@ -23,7 +23,7 @@ from happysad.runtime import tf
 
 # Stored views per image, by --views. "zoom" is the central 80 % of the picture, resized back up.
 VIEWS = {1: ("original",), 2: ("original", "flip"), 4: ("original", "flip", "zoom", "zoom-flip")}
-FORMAT = "features-v1"  # changes whenever what a stored vector means changes
+FORMAT = "features-v2"  # changes whenever what a stored vector means changes (v2: the expression network's shrink)
 FAMILY = "features"  # the stores' name in the cache folder: features-<extractor_id>
 PROGRESS_FROM = 200  # images: below that, the backbone is done in a few seconds
 

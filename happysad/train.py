@@ -128,9 +128,10 @@ def train_with_folds(config: TrainConfig) -> dict:
                                   beside=preprocessing.face_beside)
     models.set_head(network, head.coef_, head.intercept_)
     calibration.apply_to_network(network, choice.scaling)
-    vectors = feature_sets[choice.features][:len(files)]
-    domain = marks.Domain(marks.class_centres(vectors, labels, len(class_names)), marks.far_limit(
-        marks.out_of_fold_distances(vectors, labels, folds, len(class_names)), config.far_share))
+    columns = picture_columns(chosen, per_backbone)
+    seen = marks.picked(feature_sets[choice.features][:len(files)], columns)
+    domain = marks.Domain(marks.class_centres(seen, labels, len(class_names)), marks.far_limit(
+        marks.out_of_fold_distances(seen, labels, folds, len(class_names)), config.far_share), columns)
     model_metrics = {"cross_validation": cross_validated, "train_seconds": time.time() - started}
     if len(test):
         probabilities = calibration.apply(choice.scaling, head.predict_proba(feature_sets[choice.features][len(files):]))
@@ -197,6 +198,18 @@ def backbone_features(config: TrainConfig, files: data.Files, digests: dict) -> 
             f"downloaded or found in Keras' cache folder {models.keras_cache_folder()}; put a weights file there, "
             "or name one backbone and its file (`arch` mobilenet `weights` PATH)")
     return found
+
+
+def picture_columns(chosen: tuple, per_backbone: dict) -> tuple:
+    """((start, stop), ...) of the features of the chosen backbones that read the picture, in their side-by-side
+    vector: what "fits no class" measures (marks.Domain). () when all of them count: every backbone reads the
+    picture, or every one the face."""
+    reads_picture = [not models.BACKBONES[name].reads_face for name in chosen]
+    if all(reads_picture) or not any(reads_picture):
+        return ()
+    ends = np.cumsum([per_backbone[name].shape[1] for name in chosen])
+    return tuple((int(end - per_backbone[name].shape[1]), int(end))
+                 for name, end, picture in zip(chosen, ends, reads_picture) if picture)
 
 
 def candidates_table(measurement: crossval.Measurement) -> str:

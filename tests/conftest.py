@@ -82,3 +82,13 @@ def expression_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("expression") / "expression_network.h5"
     keras.Model(inputs, keras.layers.Activation("softmax")(x)).save(path)
     return path
+
+
+@pytest.fixture
+def stand_in_downloads(weights_file, expression_file, monkeypatch):
+    """`weights` imagenet without a download, for networks of several backbones (one weights setting for all):
+    mobilenet025 reads the stand-in MobileNet file, the expression network its stand-in."""
+    from happysad import model as models
+    monkeypatch.setattr(models, "backbone_weights",
+                        lambda arch, weights: "imagenet" if arch == models.EXPRESSION else str(weights_file))
+    monkeypatch.setattr(models, "expression_weights_file", lambda: expression_file)

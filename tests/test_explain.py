@@ -67,3 +67,20 @@ def test_a_nested_imagenet_backbone_looks_at_the_square():
     # Measured: 83 % of the mass inside the widened squares (7 x 7 feature map), which cover 22 %.
     inside = mass_inside(explain.heatmaps(network, pictures[80:], predicted), masks[80:])
     assert inside.mean() > 0.7 > 2 * masks[80:].mean()
+
+
+def test_a_backbone_reading_the_face_beside_the_picture_counts_but_is_not_drawn(stand_in_downloads):
+    """Its map lies on the face crop, not on the picture the heatmap is drawn over: the picture's evidence alone
+    is drawn, so what the face channels hold cannot move the heatmap (each branch is made unit length before
+    the one linear layer, so the gradient at the picture's map does not depend on the face's features)."""
+    network = models.build_linear(("mobilenet025", models.EXPRESSION), 2, 32, beside=True)
+    dim = network.get_layer("prediction").get_weights()[0].shape[0]
+    rng = np.random.default_rng(0)
+    models.set_head(network, rng.normal(size=(1, dim)), np.zeros(1))
+    pictures = rng.uniform(0, 1, (6, 32, 32, 6)).astype(np.float32)
+    other_faces = np.concatenate([pictures[..., :3], rng.uniform(0, 1, (6, 32, 32, 3))], axis=-1).astype(np.float32)
+    assert np.abs(network(pictures) - network(other_faces)).max() > 1e-4  # the face counts in the probability
+    heatmaps = explain.heatmaps(network, pictures, np.arange(6) % 2)
+    assert heatmaps.shape == (6, 32, 32) and heatmaps.max() > 0
+    np.testing.assert_allclose(explain.heatmaps(network, other_faces, np.arange(6) % 2), heatmaps, atol=1e-5)
+    assert explain.overlay(pictures[0], heatmaps[0]).shape == (32, 32, 3)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from happysad import classifier, export, files, images, predict, record
+from happysad import classifier, export, files, images, model as models, predict, record
 
 pytestmark = pytest.mark.slow  # whole module: its fixtures train or start a server (tens of seconds)
 
@@ -157,6 +157,24 @@ def test_model_with_augmentation_and_built_in_preprocessing_exports_to_every_for
     for fmt in ("keras", "savedmodel", "tflite"):
         export.main(["--format", fmt, "--model", str(path)])
         got = classifier.load(export.default_out(path, fmt)).probabilities(pixels)
+        np.testing.assert_allclose(got, want, rtol=0, atol=FLOAT_TOLERANCE)
+
+
+def test_a_model_reading_the_face_beside_the_picture_takes_six_channels_of_raw_pixels(tmp_path, stand_in_downloads):
+    network = models.build_linear(("mobilenet025", models.EXPRESSION), 2, 32, beside=True)
+    dim = network.get_layer("prediction").get_weights()[0].shape[0]
+    rng = np.random.default_rng(0)
+    models.set_head(network, rng.normal(size=(1, dim)), np.zeros(1))
+    path = tmp_path / "beside.h5"
+    record.save(network, path, record.Record(class_names=["happy", "sad"],
+                                             preprocessing=images.Preprocessing(32, face_beside=True)))
+    pixels = rng.integers(0, 256, (4, 32, 32, 6)).astype(np.uint8)  # the picture's RGB, then the face's
+    want = np.asarray(network(pixels / 255.0, training=False))
+    for fmt in ("savedmodel", "tflite"):
+        export.main(["--format", fmt, "--model", str(path)])
+        raw = classifier.load_network(export.default_out(path, fmt))
+        assert raw.input_dtype == np.uint8
+        got = np.asarray(raw.signature(**{raw.input_name: pixels})[raw.output_name])
         np.testing.assert_allclose(got, want, rtol=0, atol=FLOAT_TOLERANCE)
 
 

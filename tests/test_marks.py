@@ -50,3 +50,19 @@ def test_out_of_fold_distances_never_use_the_vectors_own_fold():
     held = marks.out_of_fold_distances(vectors, labels, folds, 2)
     # The last vector's own fold would pull class 0's centre toward it; without it the centre is (1, 0).
     assert held[4] == pytest.approx(1 - np.cos(np.pi / 4), abs=1e-6)
+
+
+def test_a_domain_of_some_columns_measures_only_those_and_keeps_them_in_the_record():
+    """Beside a face network, only the picture backbone's columns count: what the others hold cannot move the
+    distance, and the model's record says which columns were measured."""
+    rng = np.random.default_rng(0)
+    photos = np.concatenate([rng.normal(1.0, 0.1, (40, 4)), rng.normal(0.0, 1.0, (40, 3))], axis=1)
+    columns = ((0, 4),)
+    domain = marks.Domain(marks.class_centres(marks.picked(photos, columns), np.arange(40) % 2, 2), 0.2, columns)
+    again = marks.Domain.from_record(domain.to_record())
+    assert again.columns == columns and domain.to_record()["columns"] == [[0, 4]]
+    unlike = np.concatenate([rng.normal(0.0, 1.0, (5, 4)), photos[:5, 4:]], axis=1)
+    other_rest = np.concatenate([photos[:5, :4], rng.normal(5.0, 1.0, (5, 3))], axis=1)
+    np.testing.assert_allclose(again.far(other_rest)[0], again.far(photos[:5])[0])
+    assert not again.far(photos[:5])[1].any() and again.far(unlike)[1].all()
+    assert "columns" not in marks.Domain(domain.centres, 0.2).to_record()

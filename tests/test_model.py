@@ -124,10 +124,11 @@ def test_expression_features_are_the_networks_own_on_an_opencv_grey_face(tmp_pat
                                 interpolation=cv2.INTER_AREA) for p in pictures_]).astype(np.float32) / 127.5 - 1
     theirs = keras.Model(original.inputs, last_block.output).predict(grey[..., None], verbose=0).mean(axis=(1, 2))
     assert ours.shape == theirs.shape == (len(pictures_), 128) and faces
-    # Resizing differs a little (Keras' antialiasing filter, OpenCV's area average): 0.977-0.988 here, where
-    # blue-green-red grey gives 0.88-0.94 and [0, 1] pixels 0.62-0.71.
+    # The shrink differs a little (bilinear to 256 and 4×4 averages, OpenCV's area average): 0.992-0.997 here
+    # (0.999 from 224 px; Keras' antialiased Resizing gave 0.977-0.988), where blue-green-red grey gives
+    # 0.88-0.94 and [0, 1] pixels 0.62-0.71.
     for a, b in zip(ours, theirs):
-        assert np.corrcoef(a, b)[0, 1] > 0.96
+        assert np.corrcoef(a, b)[0, 1] > 0.98
 
 
 def test_the_expression_network_is_fetched_once_into_keras_cache_then_used_offline(tmp_path, monkeypatch,
