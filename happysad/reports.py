@@ -130,7 +130,8 @@ def reliability_figure(before: list, after: list, errors: tuple) -> Figure:
 
 
 def image_grid_figure(pixels, titles, colors=None, columns: int = 4, title: str = "") -> Figure:
-    """Images in [0, 1] with a (possibly multi-line) caption under each, `columns` per row."""
+    """Images in [0, 1] with a (possibly multi-line) caption under each, `columns` per row: the first three
+    channels of each, the picture's RGB (a model reading the face beside it has the face's after them)."""
     count = len(pixels)
     columns = max(1, min(columns, count))
     rows = max(1, -(-count // columns))
@@ -139,7 +140,7 @@ def image_grid_figure(pixels, titles, colors=None, columns: int = 4, title: str 
     for index, axis in enumerate(axes):
         axis.axis("off")
         if index < count:
-            axis.imshow(np.clip(pixels[index], 0, 1))
+            axis.imshow(np.clip(np.asarray(pixels[index])[..., :3], 0, 1))
             axis.set_title(titles[index], fontsize=8, color=(colors or ["black"] * count)[index])
     if title:
         figure.suptitle(title)

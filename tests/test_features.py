@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from conftest import SHARED_WEIGHTS
 
-from happysad import cache, calibration, classifier, faces, features, images, model as models, record, sample, train
+from happysad import (cache, calibration, classifier, evaluate, faces, features, images, model as models, predict,
+                      record, sample, train)
 from happysad.config import TrainConfig
 from happysad.files import sha256_each
 
@@ -104,6 +105,15 @@ def test_a_picture_backbone_beside_the_face_backbone_reads_the_picture_and_the_f
     assert np.abs(model.probabilities(swapped) - head_probabilities(result)).max() > 1e-3
     # "Fits no class" measures MobileNet's 256 columns alone: the face network's cannot move it.
     assert model.record.domain["columns"] == [[0, 256]] and alone["record"].domain.get("columns") is None
+    # evaluate and predict --explain read the six channels as every stage does.
+    report = evaluate.evaluate(tmp_path / "a" / "m.h5", data_dir=small_dir, out=tmp_path / "report",
+                               tensorboard=False)
+    names = result["record"].class_names
+    labels = np.array([names.index(Path(path).parts[0]) for path in result["record"].split["train"]])
+    assert report["metrics"]["accuracy"] == pytest.approx(np.mean((head_probabilities(result)[:, 1] >= 0.5) == labels))
+    predict.main([str(small_dir / path) for path in result["record"].split["train"][:2]]
+                 + ["--model", str(tmp_path / "a" / "m.h5"), "--explain", str(tmp_path / "explained")])
+    assert [cv2.imread(str(p)).shape for p in sorted((tmp_path / "explained").iterdir())] == [(SIZE, SIZE, 3)] * 2
 
 
 @pytest.mark.slow
