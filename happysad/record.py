@@ -18,8 +18,9 @@ from happysad.images import Preprocessing
 # 2: near_copies and the per-epoch history. 3: `preprocessing` holds every setting (image_size and faces, the
 # first at the top level before). 4: `calibration`, the scaling written into the output layer (already in the
 # network: kept to undo it for reports), and `domain`, what "fits no class" is measured by. 5: `config`, every
-# setting of the run (config.TrainConfig). Older records read as they are: missing fields empty, settings moved in.
-FORMAT_VERSION = 5
+# setting of the run (config.TrainConfig). 6: `preprocessing.face_beside` (the face crop beside the picture, six
+# channels) and the domain's `columns`. Older records read as they are: missing fields empty, settings moved in.
+FORMAT_VERSION = 6
 
 
 class RecordError(Exception):

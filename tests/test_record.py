@@ -57,8 +57,9 @@ def test_sidecar_path_and_unknown_keys():
 
 def test_the_preprocessing_is_stored_whole_and_read_back_from_every_format_version():
     written = json.loads(record.Record(["a", "b"], images.Preprocessing(24, faces=True)).to_json())
-    assert "image_size" not in written and written["format_version"] == record.FORMAT_VERSION == 5
-    assert written["preprocessing"] == {"image_size": 24, "faces": True, **images.Preprocessing.STEPS}
+    assert "image_size" not in written and written["format_version"] == record.FORMAT_VERSION == 6
+    assert written["preprocessing"] == {"image_size": 24, "faces": True, "face_beside": False,
+                                        **images.Preprocessing.STEPS}
     assert record.Record.from_dict(written).preprocessing == images.Preprocessing(24, faces=True)
     version_2 = {"class_names": ["a", "b"], "image_size": 24, "format_version": 2,
                  "preprocessing": {"decode": "tf.io.decode_image RGB", "faces": True}}
