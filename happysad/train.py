@@ -132,6 +132,10 @@ def train_with_folds(config: TrainConfig) -> dict:
     seen = marks.picked(feature_sets[choice.features][:len(files)], columns)
     domain = marks.Domain(marks.class_centres(seen, labels, len(class_names)), marks.far_limit(
         marks.out_of_fold_distances(seen, labels, folds, len(class_names)), config.far_share), columns)
+    if all(models.BACKBONES[name].reads_face for name in chosen):
+        print("note: \"fits no class\" measures the expression network's features here, and it maps text, noise "
+              "and flat colours among the photos (README): beside MobileNet (--arch mobilenet+expression) the mark "
+              "measures the picture")
     model_metrics = {"cross_validation": cross_validated, "train_seconds": time.time() - started}
     if len(test):
         probabilities = calibration.apply(choice.scaling, head.predict_proba(feature_sets[choice.features][len(files):]))
