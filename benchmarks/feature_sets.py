@@ -10,7 +10,8 @@ cuts them (its clean copy, KERAS_HOME and outer_split): the nested cross-validat
 the head the data chose on every photo of the train side, and the domain of "fits no class" (marks). It scores
 that head on the outer test side directly: the saved network gives the head's probabilities
 (tests/test_features.py), so this is what the command would score. `auto` is the choice among
-model.AUTO_BACKBONES alone and in pairs, as --arch auto makes it; the other sets are one candidate each.
+model.AUTO_BACKBONES alone and in pairs, as --arch auto makes it; the other sets are one candidate each, of
+any backbones whose weights Keras' cache folder (KERAS_HOME, made from --weights-dir) holds.
 
 Prints per set the means over seeds: the printed (out-of-fold) accuracy, the unseen accuracy and recalls, the
 gap between the two (mean and standard deviation over seeds), the share of unseen photos and of pictures
@@ -41,7 +42,7 @@ def candidates(name: str) -> list:
 
 
 def features_of(config: TrainConfig, paths: list, labels: list) -> dict:
-    """{backbone: (images, dim)} of every backbone auto tries, as train computes and stores them."""
+    """{backbone: (images, dim)} of every backbone the configuration names, as train computes and stores them."""
     files = data.Files(paths, labels)
     return train.backbone_features(config, files, dict(zip(paths, sha256_each(paths))))
 
@@ -83,7 +84,8 @@ def main(argv=None) -> None:
         work = Path(folder)
         cleaned = accuracy.clean_copy(args.data, work)
         os.environ["KERAS_HOME"] = str(accuracy.keras_home(args.weights_dir.resolve(), work))
-        config = TrainConfig.build(data=str(cleaned), arch=models.AUTO, cache=f"disk:{work / 'cache'}")
+        named = {name: None for s in args.sets.split(",") for c in candidates(s) for name in c.split("+")}
+        config = TrainConfig.build(data=str(cleaned), arch="+".join(named), cache=f"disk:{work / 'cache'}")
         class_names = data.find_classes(cleaned)
         files, _ = data.list_images(cleaned, class_names)
         groups = data.near_copy_groups(files, cache.array_store(config.cache, near_copies.FAMILY, near_copies.VERSION))

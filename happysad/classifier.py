@@ -86,7 +86,7 @@ class Classifier:
         return self.preprocessing.decode(tf.constant(encoded)).numpy()
 
     def scores(self, batch: np.ndarray, batch_size: int = 64) -> tuple:
-        """(n, size, size, 3) images in [0, 1] -> ((n, num_classes) probabilities, (n, dim) features that the
+        """(n, size, size, channels) images in [0, 1] -> ((n, num_classes) probabilities, (n, dim) features that the
         output layer reads, or None where the domain is unknown)."""
         outputs, features = [], []
         for start in range(0, len(batch), batch_size):
@@ -134,7 +134,7 @@ class Classifier:
 
     def predict(self, batch) -> list:
         """A Prediction per image: `batch` is a list of image file paths, or images prepared as
-        load_image prepares them ((n, size, size, 3) in [0, 1])."""
+        load_image prepares them ((n, size, size, channels) in [0, 1])."""
         if not isinstance(batch, np.ndarray):
             batch = np.stack([self.load_image(path) for path in batch])
         probabilities, features = self.scores(batch)

@@ -65,8 +65,8 @@ class FeatureConfig:
     data: str = setting(defaults.DATA, "folder with one subfolder of images per class")
     arch: str = setting("cnn", "cnn: the design card's network; a pretrained backbone "
                                f"({', '.join(models.BACKBONES)}; {models.EXPRESSION}: a network that knows facial "
-                               "expressions, for folders of faces) or several joined with '+' (their features "
-                               f"side by side); {models.AUTO}: cross-validation picks among "
+                               "expressions, which reads the picture's largest face) or several joined with '+' "
+                               f"(their features side by side); {models.AUTO}: cross-validation picks among "
                                f"{', '.join(models.AUTO_BACKBONES)}, alone and in pairs (their weights are "
                                "downloaded once; offline, those in Keras' cache folder are tried)",
                         hyper=True, metavar="|".join(("cnn", models.AUTO, "BACKBONE[+BACKBONE]")))
@@ -127,7 +127,7 @@ class FeatureConfig:
         backbones: those of the network that reads them (default: `arch`'s; with auto, the ones the data chose),
         for which `models.preprocessing_for` says who reads the face."""
         backbones = backbones or self.backbones
-        if backbones[0] in ("cnn", models.AUTO):
+        if backbones == ("cnn",):
             return images.Preprocessing(self.image_size, self.faces)
         return models.preprocessing_for(backbones, self.image_size, self.faces)
 

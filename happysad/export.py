@@ -203,8 +203,10 @@ def main(argv=None) -> None:
         print("note: this model was trained on face crops (--faces): the export resizes and scales pixels, and "
               "the app crops each picture to its face first")
     if preprocessing.face_beside and args.format != "keras":
+        size = preprocessing.image_size
         print("note: this model reads the face beside the picture: the app feeds six channels, the picture's RGB "
-              "and then its largest face's (the picture again when none is found), both resized to one size")
+              f"and then its largest face's (the picture again when none is found), each resized to {size}x{size} "
+              "as predict resizes them")
     print(f"saved {out} ({size_bytes(out) / 1e6:.2f} MB) and {record.sidecar_path(out)}; largest probability "
           f"difference from {args.model} on {PROBE_IMAGES} probe images: {result['difference']:.1e}")
 

@@ -60,6 +60,11 @@ class Preprocessing:
     faces: bool = False
     face_beside: bool = False  # (size, size, 6): the whole picture's RGB, then its largest face's
 
+    def __post_init__(self):
+        if self.faces and self.face_beside:
+            raise ValueError("faces crops every picture to its face; face_beside keeps the picture and its face: "
+                             "choose one")
+
     # Fixed steps, written into the record for whoever audits a model; VERSION names them in cache keys.
     STEPS: ClassVar[dict] = {"decode": "tf.io.decode_image RGB", "resize": "bilinear", "scale": "1/255"}
     VERSION: ClassVar[str] = "v1"

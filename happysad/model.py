@@ -4,7 +4,8 @@ Words, the same in every module: a *network* is a Keras model (layers and weight
 a *model* is what a user trains and keeps: a saved network with its record (`happysad.classifier.Classifier`,
 as predict, evaluate, serve and export load it).
 
-Every network takes RGB images scaled to [0, 1] (see `happysad.images`) and ends in one sigmoid unit for two
+Every network takes RGB images scaled to [0, 1] (see `happysad.images`; a network joining a backbone that reads
+the picture and one that reads the face takes the face crop's RGB after the picture's) and ends in one sigmoid unit for two
 classes (the probability of the second class) or a softmax over the classes for more. Whatever a network does
 between those two ends is a layer inside it: the augmentation (`augment`, active only while training) and
 each ImageNet backbone's own input conversion. So a saved model (.h5 or .keras) predicts with no extra code,
@@ -170,7 +171,7 @@ AUTO = "auto"
 # What --arch auto tries, alone and as a pair: MobileNet v1, the ImageNet backbone of best cross-validated
 # accuracy on web photos per second of feature extraction (about 20 ms an image on 2 cores, once), and the
 # expression network on the face, which adds 3 points there and wins on faces. MobileNetV2 beside them measured
-# no gain for its cost (README, "Every photo counts").
+# no gain for its cost (README, "The expression network reads the face").
 AUTO_BACKBONES = ("mobilenet", EXPRESSION)
 
 

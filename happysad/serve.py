@@ -232,8 +232,8 @@ def main(argv=None) -> None:
         model = classifier.load(args.model)
     except classifier.ModelError as error:
         sys.exit(f"happysad.serve: error: {error}")
-    size = model.preprocessing.image_size
-    model.predict(np.zeros((1, size, size, 3), np.float32))  # trace before the first user
+    size, channels = model.preprocessing.image_size, model.preprocessing.channels
+    model.predict(np.zeros((1, size, size, channels), np.float32))  # trace before the first user
     limits = Limits(args.max_bytes, args.max_pixels, args.max_files)
     try:
         server_socket = listen(args.host, args.port)

@@ -205,9 +205,10 @@ def backbone_features(config: TrainConfig, files: data.Files, digests: dict) -> 
 
 
 def picture_columns(chosen: tuple, per_backbone: dict) -> tuple:
-    """((start, stop), ...) of the features of the chosen backbones that read the picture, in their side-by-side
-    vector: what "fits no class" measures (marks.Domain). () when all of them count: every backbone reads the
-    picture, or every one the face."""
+    """((start, stop), ...) of the features of the chosen backbones that did not learn faces, in their
+    side-by-side vector: what "fits no class" measures (marks.Domain). () when all of them count: none of them
+    learnt faces, or all did (the expression network alone). With --faces they all read the face crop, and
+    the face network's features are left out all the same."""
     reads_picture = [not models.BACKBONES[name].reads_face for name in chosen]
     if all(reads_picture) or not any(reads_picture):
         return ()

@@ -97,7 +97,7 @@ def test_a_picture_backbone_beside_the_face_backbone_reads_the_picture_and_the_f
     assert pixels.shape == (48, SIZE, SIZE, 6)
     # The stored features were computed by each backbone on its own view: the picture for MobileNet, the face
     # crop for the expression network, as --arch expression alone reads it (it crops the face by itself).
-    alone = run(small_dir, "imagenet", tmp_path / "b", arch=models.EXPRESSION)
+    alone = run(small_dir, "imagenet", tmp_path / "alone" / "b", arch=models.EXPRESSION)  # its own store
     assert alone["record"].preprocessing == images.Preprocessing(SIZE, faces=True)
     np.testing.assert_allclose(result["features"][:, -8:], alone["features"], atol=1e-6)
     # and the saved network routes each its channels: its probabilities are the head's on those features.
@@ -244,8 +244,9 @@ def test_auto_offline_with_no_weights_is_one_line_naming_both_ways_out(small_dir
     assert not (tmp_path / "m.h5").exists()
 
 
-@pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenet_1.0_imagenet_notop_converted.h5").exists(),
-                    reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
+@pytest.mark.skipif(not all((SHARED_WEIGHTS / name).exists() for name in (
+    "mobilenet_1.0_imagenet_notop_converted.h5", models.EXPRESSION_FILE)),
+                    reason="needs ../shared/weights (pretrained weights; not part of a user's clone)")
 @pytest.mark.slow
 def test_auto_offline_uses_the_backbones_in_keras_cache_and_says_which_it_left_out(small_dir, tmp_path,
                                                                                  monkeypatch, capsys):
@@ -259,6 +260,13 @@ def test_auto_offline_uses_the_backbones_in_keras_cache_and_says_which_it_left_o
     assert "note: --arch auto leaves out expression: cannot get the expression network" in out
     assert {name for name, _ in result["measurement"].scores} == {"mobilenet"}
     assert result["record"].hyperparameters["features"] == "mobilenet"
+    # With the expression network in the cache too, it tries both and the pair, and saves what it chose.
+    (cache_folder / models.EXPRESSION_FILE).symlink_to(SHARED_WEIGHTS / models.EXPRESSION_FILE)
+    result = train.train(train.parse_args([
+        "--data", str(small_dir), "--arch", "auto", "--image-size", str(SIZE), "--folds", "3",
+        "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--cache", "none"]))
+    assert "leaves out" not in capsys.readouterr().out
+    assert {name for name, _ in result["measurement"].scores} == {"mobilenet", "expression", "mobilenet+expression"}
     model = classifier.load(tmp_path / "m.h5")
     pixels = np.stack([model.load_image(small_dir / path) for path in result["record"].split["train"]])
     np.testing.assert_allclose(model.probabilities(pixels), head_probabilities(result),

@@ -51,7 +51,10 @@ def test_a_format_training_skips_is_left_out_by_every_stage(tmp_path):
 
 def test_preprocessing_settings_name_their_caches_and_round_trip_through_the_record_form():
     settings = [images.Preprocessing(size, faces) for size in (32, 64) for faces in (False, True)]
+    settings += [images.Preprocessing(32, face_beside=True)]
     assert len({preprocessing.key for preprocessing in settings}) == len(settings)
+    with pytest.raises(ValueError, match="choose one"):  # a face crop cannot also keep the whole picture
+        images.Preprocessing(32, faces=True, face_beside=True)
     for preprocessing in settings:
         assert images.Preprocessing.from_record(preprocessing.to_record()) == preprocessing
     with pytest.raises(AttributeError):

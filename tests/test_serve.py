@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from happysad import classifier, explain, record, serve
+from happysad import classifier, explain, images, model as models, record, serve
 
 pytestmark = pytest.mark.slow  # whole module: its fixtures train or start a server (tens of seconds)
 
@@ -37,11 +37,15 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(trained, tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    yield from running(trained["model"], tmp_path_factory.mktemp("serve") / "serve.log")
+
+
+def running(model_path, log):
+    """The server on a free loopback port, up and answering /health, until the generator is closed."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "happysad.serve", "--model", str(trained["model"]), "--port", "0",
+            [sys.executable, "-m", "happysad.serve", "--model", str(model_path), "--port", "0",
              "--max-bytes", str(MAX_BYTES), "--max-pixels", str(MAX_PIXELS), "--max-files", str(MAX_FILES)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -251,6 +255,26 @@ def test_header_sizes_match_what_the_decoder_produces():
         decoded = tf.io.decode_image(data, expand_animations=True).shape
         pixels = int(np.prod(decoded[:-1]))
         assert serve.header_size(data)[1] == pixels and pixels in (1500, 4500)
+
+
+def test_a_model_reading_the_face_beside_the_picture_serves_what_predict_says(stand_in_downloads, faces, tmp_path):
+    network = models.build_linear(("mobilenet025", models.EXPRESSION), 2, 32, beside=True)
+    dim = network.get_layer("prediction").get_weights()[0].shape[0]
+    models.set_head(network, np.random.default_rng(0).normal(size=(1, dim)), np.zeros(1))
+    path = tmp_path / "beside.h5"
+    record.save(network, path, record.Record(class_names=["happy", "sad"],
+                                             preprocessing=images.Preprocessing(32, face_beside=True)))
+    uploads = dict(list(faces.items())[:MAX_FILES])
+    served = running(path, tmp_path / "serve.log")
+    try:
+        response = post(next(served).url, *uploads.items())
+    finally:
+        served.close()
+    assert response.status_code == 200, response.text
+    want = expected(classifier.load(path), uploads)
+    assert len(response.json()["predictions"]) == len(uploads)
+    for row in response.json()["predictions"]:
+        assert_same(row, want[row["path"]])
 
 
 def test_missing_model_and_busy_port_are_one_line_errors(trained, tmp_path):
