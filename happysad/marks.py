@@ -40,6 +40,9 @@ PHOTOS_PER_CENTRE = 8
 # k-means starts: 3 marked 90.9 % of unlike pictures where 1 marked 89.1 %, at the same 3.3-3.4 % of unseen
 # photos (12 outer splits of 448 web photos), for 0.4 s more a run (README)
 KMEANS_STARTS = 3
+# Where only a face network's features are there to measure (README, "The expression network reads the face").
+FACE_FEATURES_CAVEAT = ("\"fits no class\" measures the expression network's features here, and they put text, "
+                        "noise and flat colours among the photos")
 
 
 def class_centres(vectors, labels, num_classes: int) -> np.ndarray:

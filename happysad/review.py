@@ -261,6 +261,8 @@ def review(config: ReviewConfig) -> dict:
     seconds = {"features": time.perf_counter() - started}
     print(f"features ({config.arch}, {config.image_size} px): {computed} computed, {len(files) - computed} from the "
           f"store, in {seconds['features']:.1f} s")
+    if models.BACKBONES[config.arch].reads_face:
+        print(f"note: {marks.FACE_FEATURES_CAVEAT}: --arch mobilenet finds such pictures")
 
     mark = time.perf_counter()
     groups = data.near_copy_groups(files, cache.array_store(config.cache, near_copies.FAMILY, near_copies.VERSION),

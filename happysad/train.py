@@ -133,8 +133,7 @@ def train_with_folds(config: TrainConfig) -> dict:
     domain = marks.Domain(marks.class_centres(seen, labels, len(class_names)), marks.far_limit(
         marks.out_of_fold_distances(seen, labels, folds, len(class_names)), config.far_share), columns)
     if all(models.BACKBONES[name].reads_face for name in chosen):
-        print("note: \"fits no class\" measures the expression network's features here, and it maps text, noise "
-              "and flat colours among the photos (README): beside MobileNet (--arch mobilenet+expression) the mark "
+        print(f"note: {marks.FACE_FEATURES_CAVEAT}: beside MobileNet (--arch mobilenet+expression) the mark "
               "measures the picture")
     model_metrics = {"cross_validation": cross_validated, "train_seconds": time.time() - started}
     if len(test):

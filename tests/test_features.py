@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import SHARED_WEIGHTS
 
-from happysad import (cache, calibration, classifier, evaluate, faces, features, images, model as models, predict,
-                      record, sample, train)
+from happysad import (cache, calibration, classifier, evaluate, faces, features, images, marks, model as models,
+                      predict, record, sample, train)
 from happysad.config import TrainConfig
 from happysad.files import sha256_each
 
@@ -71,7 +71,7 @@ def test_saved_model_gives_the_scikit_learn_heads_probability(small_dir, weights
 def test_the_expression_network_with_face_crops_is_one_saved_network_with_the_heads_probability(
         small_dir, expression_file, tmp_path, capsys):
     result = run(small_dir, expression_file, tmp_path / "a", "--faces", arch=models.EXPRESSION)
-    assert "note: \"fits no class\" measures the expression network's features here" in capsys.readouterr().out
+    assert f"note: {marks.FACE_FEATURES_CAVEAT}" in capsys.readouterr().out
     assert result["features"].shape == (48, 8)  # the stand-in's last residual block, averaged
     model = classifier.load(tmp_path / "a" / "m.h5")
     assert model.record.preprocessing.faces

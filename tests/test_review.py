@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_WEIGHTS
 
-from happysad import features, marks, quarantine, review, sample
+from happysad import features, images, marks, quarantine, review, sample
 
 SIZE = 32
 FAST = ["--folds", "3"]
@@ -254,3 +254,14 @@ def test_with_faces_review_scores_the_face_crops_under_trains_stored_features(we
     trained = TrainConfig.build(arch="mobilenet025", weights=str(weights_file), image_size=SIZE, faces=True)
     reviewed = review.parse_args([str(folder), *settings, "--faces"])
     assert trained.preprocessing() == reviewed.preprocessing()  # train's stored features serve review
+
+
+def test_with_the_expression_network_review_reads_the_face_and_says_what_fits_no_class_cannot_see(
+        expression_file, tmp_path, capsys):
+    folder, out = faces(tmp_path / "data"), tmp_path / "out"
+    config = review.parse_args([str(folder), "--arch", "expression", "--weights", str(expression_file),
+                                "--image-size", str(SIZE), "--html", str(out / "review.html"),
+                                "--png", str(out / "review.png"), *FAST])
+    assert config.preprocessing() == images.Preprocessing(SIZE, faces=True)  # as train reads it
+    review.review(config)
+    assert f"note: {marks.FACE_FEATURES_CAVEAT}" in capsys.readouterr().out
