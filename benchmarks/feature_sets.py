@@ -18,7 +18,6 @@ gap between the two (mean and standard deviation over seeds), the share of unsee
 unlike any photo (sample --unlike) marked "fits no class", and what the data chose.
 """
 import argparse
-import itertools
 import os
 import statistics
 import sys
@@ -37,7 +36,7 @@ from happysad.files import sha256_each  # noqa: E402
 
 def candidates(name: str) -> list:
     if name == models.AUTO:
-        return ["+".join(pair) for n in (1, 2) for pair in itertools.combinations(models.AUTO_BACKBONES, n)]
+        return train.auto_candidates(models.AUTO_BACKBONES)
     return [name]
 
 
@@ -59,10 +58,8 @@ def measure(per_backbone: dict, unlike: dict, names: list, labels, folds, train_
     probabilities = calibration.apply(choice.scaling, head.predict_proba(chosen[test_side]))
     predicted = (probabilities[:, 1] >= choice.threshold).astype(int)
     truth = labels[test_side]
-    columns = train.picture_columns(tuple(choice.features.split("+")), per_backbone)
-    seen = marks.picked(chosen[train_side], columns)
-    domain = marks.Domain(marks.class_centres(seen, seen_labels, 2), marks.far_limit(
-        marks.out_of_fold_distances(seen, seen_labels, folds, 2)), columns)
+    domain = marks.out_of_fold_domain(chosen[train_side], seen_labels, folds, 2, marks.FAR_SHARE,
+                                      train.picture_columns(tuple(choice.features.split("+")), per_backbone))
     return {"printed": float(np.mean(measurement.predicted == seen_labels)),
             "unseen": float(np.mean(predicted == truth)),
             "recall": [float(np.mean(predicted[truth == c] == c)) for c in (0, 1)],

@@ -77,6 +77,15 @@ def out_of_fold_distances(vectors, labels, folds, num_classes: int) -> np.ndarra
     return result
 
 
+def out_of_fold_domain(vectors, labels, folds, num_classes: int, far_share: float = FAR_SHARE,
+                       columns: tuple = ()) -> "Domain":
+    """The domain of the cross-validated head: centres of every photo's `columns` (marks.picked), the limit
+    from each photo's distance to the centres of the other folds."""
+    seen = picked(vectors, columns)
+    return Domain(class_centres(seen, labels, num_classes),
+                  far_limit(out_of_fold_distances(seen, labels, folds, num_classes), far_share), columns)
+
+
 @dataclass(frozen=True)
 class Domain:
     """What the training photos look like to the model: the classes' centres, and how far an unseen one may be."""

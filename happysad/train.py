@@ -104,8 +104,7 @@ def train_with_folds(config: TrainConfig) -> dict:
     everything = data.Files(files.paths + test.paths, files.labels + test.labels)
     per_backbone = backbone_features(config, everything, folder.digests)
     backbones = tuple(per_backbone)
-    candidates = (["+".join(pair) for n in (1, 2) for pair in itertools.combinations(backbones, n)]
-                  if config.arch == models.AUTO else [config.arch])
+    candidates = auto_candidates(backbones) if config.arch == models.AUTO else [config.arch]
     feature_sets = {name: crossval.joined(per_backbone, name.split("+")) for name in candidates}
 
     # -- measure: nested cross-validation; then the choices made on every photo ------------------------------
@@ -128,10 +127,8 @@ def train_with_folds(config: TrainConfig) -> dict:
                                   beside=preprocessing.face_beside)
     models.set_head(network, head.coef_, head.intercept_)
     calibration.apply_to_network(network, choice.scaling)
-    columns = picture_columns(chosen, per_backbone)
-    seen = marks.picked(feature_sets[choice.features][:len(files)], columns)
-    domain = marks.Domain(marks.class_centres(seen, labels, len(class_names)), marks.far_limit(
-        marks.out_of_fold_distances(seen, labels, folds, len(class_names)), config.far_share), columns)
+    domain = marks.out_of_fold_domain(feature_sets[choice.features][:len(files)], labels, folds, len(class_names),
+                                      config.far_share, picture_columns(chosen, per_backbone))
     if all(models.BACKBONES[name].reads_face for name in chosen):
         print(f"note: {marks.FACE_FEATURES_CAVEAT}: beside MobileNet (--arch mobilenet+expression) the mark "
               "measures the picture")
@@ -201,6 +198,11 @@ def backbone_features(config: TrainConfig, files: data.Files, digests: dict) -> 
             f"downloaded or found in Keras' cache folder {models.keras_cache_folder()}; put a weights file there, "
             "or name one backbone and its file (`arch` mobilenet `weights` PATH)")
     return found
+
+
+def auto_candidates(backbones: tuple) -> list:
+    """The feature sets --arch auto lets the cross-validation choose from: each backbone alone, and each pair."""
+    return ["+".join(pair) for n in (1, 2) for pair in itertools.combinations(backbones, n)]
 
 
 def picture_columns(chosen: tuple, per_backbone: dict) -> tuple:

@@ -92,3 +92,14 @@ def stand_in_downloads(weights_file, expression_file, monkeypatch):
     monkeypatch.setattr(models, "backbone_weights",
                         lambda arch, weights: "imagenet" if arch == models.EXPRESSION else str(weights_file))
     monkeypatch.setattr(models, "expression_weights_file", lambda: expression_file)
+
+
+@pytest.fixture
+def face_beside_network(stand_in_downloads):
+    """mobilenet025 on the picture beside the expression network on the face (32 px, six channels in), with a
+    random head: a network train saves for --arch auto on photos, built without a download or a training run."""
+    from happysad import model as models
+    network = models.build_linear(("mobilenet025", models.EXPRESSION), 2, 32, beside=True)
+    dim = network.get_layer("prediction").get_weights()[0].shape[0]
+    models.set_head(network, np.random.default_rng(0).normal(size=(1, dim)), np.zeros(1))
+    return network

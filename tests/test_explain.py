@@ -69,14 +69,11 @@ def test_a_nested_imagenet_backbone_looks_at_the_square():
     assert inside.mean() > 0.7 > 2 * masks[80:].mean()
 
 
-def test_a_backbone_reading_the_face_beside_the_picture_counts_but_is_not_drawn(stand_in_downloads):
+def test_a_backbone_reading_the_face_beside_the_picture_counts_but_is_not_drawn(face_beside_network):
     """Its map lies on the face crop, not on the picture the heatmap is drawn over: the picture's evidence alone
     is drawn, so what the face channels hold cannot move the heatmap (each branch is made unit length before
     the one linear layer, so the gradient at the picture's map does not depend on the face's features)."""
-    network = models.build_linear(("mobilenet025", models.EXPRESSION), 2, 32, beside=True)
-    dim = network.get_layer("prediction").get_weights()[0].shape[0]
-    rng = np.random.default_rng(0)
-    models.set_head(network, rng.normal(size=(1, dim)), np.zeros(1))
+    network, rng = face_beside_network, np.random.default_rng(0)
     pictures = rng.uniform(0, 1, (6, 32, 32, 6)).astype(np.float32)
     other_faces = np.concatenate([pictures[..., :3], rng.uniform(0, 1, (6, 32, 32, 3))], axis=-1).astype(np.float32)
     assert np.abs(network(pictures) - network(other_faces)).max() > 1e-4  # the face counts in the probability

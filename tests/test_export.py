@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from happysad import classifier, export, files, images, model as models, predict, record
+from happysad import classifier, export, files, images, predict, record
 
 pytestmark = pytest.mark.slow  # whole module: its fixtures train or start a server (tens of seconds)
 
@@ -160,11 +160,8 @@ def test_model_with_augmentation_and_built_in_preprocessing_exports_to_every_for
         np.testing.assert_allclose(got, want, rtol=0, atol=FLOAT_TOLERANCE)
 
 
-def test_a_model_reading_the_face_beside_the_picture_takes_six_channels_of_raw_pixels(tmp_path, stand_in_downloads):
-    network = models.build_linear(("mobilenet025", models.EXPRESSION), 2, 32, beside=True)
-    dim = network.get_layer("prediction").get_weights()[0].shape[0]
-    rng = np.random.default_rng(0)
-    models.set_head(network, rng.normal(size=(1, dim)), np.zeros(1))
+def test_a_model_reading_the_face_beside_the_picture_takes_six_channels_of_raw_pixels(tmp_path, face_beside_network):
+    network, rng = face_beside_network, np.random.default_rng(0)
     path = tmp_path / "beside.h5"
     record.save(network, path, record.Record(class_names=["happy", "sad"],
                                              preprocessing=images.Preprocessing(32, face_beside=True)))

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from happysad import classifier, explain, images, model as models, record, serve
+from happysad import classifier, explain, images, record, serve
 
 pytestmark = pytest.mark.slow  # whole module: its fixtures train or start a server (tens of seconds)
 
@@ -257,12 +257,9 @@ def test_header_sizes_match_what_the_decoder_produces():
         assert serve.header_size(data)[1] == pixels and pixels in (1500, 4500)
 
 
-def test_a_model_reading_the_face_beside_the_picture_serves_what_predict_says(stand_in_downloads, faces, tmp_path):
-    network = models.build_linear(("mobilenet025", models.EXPRESSION), 2, 32, beside=True)
-    dim = network.get_layer("prediction").get_weights()[0].shape[0]
-    models.set_head(network, np.random.default_rng(0).normal(size=(1, dim)), np.zeros(1))
+def test_a_model_reading_the_face_beside_the_picture_serves_what_predict_says(face_beside_network, faces, tmp_path):
     path = tmp_path / "beside.h5"
-    record.save(network, path, record.Record(class_names=["happy", "sad"],
+    record.save(face_beside_network, path, record.Record(class_names=["happy", "sad"],
                                              preprocessing=images.Preprocessing(32, face_beside=True)))
     uploads = dict(list(faces.items())[:MAX_FILES])
     served = running(path, tmp_path / "serve.log")
