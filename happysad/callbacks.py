@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import images, metrics, reports, summaries
+from happysad import crossval, images, metrics, reports, summaries
 from happysad.files import write_atomic
 from happysad.runtime import keras, tf
 
@@ -20,6 +20,13 @@ def stopping(patience: int) -> list:
                                           verbose=1),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=max(1, patience // 2),
                                               min_lr=1e-6, verbose=1)]
+
+
+def fold_stopping(patience: int) -> list:
+    """A cross-validation fold's fit ends after `patience` epochs without a lower held-out loss: every epoch
+    it ran is scored (HeldOutCurve), so it keeps its weights as they are. No learning-rate reduction: the
+    network trained on every photo afterwards, with nothing held out, could not repeat it."""
+    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)] if patience else []
 
 
 class ResumeState(keras.callbacks.Callback):
@@ -91,8 +98,28 @@ class EpochTiming(keras.callbacks.Callback):
             logs["images_per_second"] = self.train_images / elapsed
 
 
+class HeldOutCurve(keras.callbacks.Callback):
+    """A cross-validation fold's own images scored after every epoch of the fit on the other folds. Their
+    probabilities are kept, in file order (`probabilities`: epochs × images × classes: what
+    crossval.epochs_cross_validated chooses the epoch count from), and their log loss and accuracy go into the
+    epoch's logs as val_loss and val_accuracy, which early stopping watches. Put it before early stopping."""
+
+    def __init__(self, dataset, labels, order):
+        super().__init__()
+        self.dataset, self.labels, self.back = dataset, np.asarray(labels, int), np.argsort(order)
+        self.probabilities = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        found = metrics.class_probabilities(self.model.predict(self.dataset, verbose=0))[self.back]
+        self.probabilities.append(found)
+        if logs is not None:
+            logs["val_loss"] = crossval.log_loss(self.labels, found)
+            logs["val_accuracy"] = float(np.mean(metrics.predicted_labels(found) == self.labels))
+
+
 class TrainingSummaries(keras.callbacks.Callback):
-    """Op graph and sample images when training starts; validation confusion matrix and PR curves each epoch.
+    """Op graph and sample images when training starts; validation confusion matrix and PR curves each epoch
+    (when there is a validation set: the network trained on every photo after cross-validation has none).
 
     The validation predictions take one extra pass over the (cached) validation set per epoch. One instance
     may serve several fits of the same model (fine-tuning): the graph and the samples are written once.
@@ -109,6 +136,7 @@ class TrainingSummaries(keras.callbacks.Callback):
         self.preprocessing = preprocessing
         self.samples = samples
         self.seed = seed
+        self.began = False
         self.validation_writer = None
         self.matrix_every_epoch = True
         self.last_matrix = None
@@ -120,14 +148,16 @@ class TrainingSummaries(keras.callbacks.Callback):
         self.matrix_every_epoch = matrix_every_epoch
 
     def on_train_begin(self, logs=None):
-        if self.validation_writer is not None:
+        if self.began:
             return
+        self.began = True
         train_writer = tf.summary.create_file_writer(str(self.run_dir / "train"))
         with train_writer.as_default():
             self.write_graph()
             self.write_samples()
         train_writer.close()
-        self.validation_writer = tf.summary.create_file_writer(str(self.run_dir / "validation"))
+        if self.validation_dataset is not None:
+            self.validation_writer = tf.summary.create_file_writer(str(self.run_dir / "validation"))
 
     def write_graph(self) -> None:
         spec = tf.TensorSpec(self.model.input_shape, self.model.inputs[0].dtype, name="image")
@@ -153,6 +183,8 @@ class TrainingSummaries(keras.callbacks.Callback):
             pixels, titles, title="training images as the model sees them, with their labels")), step=0)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.validation_dataset is None:
+            return
         if getattr(self, "traced_for", None) is not self.model:
             # One traced forward pass per model (the head, then the whole model when fine-tuning): `predict`
             # would trace anew at every epoch.
@@ -179,7 +211,8 @@ class TrainingSummaries(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.last_matrix is not None:
             self.write_matrix()
-        self.validation_writer.flush()
+        if self.validation_writer is not None:
+            self.validation_writer.flush()
 
 
 class HParams(keras.callbacks.Callback):

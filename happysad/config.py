@@ -16,6 +16,8 @@ from happysad import cache, defaults, distribute, features, images, marks, model
 from happysad.errors import SettingError
 
 RECIPE = "filled from the --arch recipe when not given"
+# The train, validation and test fractions of one fit on partitions (fine-tuning; the CNN with --split).
+PARTITION_SPLIT = (0.7, 0.2, 0.1)
 
 
 class ConfigError(SettingError):
@@ -77,8 +79,9 @@ class FeatureConfig:
     faces: bool = setting(False, "crop each image to its largest face (OpenCV), the whole image when none is "
                                  "found")
     seed: int = setting(defaults.SEED, "same seed and data: same split, folds and initialisation")
-    folds: int = setting(5, "pretrained backbone: K-fold cross-validation that measures the head, and the "
-                            "penalty, threshold and backbone choices inside it", metavar="K")
+    folds: int = setting(5, "K-fold cross-validation, every photo scored by a model that never saw it: a pretrained "
+                            "backbone's head, with the penalty and backbone choices inside it; the CNN, K fits on "
+                            "images with the epoch count chosen inside it", metavar="K")
     cache: str = setting("auto", "decoded-image and backbone-feature cache: auto (features on disk; images in "
                                  "memory if they fit in half the free RAM, else on disk), memory, disk[:PATH] "
                                  f"(default PATH {cache.DEFAULT_CACHE_DIR}) or none")
@@ -161,10 +164,12 @@ class FeatureConfig:
 class TrainConfig(FeatureConfig):
     """Everything `python -m happysad.train` and `happysad.train(...)` take."""
 
-    holdout: float = setting(0.0, "pretrained backbone: also keep a fraction F of the photos (near copies "
-                                  "together) as a test partition that neither the cross-validation nor the saved "
-                                  "model sees (0: every photo trains the saved model)", hyper=True, metavar="F")
-    split: tuple = setting((0.7, 0.2, 0.1), "CNN and fine-tuning: train,validation,test fractions", hyper=True,
+    holdout: float = setting(0.0, "also keep a fraction F of the photos (near copies together) as a test "
+                                  "partition that neither the cross-validation nor the saved model sees (0: every "
+                                  "photo trains the saved model)", hyper=True, metavar="F")
+    split: tuple = setting(None, "the CNN: train on partitions with these train,validation,test fractions instead "
+                                 "of cross-validating (fine-tuning always does; default "
+                                 f"{','.join(map(str, PARTITION_SPLIT))})", hyper=True,
                            metavar="TRAIN,VALIDATION,TEST", parse=parse_split)
     epochs: int = setting(None, "at most this many (see --patience)", recipe=True, hyper=True, images_only=True)
     batch_size: int = setting(32, "images per step (per replica with several devices)", hyper=True)
@@ -209,6 +214,16 @@ class TrainConfig(FeatureConfig):
         """A pretrained backbone's head, cross-validated on stored features; else a fit on images."""
         return self.arch != "cnn" and self.weights != "none" and not self.fine_tune
 
+    @property
+    def folds_on_images(self) -> bool:
+        """A fit on images (the CNN, a backbone from scratch) cross-validated by K fits, one per fold; else, with
+        `split` or to fine-tune, one fit on partitions."""
+        return not self.cross_validate and not self.fine_tune and self.split is None
+
+    @property
+    def partition_split(self) -> tuple:
+        return self.split or PARTITION_SPLIT
+
     def hyperparameters(self) -> dict:
         """The settings that change what a fit on images learns, as the record and HParams keep them."""
         return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata["hyper"]}
@@ -243,9 +258,15 @@ class TrainConfig(FeatureConfig):
                    f"({models.keras_cache_folder()}): `weights` must be imagenet")
         if several and self.fine_tune:
             yield f"`fine_tune` opens the top of one backbone: name one (`arch` {models.AUTO_BACKBONES[0]})"
-        if self.holdout and not self.cross_validate:
-            yield ("`holdout` applies to a pretrained backbone's cross-validation; the CNN and fine-tuning keep a "
-                   "test partition by `split`")
+        if self.holdout and not (self.cross_validate or self.folds_on_images):
+            yield "`holdout` applies to cross-validation; training on partitions keeps a test partition by `split`"
+        if self.folds_on_images:
+            partitions_only = [f"`{name}`" for name in ("resume", "checkpoint") if getattr(self, name)]
+            partitions_only += ["`strategy` multiworker"] if self.strategy == "multiworker" else []
+            if partitions_only:
+                yield (f"{', '.join(partitions_only)}: for one fit on partitions; the CNN cross-validates by "
+                       "default (K fits, then one on every photo): give `split` (e.g. 0.7,0.2,0.1) to train on "
+                       "partitions")
         if self.holdout and not 0.05 <= self.holdout <= 0.5:
             yield f"`holdout` must be 0 or from 0.05 to 0.5, got {self.holdout}"
         if self.resume and self.strategy == "multiworker":

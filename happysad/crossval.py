@@ -1,4 +1,4 @@
-"""Cross-validation on stored features: every photo scored by a head that never saw it, then a head on all.
+"""Cross-validation: every photo scored by a model that never saw it nor its near copies, then a model on all.
 
 A few hundred photos are too few to spend a third of them on validation and test. So the head trains on
 L2-normalised backbone features with scikit-learn's logistic regression (an L2 penalty, balanced class weights)
@@ -12,6 +12,10 @@ Nested cross-validation costs K outer times K-1 inner fits per setting when done
 of outer fold k are the other outer folds, so an inner fit leaves out two folds {j, k}, and the fit that leaves
 out {j, k} serves both outer fold k and outer fold j: K + K(K-1)/2 fits per setting (15 for K = 5) give the
 outer measurement and the final choice, instead of K(K-1) + K = 25.
+
+A fit on images (the CNN) costs minutes, not milliseconds: K fits, one per fold, each scored on its fold after
+every epoch (`epochs_cross_validated`). Its choices (how many epochs, the calibration) are made for each fold
+from the other folds' scores, and once more from all of them for the network trained on every photo.
 """
 from __future__ import annotations
 
@@ -34,14 +38,16 @@ PENALTIES = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 @dataclass(frozen=True)
 class Choice:
-    """What the data chose: the feature set (a backbone, or several joined with '+'), the penalty C, the
-    calibration of the head's logits, and the threshold on the second class's calibrated probability (two
-    classes; 0.5, where the classes' probabilities meet, unless one was given)."""
+    """What the data chose: the feature set (a backbone, or several joined with '+'; the CNN: "cnn"), the
+    penalty C (a head) or the epoch count (a fit on images), the calibration of the logits, and the threshold on
+    the second class's calibrated probability (two classes; 0.5, where the classes' probabilities meet, unless
+    one was given)."""
 
     features: str
-    penalty: float
+    penalty: float | None
     threshold: float
     scaling: calibration.Scaling = calibration.IDENTITY
+    epochs: int | None = None
 
 
 @dataclass
@@ -55,7 +61,7 @@ class Measurement:
     folds: np.ndarray  # (images,) the outer fold of each image
     fold_choices: list  # Choice per outer fold
     final: Choice  # made on every image: the saved head's
-    scores: dict  # {(features, penalty): cross-validated log loss on every image}, what `final` was chosen by
+    scores: dict  # {(features, penalty or epochs): cross-validated log loss on every image}: what chose `final`
 
     def summary(self, labels, class_names) -> dict:
         """metrics.summarize of the out-of-fold predictions, with how they were made."""
@@ -65,8 +71,8 @@ class Measurement:
                 **calibration.errors(labels, self.probabilities, self.uncalibrated),
                 "fold_choices": [asdict(choice) for choice in self.fold_choices],
                 "choice": asdict(self.final),
-                "candidates": [{"features": name, "penalty": penalty, "log_loss": loss}
-                               for (name, penalty), loss in self.scores.items()]}
+                "candidates": [{"features": name, "epochs" if self.final.epochs else "penalty": setting,
+                                "log_loss": loss} for (name, setting), loss in self.scores.items()]}
 
 
 def unit(vectors) -> np.ndarray:
@@ -160,6 +166,51 @@ def cross_validate(feature_sets: dict, labels, folds, penalties=PENALTIES, thres
                         calibration.fit(probabilities, seen))
         return choice, {s: value[0] for s, value in scored.items()}
 
+    final, scores = choose(None)
+    return out_of_fold_measurement(
+        choose, lambda choice, k: predictions[(choice.features, choice.penalty, frozenset([k]))][folds == k],
+        labels, folds, final, scores)
+
+
+def epochs_cross_validated(curves: list, labels, folds, features: str = "cnn", threshold="auto") -> Measurement:
+    """Cross-validation of a fit on images. curves[k]: (epochs, images of fold k, classes) probabilities that
+    fold k's network, trained on the other folds, gave its own fold after each epoch; a fold stopped early keeps
+    its last epoch's for the epochs after. The epoch count is chosen without the fold it scores: the epoch after
+    which the other folds' pooled log loss was lowest, with the calibration fitted to their probabilities then.
+    The final choice, on every fold, is what the network trained on every photo uses. `scores` holds that
+    pooled log loss after each epoch ({(features, epochs): loss})."""
+    labels, folds = np.asarray(labels, int), np.asarray(folds, int)
+    n_folds, n_classes = len(curves), int(labels.max()) + 1
+    longest = max(len(curve) for curve in curves)
+
+    def after(k, epoch):
+        return np.asarray(curves[k][min(epoch, len(curves[k]) - 1)], np.float64)
+
+    # Each fold's summed log loss after each epoch: pooled over any set of folds by adding rows.
+    summed = np.array([[log_loss(labels[folds == k], after(k, epoch)) * np.sum(folds == k)
+                        for epoch in range(longest)] for k in range(n_folds)])
+
+    def choose(outer):
+        inner = [k for k in range(n_folds) if k != outer]
+        rows = np.isin(folds, inner)
+        pooled = summed[inner].sum(axis=0) / rows.sum()
+        epoch = int(np.argmin(pooled))
+        probabilities = np.zeros((len(labels), n_classes))
+        for k in inner:
+            probabilities[folds == k] = after(k, epoch)
+        scaling = calibration.fit(probabilities[rows], labels[rows])
+        choice = Choice(features, None, decision_threshold(threshold, n_classes), scaling, epochs=epoch + 1)
+        return choice, {(features, e + 1): float(loss) for e, loss in enumerate(pooled)}
+
+    final, scores = choose(None)
+    return out_of_fold_measurement(choose, lambda choice, k: after(k, choice.epochs - 1), labels, folds, final,
+                                   scores)
+
+
+def out_of_fold_measurement(choose, held_out, labels, folds, final: Choice, scores: dict) -> Measurement:
+    """Each outer fold scored with the choice made without it: choose(k) -> (Choice, scores); held_out(choice,
+    k) -> fold k's uncalibrated probabilities under that choice."""
+    n_folds, n_classes = int(folds.max()) + 1, int(labels.max()) + 1
     out_of_fold = np.zeros((len(labels), n_classes))
     uncalibrated = np.zeros((len(labels), n_classes))
     predicted = np.zeros(len(labels), int)
@@ -167,9 +218,8 @@ def cross_validate(feature_sets: dict, labels, folds, penalties=PENALTIES, thres
     for k in range(n_folds):
         choice, _ = choose(k)
         rows = folds == k
-        uncalibrated[rows] = predictions[(choice.features, choice.penalty, frozenset([k]))][rows]
+        uncalibrated[rows] = held_out(choice, k)
         out_of_fold[rows] = calibration.apply(choice.scaling, uncalibrated[rows])
         predicted[rows] = metrics.predicted_labels(out_of_fold[rows], choice.threshold)
         fold_choices.append(choice)
-    final, scores = choose(None)
     return Measurement(out_of_fold, uncalibrated, predicted, folds, fold_choices, final, scores)

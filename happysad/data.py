@@ -235,30 +235,81 @@ def make_dataset(files: Files, preprocessing: images.Preprocessing, batch_size: 
     shuffle_seed: shuffle every epoch (training); None keeps the file order (validation, test).
     drop_remainder: only full batches (training on several replicas, see happysad.distribute).
     """
-    label_dtype = tf.float32 if binary else tf.int32
-    paths, labels = files.paths, files.labels
-    if shuffle_seed is not None:
-        # Mix the classes up front: the split lists files class by class, and a disk cache replays its first
-        # pass in order, so the bounded shuffle below would see one class at a time. A fixed permutation,
-        # so the order a cache holds depends only on its file list (its key).
-        order = np.random.default_rng(0).permutation(len(paths))
-        paths, labels = [paths[i] for i in order], [labels[i] for i in order]
-    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), tf.constant(labels, label_dtype)))
     if shuffle_seed is not None and cache is None:
         # Nothing cached: shuffle the file names (bytes each), not the decoded images (size²×12 bytes each).
-        dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(lambda path, label: (preprocessing.load(path), label),
-                          num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = file_list(files, binary, mixed=True).shuffle(len(files), seed=shuffle_seed,
+                                                                reshuffle_each_iteration=True)
+        return batched(decoded(dataset, preprocessing), batch_size, drop_remainder=drop_remainder)
+    dataset = decoded(file_list(files, binary, mixed=shuffle_seed is not None), preprocessing, cache)
+    return batched(dataset, batch_size, shuffle_seed=shuffle_seed, buffer=shuffle_buffer(len(files), preprocessing,
+                                                                                         cache),
+                   drop_remainder=drop_remainder)
+
+
+def fold_datasets(files: Files, folds, preprocessing: images.Preprocessing, *, binary: bool, shuffle_seed: int,
+                  cache=None):
+    """For cross-validation on images: datasets(k, batch_size, drop_remainder=False, shuffle=True) -> (batches
+    of every fold but k, shuffled unless not `shuffle`; batches of fold k; the index in `files` of each image of
+    the first (when not shuffled) and of the second, in their order). k None: every image, none held out.
+    Every fit of the loop reads one decoded copy of the folder (`cache` as make_dataset's, of all the files)."""
+    folds = np.asarray(folds, np.int32)
+    order = np.random.default_rng(0).permutation(len(files))  # classes mixed, as a training partition's
+    everything = tf.data.Dataset.zip((decoded(file_list(files.subset(order), binary), preprocessing, cache),
+                                      tf.data.Dataset.from_tensor_slices(folds[order])))
+
+    def in_folds(keep, count: int) -> tf.data.Dataset:
+        def kept(example, fold):
+            return keep(fold)
+
+        def image_and_label(example, fold):
+            return example
+
+        # The count told, so Keras knows an epoch's steps from the first epoch on.
+        return everything.filter(kept).map(image_and_label).apply(tf.data.experimental.assert_cardinality(count))
+
+    def datasets(k, batch_size: int, drop_remainder: bool = False, shuffle: bool = True) -> tuple:
+        held = -1 if k is None else k
+        training, held_out = order[folds[order] != held], order[folds[order] == held]
+        return (batched(in_folds(lambda fold: fold != held, len(training)), batch_size,
+                        shuffle_seed=shuffle_seed if shuffle else None,
+                        buffer=shuffle_buffer(len(training), preprocessing, cache), drop_remainder=drop_remainder),
+                batched(in_folds(lambda fold: fold == held, len(held_out)), batch_size), training, held_out)
+
+    return datasets
+
+
+def file_list(files: Files, binary: bool, mixed: bool = False) -> tf.data.Dataset:
+    """(path, label) of each file. mixed: in a fixed permutation, so a training partition (listed class by
+    class) gives a bounded shuffle every class at once, and the order a disk cache holds depends only on its
+    file list (its key)."""
+    paths, labels = files.paths, files.labels
+    if mixed:
+        order = np.random.default_rng(0).permutation(len(paths))
+        paths, labels = [paths[i] for i in order], [labels[i] for i in order]
+    return tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string),
+                                               tf.constant(labels, tf.float32 if binary else tf.int32)))
+
+
+def decoded(file_dataset: tf.data.Dataset, preprocessing: images.Preprocessing, cache=None) -> tf.data.Dataset:
+    """(image, label) of each (path, label), decoded by the one preprocessing, kept in `cache` if any."""
+    dataset = file_dataset.map(lambda path, label: (preprocessing.load(path), label),
+                               num_parallel_calls=tf.data.AUTOTUNE)
     if cache == "memory":
-        dataset = dataset.cache()
-    elif cache:
-        dataset = dataset.cache(str(cache))
-    if shuffle_seed is not None and cache == "memory":
-        # The buffer holds the cached tensors themselves (shared, not copied): a full shuffle costs no memory.
-        dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
-    elif shuffle_seed is not None and cache:
-        # Images read back from disk are fresh copies: bound the buffer so a dataset larger than memory fits.
-        buffer = max(1, min(len(paths), SHUFFLE_BUFFER_BYTES // image_bytes(preprocessing.image_size)))
+        return dataset.cache()
+    return dataset.cache(str(cache)) if cache else dataset
+
+
+def shuffle_buffer(count: int, preprocessing: images.Preprocessing, cache) -> int:
+    """A memory cache's buffer holds the cached tensors themselves (shared, not copied): all of them cost no
+    memory. Images read back from a disk cache are fresh copies: bounded, so a dataset larger than memory fits."""
+    if cache == "memory" or not cache:
+        return max(1, count)
+    return max(1, min(count, SHUFFLE_BUFFER_BYTES // image_bytes(preprocessing.image_size)))
+
+
+def batched(dataset: tf.data.Dataset, batch_size: int, *, shuffle_seed=None, buffer: int = 1,
+            drop_remainder: bool = False) -> tf.data.Dataset:
+    if shuffle_seed is not None and buffer > 1:
         dataset = dataset.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 

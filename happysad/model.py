@@ -393,6 +393,11 @@ def pooled_output(network: keras.Model) -> keras.Model:
     return keras.Model(network.input, network.get_layer("pool").output, name="pooled")
 
 
+def output_layer_input(network: keras.Model) -> keras.Model:
+    """image -> what the network's output layer reads: the features "fits no class" measures."""
+    return keras.Model(network.inputs, network.get_layer("prediction").input)
+
+
 def set_head(network: keras.Model, coefficients: np.ndarray, intercepts: np.ndarray) -> None:
     """Write a scikit-learn logistic regression (coef_, intercept_) into the network's output layer: one row
     of coefficients for the second class's sigmoid, one per class for the softmax."""

@@ -148,8 +148,9 @@ def image_grid_figure(pixels, titles, colors=None, columns: int = 4, title: str 
     return figure
 
 
-def curves_figure(history: dict) -> Figure:
-    """One panel per metric Keras logged (loss, accuracy, ...), training against validation."""
+def curves_figure(history: dict, held_out: str = "validation") -> Figure:
+    """One panel per metric Keras logged (loss, accuracy, ...), training against validation (or what else
+    `held_out` names: the folds of a cross-validation)."""
     names = [name for name in ("loss", "accuracy", "precision", "recall", "auc") if history.get(name)]
     columns = min(3, len(names))
     rows = -(-len(names) // columns)
@@ -161,7 +162,7 @@ def curves_figure(history: dict) -> Figure:
         epochs = range(1, len(history[name]) + 1)
         axis.plot(epochs, history[name], label="train")
         if history.get(f"val_{name}"):
-            axis.plot(range(1, len(history[f"val_{name}"]) + 1), history[f"val_{name}"], label="validation")
+            axis.plot(range(1, len(history[f"val_{name}"]) + 1), history[f"val_{name}"], label=held_out)
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(matplotlib_ticker.MaxNLocator(integer=True))
         axis.set_title(name)
@@ -170,8 +171,8 @@ def curves_figure(history: dict) -> Figure:
     return figure
 
 
-def plot_curves(history: dict, path) -> None:
-    Path(path).write_bytes(png_bytes(curves_figure(history)))
+def plot_curves(history: dict, path, held_out: str = "validation") -> None:
+    Path(path).write_bytes(png_bytes(curves_figure(history, held_out)))
 
 
 PAGE = """<!doctype html>

@@ -11,7 +11,9 @@ A run folder `logs/<run>/` holds (run names as TensorBoard shows them):
 - `<run>`: the hyper-parameters for the HParams dashboard (`tensorboard.plugins.hparams.api`) and, after
   training, what the run measured as scalars `cross_validation/<metric>` (out of fold) and `test/<metric>`
   (a held-out partition), so the HParams table compares runs on them. A head fitted by cross-validation on
-  stored features has no epochs: its run folder holds only these.
+  stored features has no epochs: its run folder holds only these. A CNN trained after K fits on folds has no
+  validation run; `<run>/folds` holds instead the folds' pooled held-out `epoch_loss` after each epoch, beside
+  the training loss, with the epoch count chosen where it is lowest.
 - `<run>/evaluate[-<folder>]`: what `python -m happysad.evaluate` measured: scalars, pictures, PR curve.
 """
 import dataclasses
@@ -67,6 +69,16 @@ def write_measured(run_dir, run_metrics: dict, step: int = 0) -> None:
         for kind in ("cross_validation", "test"):
             if kind in run_metrics:
                 write_scalars(run_metrics[kind], step, kind)
+    writer.close()
+
+
+def write_held_out_curve(run_dir, losses) -> None:
+    """The folds' pooled held-out log loss after each epoch, as `epoch_loss` of the run `<run>/folds`, so
+    TensorBoard draws it beside the training loss Keras writes."""
+    writer = tf.summary.create_file_writer(str(Path(run_dir) / "folds"))
+    with writer.as_default():
+        for epoch, loss in enumerate(losses):
+            tf.summary.scalar("epoch_loss", loss, step=epoch)
     writer.close()
 
 

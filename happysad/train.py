@@ -80,6 +80,8 @@ def read_folder(config: TrainConfig) -> Folder:
 def train(config: TrainConfig) -> dict:
     if config.cross_validate:
         return train_with_folds(config)
+    if config.folds_on_images:
+        return train_images_with_folds(config)
     return train_on_partitions(config)
 
 
@@ -165,6 +167,147 @@ def train_with_folds(config: TrainConfig) -> dict:
     save_run(network, run_record, config, f"trained on all {len(files)} photos")
     return {"record": run_record, "measurement": measurement, "run_dir": run_dir, "network": network, "head": head,
             "scaling": choice.scaling, "features": feature_sets[choice.features][:len(files)]}
+
+
+def train_images_with_folds(config: TrainConfig) -> dict:
+    """The CNN: K fits on images, each on every fold but one and scoring that one after every epoch; the epoch
+    count and the calibration chosen inside the loop (crossval.epochs_cross_validated); then the network
+    trained on every photo (but a --holdout partition) for the epochs chosen on all folds."""
+    started = time.time()
+    setup = distribute.make(config.strategy)
+    precision = distribute.set_precision(config.mixed_precision)
+    if setup.replicas > 1:
+        print(setup.describe())
+    keras.utils.set_random_seed(config.seed)
+    folder = read_folder(config)
+    class_names, binary = folder.class_names, models.is_binary(len(folder.class_names))
+    group_of = dict(zip(folder.files.paths, folder.groups))
+    if config.holdout:
+        files, test = data.hold_out(folder.files, config.holdout, config.seed, folder.groups, class_names)
+    else:
+        files, test = folder.files, data.Files([], [])
+    copies = near_copy_lists(folder.files, folder.groups, config.data)
+    print_partitions(copies, "fold", {"training": files, **({"holdout": test} if len(test) else {})}, class_names)
+    labels = np.asarray(files.labels, int)
+    folds = data.make_folds(labels, [group_of[path] for path in files.paths], config.folds, config.seed,
+                            class_names)
+    preprocessing = config.preprocessing()
+    fold_data = data.fold_datasets(files, folds, preprocessing, binary=binary, shuffle_seed=config.seed,
+                                   cache=cache.choose_caches(config.cache, {"train": files}, preprocessing)["train"])
+    global_batch = setup.global_batch(config.batch_size)
+
+    def new_network():
+        with setup.strategy.scope():
+            return models.compile_model(
+                models.build(config.arch, len(class_names), preprocessing.image_size, augment=config.augment,
+                             dropout=config.dropout, weights=config.weights),
+                len(class_names), config.learning_rate, jit=config.jit)
+
+    def fit(network, k, epochs, fit_callbacks, verbose):
+        count = len(files) - int(np.sum(folds == k))
+        training = distribute.training_input(setup, config.batch_size, count, lambda batch_size, drop: fold_data(
+            k, batch_size, drop)[0])
+        class_weight = (data.class_weights(labels[folds != k], len(class_names)) if config.class_weights
+                        else None)
+        with data.undecodable_explained(files.paths, preprocessing, config.data):
+            distribute.fit(network, setup, training, None, epochs=epochs, callbacks=fit_callbacks,
+                           class_weight=class_weight, verbose=verbose)
+
+    # -- measure: K fits, each fold scored after every epoch by the network that never saw it ----------------
+    curves, fold_networks = [], []
+    for k in range(config.folds):
+        network = new_network()
+        if k == 0:
+            network.summary(print_fn=print)
+        held = folds == k
+        _, held_out, _, order = fold_data(k, global_batch)
+        curve = callbacks.HeldOutCurve(held_out, labels[held], order)
+        mark = time.time()
+        fit(network, k, config.epochs, [curve, *callbacks.fold_stopping(config.patience)], verbose=0)
+        curves.append(np.stack(curve.probabilities))
+        losses = [crossval.log_loss(labels[held], found) for found in curve.probabilities]
+        print(f"fold {k + 1}/{config.folds}: {len(losses)} epochs on {len(files) - int(held.sum())} images in "
+              f"{time.time() - mark:.0f} s; its {int(held.sum())} images' lowest log loss {min(losses):.3f}, "
+              f"after epoch {int(np.argmin(losses)) + 1}")
+        fold_networks.append(network)
+    measurement = crossval.epochs_cross_validated(curves, labels, folds, config.arch, config.threshold)
+    cross_validated = measurement.summary(labels, class_names)
+    choice = measurement.final
+    pooled = [loss for _, loss in sorted(measurement.scores.items())]
+    warn_if_nothing_learnt({"val_loss": pooled})
+    print(f"chosen on every fold: {choice.epochs} epochs (the lowest pooled held-out log loss, "
+          f"{min(pooled):.3f}), {scaling_text(choice.scaling, len(class_names))}")
+    print(cross_validation_line(cross_validated, class_names))
+
+    # -- the saved network: trained on every photo for the chosen epochs, with TensorBoard -------------------
+    run_dir = run_folder(config.logdir, config.run_name) if setup.is_chief else distribute.scratch_folder(setup)
+    hyperparameters = {**config.hyperparameters(), "data": config.data, "strategy": setup.name,
+                       "replicas": setup.replicas, "global_batch_size": global_batch, "precision": precision,
+                       "epochs_chosen": choice.epochs, "calibration": choice.scaling.to_record()}
+    history = keras.callbacks.History()
+    network = new_network()
+    mark = time.time()
+    fit(network, None, choice.epochs,
+        [callbacks.EpochTiming(len(files)),
+         *callbacks.tensorboard(run_dir, hyperparameters, files, None, [], class_names, preprocessing, config.seed),
+         history], verbose=2)
+    train_seconds = time.time() - mark
+    summaries.write_held_out_curve(run_dir, pooled)
+    calibration.apply_to_network(network, choice.scaling)
+    model_metrics = {"cross_validation": cross_validated, "train_seconds": train_seconds,
+                     "epoch_seconds": history.history["epoch_seconds"],
+                     "fold_epochs": [len(curve) for curve in curves], "seconds": time.time() - started}
+    if len(test):
+        tested = metrics.class_probabilities(network.predict(data.make_dataset(
+            test, preprocessing, global_batch, binary=binary), verbose=0))
+        model_metrics["test"] = metrics.summarize(test.labels, tested, class_names, choice.threshold)
+        print(test_line(model_metrics["test"], class_names))
+    summaries.write_measured(run_dir, model_metrics, step=choice.epochs - 1)
+    reports.plot_curves({**history.history, "val_loss": pooled}, run_dir / "curves.png",
+                        held_out="held-out folds, pooled")
+
+    run_record = record.Record(
+        class_names=class_names,
+        preprocessing=preprocessing,
+        threshold=choice.threshold,
+        calibration={**choice.scaling.to_record(), "fitted_on": "out-of-fold predictions",
+                     "unsure_band": config.unsure_band},
+        domain=folds_domain(fold_networks, network, fold_data, labels, global_batch, len(class_names),
+                            config.far_share).to_record(),
+        seed=config.seed,
+        data_dir=str(Path(config.data).resolve()),
+        split={"train": data.relative(files, config.data), "validation": [], "test": data.relative(test, config.data)},
+        near_copies=copies,
+        metrics=model_metrics,
+        history={key: [float(value) for value in values] for key, values in history.history.items()},
+        hyperparameters=hyperparameters,
+        config=config.to_record(),
+        run_dir=str(run_dir),
+        created=datetime.datetime.now().isoformat(timespec="seconds"),
+    )
+    if not setup.is_chief:
+        print(f"worker {setup.worker_index}: done; the chief saves the model and the logs")
+        return {"record": run_record, "measurement": measurement, "run_dir": None}
+    save_run(network, run_record, config, f"trained on all {len(files)} photos for {choice.epochs} epochs")
+    return {"record": run_record, "measurement": measurement, "run_dir": run_dir, "network": network,
+            "history": history.history}
+
+
+def folds_domain(fold_networks: list, network, fold_data, labels, batch_size: int, num_classes: int,
+                 far_share: float) -> marks.Domain:
+    """Fits no class for the network trained on every photo after K fits: the centres of its features (what the
+    output layer reads) of every photo, and the limit from each photo's distance to the centres of the fold
+    network that never saw it. The K networks learnt by the same recipe from nearly the same photos, so their
+    distances stand for the saved network's on a photo it never saw."""
+    held_out = np.zeros(len(labels))
+    for k, fold_network in enumerate(fold_networks):
+        training, fold, seen, order = fold_data(k, batch_size, shuffle=False)
+        reader = models.output_layer_input(fold_network)
+        centres = marks.class_centres(reader.predict(training, verbose=0), labels[seen], num_classes)
+        held_out[order] = marks.distances(reader.predict(fold, verbose=0), centres)
+    everything, _, seen, _ = fold_data(None, batch_size, shuffle=False)
+    vectors = models.output_layer_input(network).predict(everything, verbose=0)
+    return marks.Domain(marks.class_centres(vectors, labels[seen], num_classes), marks.far_limit(held_out, far_share))
 
 
 def backbone_features(config: TrainConfig, files: data.Files, digests: dict) -> dict:
@@ -258,7 +401,7 @@ def train_on_partitions(config: TrainConfig) -> dict:
     folder = read_folder(config)
     class_names, files, digests, groups = folder.class_names, folder.files, folder.digests, folder.groups
     preprocessing = config.preprocessing()
-    parts = data.split(files, config.split, config.seed, groups=groups)
+    parts = data.split(files, config.partition_split, config.seed, groups=groups)
     copies = near_copy_lists(files, groups, config.data)
     binary = models.is_binary(len(class_names))
     print_partitions(copies, "partition", parts, class_names)
@@ -468,7 +611,7 @@ def partition_domain(network, parts, preprocessing, batch_size: int, num_classes
                      far_share: float) -> marks.Domain:
     """The centres of the training images' features (what the output layer reads), and the distance limit
     from the validation images, which the network never trained on."""
-    reader = keras.Model(network.inputs, network.get_layer("prediction").input)
+    reader = models.output_layer_input(network)
 
     def vectors(name):
         dataset = data.make_dataset(parts[name], preprocessing, batch_size, binary=models.is_binary(num_classes))

@@ -102,13 +102,14 @@ def test_the_hyperparameters_are_the_marked_settings_and_change_with_them_alone(
     assert not {"model", "logdir", "resume", "jit", "cache", "run_name"} & marked
     assert TrainConfig.build(model="elsewhere.h5", jit=True).hyperparameters() == base.hyperparameters()
     assert TrainConfig.build(epochs=3).hyperparameters()["epochs"] == 3
-    assert base.hyperparameters()["split"] == [0.7, 0.2, 0.1]  # as JSON keeps it
+    assert TrainConfig.build(split="0.8,0.1,0.1").hyperparameters()["split"] == [0.8, 0.1, 0.1]  # as JSON keeps it
+    assert base.hyperparameters()["split"] is None and base.folds_on_images  # the CNN cross-validates by default
 
 
 def test_the_record_form_is_every_setting_as_json_keeps_it():
-    written = TrainConfig.build(data="photos").to_record()
+    written = TrainConfig.build(data="photos", split=(0.6, 0.2, 0.2)).to_record()
     assert set(written) == {f.name for f in dataclasses.fields(TrainConfig)}
-    assert written["split"] == [0.7, 0.2, 0.1] and written["data"] == "photos"
+    assert written["split"] == [0.6, 0.2, 0.2] and written["data"] == "photos"
 
 
 def test_review_shares_trains_feature_settings_and_takes_the_folder_first():

@@ -77,3 +77,53 @@ def test_near_copies_never_score_each_other():
 def test_joined_features_are_each_unit_length_side_by_side():
     per_backbone = {"a": np.array([[3.0, 4.0]]), "b": np.array([[0.0, 2.0, 0.0]])}
     np.testing.assert_allclose(crossval.joined(per_backbone, ["a", "b"]), [[0.6, 0.8, 0.0, 1.0, 0.0]], atol=1e-7)
+
+
+def fold_curves(labels, folds, best_epoch, epochs=8, seed=0):
+    """Per fold, (epochs, its images, 2) probabilities whose log loss is lowest after best_epoch[k] (1-based):
+    right with confidence rising to that epoch and falling after it."""
+    rng = np.random.default_rng(seed)
+    curves = []
+    for k, best in enumerate(best_epoch):
+        held = labels[folds == k]
+        noise = rng.uniform(-0.05, 0.05, len(held))
+        steps = []
+        for epoch in range(1, (epochs[k] if isinstance(epochs, list) else epochs) + 1):
+            right = np.clip(0.9 - 0.06 * abs(epoch - best) + noise, 0.05, 0.95)
+            p = np.where(held == 1, right, 1 - right)
+            steps.append(np.stack([1 - p, p], axis=1))
+        curves.append(np.stack(steps))
+    return curves
+
+
+def test_each_fold_is_scored_after_the_epochs_the_other_folds_chose():
+    """The epoch count is a choice made from the data: the fold it scores has no say in it."""
+    labels = np.repeat([0, 1], 30)
+    folds = data.make_folds(labels, None, 3, seed=0)
+    curves = fold_curves(labels, folds, best_epoch=[2, 6, 6])
+    measurement = crossval.epochs_cross_validated(curves, labels, folds)
+    assert [choice.epochs for choice in measurement.fold_choices] == [6, 4, 4]  # fold 0 alone peaks at 2
+    for k, choice in enumerate(measurement.fold_choices):
+        held = folds == k
+        np.testing.assert_allclose(measurement.uncalibrated[held], curves[k][choice.epochs - 1])
+        others = np.concatenate([curves[j][choice.epochs - 1] for j in range(3) if j != k])
+        expected = calibration.fit(others, np.concatenate([labels[folds == j] for j in range(3) if j != k]))
+        assert (choice.scaling.scale, choice.scaling.shift) == pytest.approx((expected.scale, expected.shift))
+        assert choice.penalty is None and choice.features == "cnn"
+        np.testing.assert_allclose(measurement.probabilities[held],
+                                   calibration.apply(choice.scaling, curves[k][choice.epochs - 1]))
+    assert measurement.final.epochs == 6  # on every fold: what the network trained on every photo takes
+    pooled = [measurement.scores[("cnn", epoch)] for epoch in range(1, 9)]
+    assert int(np.argmin(pooled)) + 1 == 6
+    summary = measurement.summary(labels, ["happy", "sad"])
+    assert summary["count"] == 60 and summary["choice"]["epochs"] == 6
+    assert summary["candidates"][0] == {"features": "cnn", "epochs": 1, "log_loss": pooled[0]}
+
+
+def test_a_fold_that_stopped_early_counts_its_last_epoch_after_it():
+    labels = np.repeat([0, 1], 30)
+    folds = data.make_folds(labels, None, 3, seed=0)
+    curves = fold_curves(labels, folds, best_epoch=[7, 7, 2], epochs=[8, 8, 3])
+    measurement = crossval.epochs_cross_validated(curves, labels, folds)
+    assert measurement.fold_choices[2].epochs == 7
+    np.testing.assert_allclose(measurement.uncalibrated[folds == 2], curves[2][-1])

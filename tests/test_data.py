@@ -226,3 +226,62 @@ def test_holdout_is_stratified_and_shares_no_near_copy_with_the_rest():
     assert test.count_per_class(2) in ([10, 10], [10, 12], [12, 10])
     group_of = dict(zip(files.paths, groups))
     assert not {group_of[p] for p in rest.paths} & {group_of[p] for p in test.paths}
+
+
+def test_each_fold_trains_on_the_other_folds_and_scores_its_own(tmp_path):
+    """Every image of the folder is a flat grey of its own level, so what a dataset yields names its files."""
+    paths, labels = [], []
+    for i in range(24):
+        folder = tmp_path / ("happy" if i % 2 else "sad")
+        folder.mkdir(exist_ok=True)
+        paths.append(str(folder / f"{i:02d}.png"))
+        labels.append(i % 2)
+        cv2.imwrite(paths[-1], np.full((8, 8, 3), 10 * i, np.uint8))
+    files = data.Files(paths, labels)
+    folds = data.make_folds(labels, None, 3, seed=0)
+    datasets = data.fold_datasets(files, folds, images.Preprocessing(8), binary=True, shuffle_seed=1,
+                                  cache="memory")
+
+    def levels(dataset):
+        return [int(round(float(image[0, 0, 0]) * 255 / 10)) for batch, _ in dataset for image in batch]
+
+    for k in range(3):
+        training, held_out, seen, order = datasets(k, 5)
+        assert sorted(levels(training)) == sorted(np.flatnonzero(folds != k).tolist())
+        assert levels(held_out) == order.tolist() and sorted(order) == np.flatnonzero(folds == k).tolist()
+        assert [label for _, batch in held_out for label in batch.numpy()] == [labels[i] for i in order]
+        assert levels(training) != levels(training)  # reshuffled every epoch
+        in_order, _, seen, _ = datasets(k, 5, shuffle=False)
+        assert levels(in_order) == seen.tolist()
+    everything, nothing, seen, _ = datasets(None, 5, drop_remainder=True)
+    assert len(levels(everything)) == 20 and not levels(nothing)  # 24 images: 4 full batches of 5
+
+
+def test_the_held_out_curve_gives_back_each_folds_probabilities_in_file_order(tmp_path):
+    """The held-out batches come in the cache's mixed order; the curve puts them back in file order, so each
+    probability lands on its own photo. A network whose output rises with the grey level shows where each went."""
+    from happysad import callbacks
+    from happysad.runtime import keras
+
+    paths, labels = [], []
+    for i in range(12):
+        paths.append(str(tmp_path / f"{i:02d}.png"))
+        labels.append(i % 2)
+        cv2.imwrite(paths[-1], np.full((8, 8, 3), 20 * i, np.uint8))
+    folds = data.make_folds(labels, None, 3, seed=0)
+    datasets = data.fold_datasets(data.Files(paths, labels), folds, images.Preprocessing(8), binary=True,
+                                  shuffle_seed=1, cache="memory")
+    network = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
+                                keras.layers.Dense(1, activation="sigmoid")])
+    network.set_weights([np.full((3, 1), 4.0, np.float32), np.array([-2.0], np.float32)])
+    for k in range(3):
+        _, held_out, _, order = datasets(k, 3)
+        assert order.tolist() != sorted(order)  # mixed: the curve has something to put back
+        curve = callbacks.HeldOutCurve(held_out, np.asarray(labels)[folds == k], order)
+        curve.set_model(network)
+        logs = {}
+        curve.on_epoch_end(0, logs)
+        grey = 20 * np.flatnonzero(folds == k) / 255
+        expected = 1 / (1 + np.exp(-(12 * grey - 2)))
+        np.testing.assert_allclose(curve.probabilities[0][:, 1], expected, rtol=1e-5)
+        assert logs["val_loss"] > 0 and 0 <= logs["val_accuracy"] <= 1

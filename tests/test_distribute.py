@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from happysad import classifier, data, distribute, metrics, record, train
+from conftest import PARTITIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = "32"
@@ -107,7 +108,7 @@ def test_clear_errors_for_multiworker_without_tf_config_and_cpu_mixed_precision(
                                                                                 capsys):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     common = ["--data", str(faces_dir), "--epochs", "1", "--image-size", SIZE, "--model", str(tmp_path / "m.h5"),
-              "--logdir", str(tmp_path / "logs")]
+              "--logdir", str(tmp_path / "logs"), *PARTITIONS]
     with pytest.raises(SystemExit, match="happysad.train: error: --strategy multiworker needs the TF_CONFIG"):
         train.main(common + ["--strategy", "multiworker"])
     if not tf.config.list_physical_devices("GPU"):
@@ -125,7 +126,7 @@ from happysad import train
 data, out, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 # No augmentation or dropout: their random draws differ between one device and two replicas.
 common = ["--data", data, "--epochs", "2", "--image-size", "%s", "--seed", "5", "--logdir", out + "/logs",
-          "--no-augment", "--dropout", "0"]
+          "--no-augment", "--dropout", "0", "--split", "0.7,0.2,0.1"]
 train.main(common + ["--strategy", "default", "--batch-size", str(batch), "--model", out + "/default.h5"])
 train.main(common + ["--strategy", "mirrored", "--batch-size", str(batch // 2), "--model", out + "/mirrored.h5"])
 """ % SIZE
@@ -168,7 +169,7 @@ def test_multiworker_two_processes_chief_saves_a_working_model(faces_dir, tmp_pa
         workers.append(python(
             ["-m", "happysad.train", "--data", str(faces_dir), "--epochs", str(epochs), "--image-size", SIZE,
              "--batch-size", "32", "--strategy", "multiworker", "--model", str(out / "models" / "happysad.h5"),
-             "--logdir", str(out / "logs"), "--run-name", "run", "--cache", "none"], out,
+             "--logdir", str(out / "logs"), "--run-name", "run", "--cache", "none", *PARTITIONS], out,
             env={"TF_CONFIG": json.dumps(tf_config(ports, index)), "TMPDIR": str(out / "tmp")}))
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     for w, output in zip(workers, outputs):

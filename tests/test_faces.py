@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from happysad import classifier, data, evaluate, faces, images, predict, record, sample, train
+from conftest import PARTITIONS
 
 pytestmark = pytest.mark.slow  # whole module: its fixtures train or start a server (tens of seconds)
 
@@ -92,7 +93,7 @@ def faces_model(tmp_path_factory):
     sample.write_faces(root / "data", per_class=10, size=64, seed=3)
     model_path = root / "models" / "happysad.h5"
     train.main(["--data", str(root / "data"), "--epochs", "1", "--image-size", "32", "--batch-size", "8",
-                "--faces", "--model", str(model_path), "--logdir", str(root / "logs"), "--run-name", "faces"])
+                "--faces", "--model", str(model_path), "--logdir", str(root / "logs"), "--run-name", "faces", *PARTITIONS])
     return model_path
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from happysad import classifier, data, images, metrics, model as models, predict, record, sample, train
-from conftest import SHARED_WEIGHTS
+from conftest import PARTITIONS, SHARED_WEIGHTS
 
 SIZE = models.MIN_IMAGE_SIZE
 # keras.applications' own preprocess_input for each backbone: the layers inside our models must match them.
@@ -197,7 +197,8 @@ def imbalanced(tmp_path_factory):
     result = train.train(train.parse_args([
         "--data", str(root / "data"), "--epochs", "8", "--image-size", "32", "--batch-size", "16",
         "--augment", "--dropout", "0.3", "--patience", "2", "--checkpoint", "--learning-rate", "3e-3",
-        "--model", str(model_path), "--logdir", str(root / "logs"), "--run-name", "imbalanced", "--seed", "4"]))
+        "--model", str(model_path), "--logdir", str(root / "logs"), "--run-name", "imbalanced", "--seed", "4",
+        *PARTITIONS]))
     return {"model": model_path, "data": root / "data", **result}
 
 

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import PLAIN_CNN
+from conftest import PARTITIONS, PLAIN_CNN
 
 from happysad import classifier, evaluate, predict, record, sample, train
 
@@ -18,6 +18,7 @@ def three_classes(tmp_path_factory):
     sample.write_faces(root / "data", per_class=100, size=48, seed=11, classes=CLASSES)
     model_path = root / "models" / "happysad.h5"
     train.main(["--data", str(root / "data"), "--epochs", "25", "--image-size", "48", "--batch-size", "16", *PLAIN_CNN,
+                *PARTITIONS,
                 "--model", str(model_path), "--logdir", str(root / "logs"), "--run-name", "three", "--seed", "5"])
     return {"model": model_path, "data": root / "data", "root": root}
 

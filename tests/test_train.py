@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from happysad import classifier, data, record, sample, train
+from conftest import PARTITIONS
 from happysad.files import sha256
 
 
@@ -127,7 +128,7 @@ def test_a_killed_run_resumes_at_its_next_epoch_with_the_same_split(tmp_path, fa
     model_path = tmp_path / "m.h5"
     flags = ["--data", str(faces_dir), "--epochs", "4", "--image-size", "32", "--batch-size", "64",
              "--model", str(model_path), "--logdir", str(tmp_path / "logs"), "--run-name", "killed",
-             "--patience", "3", "--seed", "5"]
+             "--patience", "3", "--seed", "5", *PARTITIONS]
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH, *flags], capture_output=True, text=True,
                             cwd=tmp_path, env={**os.environ, "KILL_AFTER_EPOCH": "1"})
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -187,13 +188,13 @@ def test_a_killed_fine_tuning_resumes_after_the_head_with_every_epoch_in_the_rec
 
 @pytest.mark.slow
 def test_resume_with_nothing_to_resume_is_a_clear_error_and_a_leftover_is_named(tmp_path, faces_dir, capsys):
-    message = run_train(["--data", str(faces_dir), "--model", str(tmp_path / "m.h5"), "--resume"], capsys)
+    message = run_train(["--data", str(faces_dir), "--model", str(tmp_path / "m.h5"), "--resume", *PARTITIONS], capsys)
     assert "no interrupted run to continue" in message
     leftover = tmp_path / ".m.h5.resume"
     leftover.mkdir()
     (leftover / "state.json").write_text("{}")
     train.main(["--data", str(faces_dir), "--model", str(tmp_path / "m.h5"), "--epochs", "1", "--image-size", "32",
-                "--logdir", str(tmp_path / "logs")])
+                "--logdir", str(tmp_path / "logs"), *PARTITIONS])
     assert "holds the backup of an interrupted run; starting over" in capsys.readouterr().out
     assert not leftover.exists()
 
@@ -222,7 +223,9 @@ def test_the_closing_line_gives_each_class_recall_and_the_threshold():
     (["--arch", "mobilenet", "--epochs", "3", "--resume"], "--epochs, --resume: for fits on images"),
     (["--arch", "auto", "--weights", "x_notop.h5"], "--weights must be imagenet"),
     (["--arch", "mobilenet+cnn"], "choose cnn, auto, or one or more of"),
-    (["--holdout", "0.2"], "--holdout applies to a pretrained backbone"),
+    (["--split", "0.7,0.2,0.1", "--holdout", "0.2"], "--holdout applies to cross-validation"),
+    (["--resume"], "--resume: for one fit on partitions"),
+    (["--checkpoint", "--strategy", "multiworker"], "--checkpoint, --strategy multiworker: for one fit on partitions"),
     (["--arch", "mobilenet", "--holdout", "0.6"], "--holdout must be 0 or from 0.05 to 0.5"),
     (["--arch", "auto", "--fine-tune", "3"], "--fine-tune opens the top of one backbone"),
 ])
@@ -230,3 +233,66 @@ def test_cross_validation_options_are_checked_in_one_line(argv, message, capsys)
     with pytest.raises(SystemExit):
         train.parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def cnn_on_folds(tmp_path_factory, faces_dir):
+    """The CNN's default: 3 fits on folds, then one on every photo but a 20 % holdout."""
+    root = tmp_path_factory.mktemp("cnn-folds")
+    result = train.train(train.parse_args([
+        "--data", str(faces_dir), "--folds", "3", "--epochs", "20", "--patience", "0", "--holdout", "0.2",
+        "--image-size", "48", "--batch-size", "16", "--no-augment", "--dropout", "0", "--model", str(root / "m.h5"),
+        "--logdir", str(root / "logs"), "--run-name", "folds", "--seed", "2"]))
+    return {"model": root / "m.h5", "run_dir": root / "logs" / "folds", **result}
+
+
+def epoch_steps(folder, tag="epoch_loss"):
+    steps = set()
+    for event_file in folder.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            if any(value.tag == tag for value in event.summary.value):
+                steps.add(event.step)
+    return steps
+
+
+@pytest.mark.slow
+def test_the_cnn_measures_itself_on_every_photo_and_saves_a_network_trained_on_all_of_them(cnn_on_folds, faces_dir):
+    saved = record.read(cnn_on_folds["model"])
+    chosen = cnn_on_folds["measurement"].final.epochs
+    files, _ = data.list_images(faces_dir, saved.class_names)
+    assert saved.split["validation"] == [] and len(saved.split["test"]) == 60
+    assert sorted(saved.split["train"] + saved.split["test"]) == sorted(data.relative(files, faces_dir))
+    measured = saved.metrics["cross_validation"]
+    assert measured["count"] == 240 and measured["folds"] == 3 and measured["choice"]["epochs"] == chosen
+    assert saved.metrics["fold_epochs"] == [20, 20, 20]  # no early stopping: every fold ran every epoch
+    assert saved.calibration["fitted_on"] == "out-of-fold predictions"
+    # The saved network trained on all 240 photos for the epochs the folds chose, and no more.
+    assert len(saved.history["loss"]) == chosen == saved.hyperparameters["epochs_chosen"]
+    assert epoch_steps(cnn_on_folds["run_dir"] / "train") == set(range(chosen))
+    assert epoch_steps(cnn_on_folds["run_dir"] / "folds") == set(range(max(saved.metrics["fold_epochs"])))
+    assert not (cnn_on_folds["run_dir"] / "validation").exists()
+    # What the record says about the holdout is what the saved model does there.
+    model = classifier.load(cnn_on_folds["model"])
+    paths = [faces_dir / p for p in saved.split["test"]]
+    labels = [saved.class_names.index(p.split("/")[0]) for p in saved.split["test"]]
+    probabilities = model.probabilities(np.stack([model.load_image(p) for p in paths]))
+    assert np.mean(probabilities.argmax(axis=1) == labels) == pytest.approx(saved.metrics["test"]["accuracy"])
+    # It learnt (0.71 and 0.70 here): chance is 0.5, and 0.6 is 2.5 standard deviations above it on 60 photos.
+    assert measured["accuracy"] > 0.6 and saved.metrics["test"]["accuracy"] > 0.6
+    domain = saved.domain
+    assert domain["limit"] > 0 and np.asarray(domain["centres"]).shape[1] == 256  # what the output layer reads
+
+
+@pytest.mark.slow
+def test_the_cnn_prints_its_cross_validated_figure_and_what_it_chose(tmp_path, faces_dir, capsys):
+    small = tmp_path / "data"
+    for name in ("happy", "sad"):
+        (small / name).mkdir(parents=True)
+        for path in sorted((faces_dir / name).iterdir())[:15]:
+            (small / name / path.name).write_bytes(path.read_bytes())
+    train.main(["--data", str(small), "--folds", "3", "--epochs", "2", "--image-size", "32", "--model",
+                str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs")])
+    out = capsys.readouterr().out
+    assert out.count("fold ") >= 3 and "fold 3/3: 2 epochs on 20 images" in out
+    assert "cross-validated accuracy" in out and "on all 30 photos, each scored by a model that never saw it" in out
+    assert "trained on all 30 photos for" in out and (tmp_path / "m.h5").exists()
