@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import crossval, images, metrics, reports, summaries
+from happysad import crossval, images, metrics, model as models, reports, summaries
 from happysad.files import write_atomic
 from happysad.runtime import keras, tf
 
@@ -110,7 +110,7 @@ class HeldOutCurve(keras.callbacks.Callback):
         self.probabilities = []
 
     def on_epoch_end(self, epoch, logs=None):
-        found = metrics.class_probabilities(self.model.predict(self.dataset, verbose=0))[self.back]
+        found = metrics.class_probabilities(models.outputs(self.model, self.dataset))[self.back]
         self.probabilities.append(found)
         if logs is not None:
             logs["val_loss"] = crossval.log_loss(self.labels, found)

@@ -393,6 +393,12 @@ def pooled_output(network: keras.Model) -> keras.Model:
     return keras.Model(network.input, network.get_layer("pool").output, name="pooled")
 
 
+def outputs(network: keras.Model, batches) -> np.ndarray:
+    """The network's outputs for every image of (image, label) batches, in inference mode. Called eagerly, not
+    through `predict`: a cross-validation builds a network per fold, and each `predict` traces a graph anew."""
+    return np.concatenate([np.asarray(network(images, training=False)) for images, _ in batches])
+
+
 def output_layer_input(network: keras.Model) -> keras.Model:
     """image -> what the network's output layer reads: the features "fits no class" measures."""
     return keras.Model(network.inputs, network.get_layer("prediction").input)

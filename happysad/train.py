@@ -303,10 +303,10 @@ def folds_domain(fold_networks: list, network, fold_data, labels, batch_size: in
     for k, fold_network in enumerate(fold_networks):
         training, fold, seen, order = fold_data(k, batch_size, shuffle=False)
         reader = models.output_layer_input(fold_network)
-        centres = marks.class_centres(reader.predict(training, verbose=0), labels[seen], num_classes)
-        held_out[order] = marks.distances(reader.predict(fold, verbose=0), centres)
+        centres = marks.class_centres(models.outputs(reader, training), labels[seen], num_classes)
+        held_out[order] = marks.distances(models.outputs(reader, fold), centres)
     everything, _, seen, _ = fold_data(None, batch_size, shuffle=False)
-    vectors = models.output_layer_input(network).predict(everything, verbose=0)
+    vectors = models.outputs(models.output_layer_input(network), everything)
     return marks.Domain(marks.class_centres(vectors, labels[seen], num_classes), marks.far_limit(held_out, far_share))
 
 
