@@ -196,3 +196,26 @@ def test_multiworker_two_processes_chief_saves_a_working_model(faces_dir, tmp_pa
     test_lines = [[line for line in output.splitlines() if line.startswith("test (")] for output in outputs]
     assert test_lines[0] == test_lines[1] and len(test_lines[0]) == 1
     assert record.read(chief / "models" / "happysad.h5").model_sha256
+
+
+MIRRORED_FOLDS = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from happysad import train
+data, out = sys.argv[1], sys.argv[2]
+train.main(["--data", data, "--folds", "3", "--epochs", "2", "--image-size", "%s", "--batch-size", "16",
+            "--strategy", "mirrored", "--model", out + "/m.h5", "--logdir", out + "/logs"])
+""" % SIZE
+
+
+@pytest.mark.slow
+def test_the_cnns_fits_on_folds_run_mirrored_over_two_devices(faces_dir, tmp_path):
+    process = python(["-c", MIRRORED_FOLDS, str(faces_dir), str(tmp_path)], tmp_path)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output[-3000:]
+    assert "strategy mirrored: 2 replica(s)" in output and "fold 3/3: 2 epochs on 200 images" in output
+    saved = record.read(tmp_path / "m.h5")
+    assert (saved.hyperparameters["replicas"], saved.hyperparameters["global_batch_size"]) == (2, 32)
+    assert saved.metrics["cross_validation"]["count"] == 300 and saved.metrics["fold_epochs"] == [2, 2, 2]
