@@ -48,9 +48,12 @@ KERAS_NAMES = {"mobilenet_1.0_imagenet_notop_converted.h5": "mobilenet_1_0_224_t
                "fer2013_mini_xception_emotion.hdf5": "fer2013_mini_xception_emotion.hdf5"}
 CONFIGS = {
     # The design card / tutorial: three-block CNN, 256 px, 20 epochs, nothing else.
-    "card": ["--arch", "cnn", "--image-size", "256", "--epochs", "20", *PLAIN],
+    "card": ["--arch", "cnn", "--split", "0.7,0.2,0.1", "--image-size", "256", "--epochs", "20", *PLAIN],
     # train's defaults: the card's network with augmentation and dropout, at 128 px, early stopping.
     "default": ["--arch", "cnn"],
+    # The CNN measured by one fit on partitions (train's default before release 0.7), and by 3 folds, not 5.
+    "cnn-partitions": ["--arch", "cnn", "--split", "0.7,0.2,0.1"],
+    "cnn-folds3": ["--arch", "cnn", "--folds", "3"],
     "default-t05": ["--arch", "cnn", "--threshold", "0.5"],
     **{arch: ["--arch", arch, "--weights", "{weights_dir}/" + name] for arch, name in WEIGHTS.items()},
     # Keras' imagenet weights, from the KERAS_HOME cache.

@@ -79,9 +79,10 @@ class FeatureConfig:
     faces: bool = setting(False, "crop each image to its largest face (OpenCV), the whole image when none is "
                                  "found")
     seed: int = setting(defaults.SEED, "same seed and data: same split, folds and initialisation")
-    folds: int = setting(5, "K-fold cross-validation, every photo scored by a model that never saw it: a pretrained "
-                            "backbone's head, with the penalty and backbone choices inside it; the CNN, K fits on "
-                            "images with the epoch count chosen inside it", metavar="K")
+    folds: int = setting(None, "K-fold cross-validation, every photo scored by a model that never saw it: a "
+                               "pretrained backbone's head, with the penalty and backbone choices inside it; the "
+                               "CNN, K fits on images with the epoch count chosen inside it", recipe=True,
+                         metavar="K")
     cache: str = setting("auto", "decoded-image and backbone-feature cache: auto (features on disk; images in "
                                  "memory if they fit in half the free RAM, else on disk), memory, disk[:PATH] "
                                  f"(default PATH {cache.DEFAULT_CACHE_DIR}) or none")
@@ -147,7 +148,7 @@ class FeatureConfig:
         if self.image_size is not None and self.image_size < models.MIN_IMAGE_SIZE:
             yield (f"`image_size` must be at least {models.MIN_IMAGE_SIZE} (smaller images vanish in the networks' "
                    "pooling)")
-        if self.folds < 3:
+        if self.folds is not None and self.folds < 3:
             yield "`folds` must be at least 3 (each fold's choices are made on the other folds)"
         if not cache.valid_setting(self.cache):
             yield f"`cache` must be {cache.SETTINGS}, got {self.cache!r}"

@@ -179,9 +179,10 @@ AUTO_BACKBONES = ("mobilenet", EXPRESSION)
 class Recipe:
     """train's defaults for one --arch: what measured best on real web photos (see the README).
 
-    A pretrained backbone uses only image_size and fine_tune unless it fine-tunes (its head is cross-validated,
-    happysad.crossval); with --fine-tune, epochs and patience count the first stage's head epochs on stored
-    features, views the stored views it trains on, and augment applies to the fine-tuning.
+    A pretrained backbone uses only image_size, folds and fine_tune unless it fine-tunes (its head is
+    cross-validated, happysad.crossval); with --fine-tune, epochs and patience count the first stage's head
+    epochs on stored features, views the stored views it trains on, and augment applies to the fine-tuning.
+    folds: the K of the cross-validation; for the CNN, K fits on images (and one more on every photo).
     """
 
     image_size: int
@@ -191,6 +192,7 @@ class Recipe:
     augment: bool = True
     views: int = 1
     fine_tune: int = 0
+    folds: int = 5
 
 
 RECIPES = {"cnn": Recipe(image_size=128, epochs=60), **{arch: Recipe(image_size=224) for arch in BACKBONES}}
