@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import crossval, images, metrics, model as models, reports, summaries
+from happysad import images, metrics, model as models, reports, summaries
 from happysad.files import write_atomic
 from happysad.runtime import keras, tf
 
@@ -20,13 +20,6 @@ def stopping(patience: int) -> list:
                                           verbose=1),
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=max(1, patience // 2),
                                               min_lr=1e-6, verbose=1)]
-
-
-def fold_stopping(patience: int) -> list:
-    """A cross-validation fold's fit ends after `patience` epochs without a lower held-out loss: every epoch
-    it ran is scored (HeldOutCurve), so it keeps its weights as they are. No learning-rate reduction: the
-    network trained on every photo afterwards, with nothing held out, could not repeat it."""
-    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)] if patience else []
 
 
 class ResumeState(keras.callbacks.Callback):
@@ -99,22 +92,17 @@ class EpochTiming(keras.callbacks.Callback):
 
 
 class HeldOutCurve(keras.callbacks.Callback):
-    """A cross-validation fold's own images scored after every epoch of the fit on the other folds. Their
-    probabilities are kept, in file order (`probabilities`: epochs × images × classes: what
-    crossval.epochs_cross_validated chooses the epoch count from), and their log loss and accuracy go into the
-    epoch's logs as val_loss and val_accuracy, which early stopping watches. Put it before early stopping."""
+    """A cross-validation fold's own images scored after every epoch of the fit on the other folds: their
+    probabilities, in file order (`probabilities`: epochs × images × classes), what
+    crossval.epochs_cross_validated chooses the epoch count from."""
 
-    def __init__(self, dataset, labels, order):
+    def __init__(self, dataset, order):
         super().__init__()
-        self.dataset, self.labels, self.back = dataset, np.asarray(labels, int), np.argsort(order)
+        self.dataset, self.back = dataset, np.argsort(order)
         self.probabilities = []
 
     def on_epoch_end(self, epoch, logs=None):
-        found = metrics.class_probabilities(models.outputs(self.model, self.dataset))[self.back]
-        self.probabilities.append(found)
-        if logs is not None:
-            logs["val_loss"] = crossval.log_loss(self.labels, found)
-            logs["val_accuracy"] = float(np.mean(metrics.predicted_labels(found) == self.labels))
+        self.probabilities.append(metrics.class_probabilities(models.outputs(self.model, self.dataset))[self.back])
 
 
 class TrainingSummaries(keras.callbacks.Callback):

@@ -188,8 +188,10 @@ class TrainConfig(FeatureConfig):
                              images_only=True)
     class_weights: bool = setting(True, "weigh each class by n_images / (n_classes * its count) in the training "
                                         "partition", images_only=True)
-    patience: int = setting(None, "stop after N epochs without a lower validation loss and keep the best "
-                                  "epoch's weights; the learning rate drops 5x after N/2 such epochs (0: off)",
+    patience: int = setting(None, "on partitions: stop after N epochs without a lower validation loss and keep "
+                                  "the best epoch's weights; the learning rate drops 5x after N/2 such epochs. On "
+                                  "folds: each fold's fit after the first ends N epochs past the lowest pooled "
+                                  "loss of the folds before it (0: off, every fit runs every epoch)",
                             recipe=True, hyper=True, images_only=True, metavar="N")
     threshold: str = setting("auto", "two classes: the decision threshold on the second class's calibrated "
                                      "probability; auto: 0.5, where the classes' probabilities meet, so the label "
@@ -259,8 +261,9 @@ class TrainConfig(FeatureConfig):
                    f"({models.keras_cache_folder()}): `weights` must be imagenet")
         if several and self.fine_tune:
             yield f"`fine_tune` opens the top of one backbone: name one (`arch` {models.AUTO_BACKBONES[0]})"
-        if self.holdout and not (self.cross_validate or self.folds_on_images):
-            yield "`holdout` applies to cross-validation; training on partitions keeps a test partition by `split`"
+        if (self.holdout or "folds" in given) and not (self.cross_validate or self.folds_on_images):
+            yield (f"`{'holdout' if self.holdout else 'folds'}` applies to cross-validation; training on partitions "
+                   "(`split`, `fine_tune`) keeps a validation and a test partition")
         if self.folds_on_images:
             partitions_only = [f"`{name}`" for name in ("resume", "checkpoint") if getattr(self, name)]
             partitions_only += ["`strategy` multiworker"] if self.strategy == "multiworker" else []

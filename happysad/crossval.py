@@ -174,37 +174,45 @@ def cross_validate(feature_sets: dict, labels, folds, penalties=PENALTIES, thres
 
 def epochs_cross_validated(curves: list, labels, folds, features: str = "cnn", threshold="auto") -> Measurement:
     """Cross-validation of a fit on images. curves[k]: (epochs, images of fold k, classes) probabilities that
-    fold k's network, trained on the other folds, gave its own fold after each epoch; a fold stopped early keeps
-    its last epoch's for the epochs after. The epoch count is chosen without the fold it scores: the epoch after
-    which the other folds' pooled log loss was lowest, with the calibration fitted to their probabilities then.
-    The final choice, on every fold, is what the network trained on every photo uses. `scores` holds that
-    pooled log loss after each epoch ({(features, epochs): loss})."""
+    fold k's network, trained on the other folds, gave its own fold after each epoch (`after`). The epoch count
+    is chosen without the fold it scores: the epoch after which the other folds' pooled log loss was lowest,
+    with the calibration fitted to their probabilities then. The final choice, on every fold, is what the
+    network trained on every photo uses. `scores` holds that pooled log loss after each epoch ({(features,
+    epochs): loss})."""
     labels, folds = np.asarray(labels, int), np.asarray(folds, int)
     n_folds, n_classes = len(curves), int(labels.max()) + 1
-    longest = max(len(curve) for curve in curves)
-
-    def after(k, epoch):
-        return np.asarray(curves[k][min(epoch, len(curves[k]) - 1)], np.float64)
-
-    # Each fold's summed log loss after each epoch: pooled over any set of folds by adding rows.
-    summed = np.array([[log_loss(labels[folds == k], after(k, epoch)) * np.sum(folds == k)
-                        for epoch in range(longest)] for k in range(n_folds)])
 
     def choose(outer):
         inner = [k for k in range(n_folds) if k != outer]
         rows = np.isin(folds, inner)
-        pooled = summed[inner].sum(axis=0) / rows.sum()
+        pooled = pooled_losses(curves, labels, folds, inner)
         epoch = int(np.argmin(pooled))
         probabilities = np.zeros((len(labels), n_classes))
         for k in inner:
-            probabilities[folds == k] = after(k, epoch)
+            probabilities[folds == k] = after(curves[k], epoch)
         scaling = calibration.fit(probabilities[rows], labels[rows])
         choice = Choice(features, None, decision_threshold(threshold, n_classes), scaling, epochs=epoch + 1)
         return choice, {(features, e + 1): float(loss) for e, loss in enumerate(pooled)}
 
     final, scores = choose(None)
-    return out_of_fold_measurement(choose, lambda choice, k: after(k, choice.epochs - 1), labels, folds, final,
-                                   scores)
+    return out_of_fold_measurement(choose, lambda choice, k: after(curves[k], choice.epochs - 1), labels, folds,
+                                   final, scores)
+
+
+def after(curve, epoch: int) -> np.ndarray:
+    """A fold's probabilities after epoch `epoch` (0-based): after its last one for a fold whose fit ended
+    sooner (train gives each fold but the first as many epochs as the folds before it found useful)."""
+    return np.asarray(curve[min(epoch, len(curve) - 1)], np.float64)
+
+
+def pooled_losses(curves: list, labels, folds, which) -> np.ndarray:
+    """The log loss after each epoch of the folds `which` (indices into curves, whose fold ids they are),
+    pooled over their images."""
+    labels, folds = np.asarray(labels, int), np.asarray(folds, int)
+    longest = max(len(curves[k]) for k in which)
+    summed = np.array([[log_loss(labels[folds == k], after(curves[k], epoch)) * np.sum(folds == k)
+                        for epoch in range(longest)] for k in which])
+    return summed.sum(axis=0) / np.isin(folds, list(which)).sum()
 
 
 def out_of_fold_measurement(choose, held_out, labels, folds, final: Choice, scores: dict) -> Measurement:

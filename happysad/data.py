@@ -301,8 +301,9 @@ def decoded(file_dataset: tf.data.Dataset, preprocessing: images.Preprocessing, 
 
 def shuffle_buffer(count: int, preprocessing: images.Preprocessing, cache) -> int:
     """A memory cache's buffer holds the cached tensors themselves (shared, not copied): all of them cost no
-    memory. Images read back from a disk cache are fresh copies: bounded, so a dataset larger than memory fits."""
-    if cache == "memory" or not cache:
+    memory. Images read back from a disk cache, or decoded anew, are fresh copies: bounded, so a dataset larger
+    than memory fits."""
+    if cache == "memory":
         return max(1, count)
     return max(1, min(count, SHUFFLE_BUFFER_BYTES // image_bytes(preprocessing.image_size)))
 

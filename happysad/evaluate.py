@@ -249,8 +249,12 @@ def build_figures(target_name: str, scores: Scores, model: classifier.Classifier
              f"p({names[m.predicted]})={m.probability:.2f}" for m in scores.mistakes],
             colors=["firebrick"] * len(scores.mistakes),
             title="worst mistakes (highest loss first)" + (", with where the model looked" if model.can_explain else ""))
-    if history.get("loss"):
+    if history.get("loss") and "val_loss" in history:
         figures["training_curves"] = reports.curves_figure(history)
+    elif history.get("loss"):  # a CNN trained after K fits: its folds' pooled held-out loss, in the metrics
+        held_out = model.record.metrics.get("held_out_loss", [])
+        figures["training_curves"] = reports.curves_figure({**history, "val_loss": held_out},
+                                                           held_out="held-out folds, pooled")
     return figures
 
 

@@ -3,9 +3,11 @@
 A pretrained backbone (--arch mobilenet, a '+' list, or auto): folder → near-copy groups → backbone features,
 stored once per image → nested cross-validation of a logistic-regression head (happysad.crossval): every photo
 scored by a head that never saw it nor its near copies → the same choices on every photo → models/happysad.h5
-+ models/happysad.json. The CNN, and fine-tuning: folder → leak-free split (file lists) → cached tf.data
-pipelines → fit with TensorBoard → test metrics on the held-out partition → the same files. Either way a run
-folder logs/<run>/ gets TensorBoard events and a copy of the record.
++ models/happysad.json. The CNN: folder → near-copy groups → folds → one cached tf.data decode → a fit per
+fold, its fold scored after every epoch → the epoch count and calibration chosen out of fold → a fit on every
+photo with TensorBoard → the same files. With --split, and to fine-tune: folder → leak-free split (file lists)
+→ cached tf.data pipelines → fit with TensorBoard → test metrics on the held-out partition → the same files.
+Every way, a run folder logs/<run>/ gets TensorBoard events and a copy of the record.
 """
 import argparse
 import datetime
@@ -207,22 +209,23 @@ def train_images_with_folds(config: TrainConfig) -> dict:
                            class_weight=class_weight, verbose=verbose)
 
     # -- measure: K fits, each fold scored after every epoch by the network that never saw it ----------------
-    curves, fold_networks = [], []
+    curves, widening = [], []
     for k in range(config.folds):
         network = new_network()
         if k == 0:
             network.summary(print_fn=print)
         held = folds == k
         _, held_out, _, order = fold_data(k, global_batch)
-        curve = callbacks.HeldOutCurve(held_out, labels[held], order)
+        curve = callbacks.HeldOutCurve(held_out, order)
         mark = time.time()
-        fit(network, k, config.epochs, [curve, *callbacks.fold_stopping(config.patience)], verbose=0)
+        fit(network, k, fold_epochs(config, curves, labels, folds), [curve], verbose=0)
         curves.append(np.stack(curve.probabilities))
         losses = [crossval.log_loss(labels[held], found) for found in curve.probabilities]
         print(f"fold {k + 1}/{config.folds}: {len(losses)} epochs on {len(files) - int(held.sum())} images in "
               f"{time.time() - mark:.0f} s; its {int(held.sum())} images' lowest log loss {min(losses):.3f}, "
               f"after epoch {int(np.argmin(losses)) + 1}")
-        fold_networks.append(network)
+        widening.append(domain_widening(network, fold_data, k, labels, global_batch, len(class_names),
+                                        config.far_share))
     measurement = crossval.epochs_cross_validated(curves, labels, folds, config.arch, config.threshold)
     cross_validated = measurement.summary(labels, class_names)
     choice = measurement.final
@@ -233,8 +236,8 @@ def train_images_with_folds(config: TrainConfig) -> dict:
     print(cross_validation_line(cross_validated, class_names))
 
     # -- the saved network: trained on every photo for the chosen epochs, with TensorBoard -------------------
-    run_dir = run_folder(config.logdir, config.run_name) if setup.is_chief else distribute.scratch_folder(setup)
-    hyperparameters = {**config.hyperparameters(), "data": config.data, "strategy": setup.name,
+    run_dir = run_folder(config.logdir, config.run_name)  # one machine: multiworker trains on partitions
+    hyperparameters = {**config.hyperparameters(), "folds": config.folds, "data": config.data, "strategy": setup.name,
                        "replicas": setup.replicas, "global_batch_size": global_batch, "precision": precision,
                        "epochs_chosen": choice.epochs, "calibration": choice.scaling.to_record()}
     history = keras.callbacks.History()
@@ -244,12 +247,13 @@ def train_images_with_folds(config: TrainConfig) -> dict:
         [callbacks.EpochTiming(len(files)),
          *callbacks.tensorboard(run_dir, hyperparameters, files, None, [], class_names, preprocessing, config.seed),
          history], verbose=2)
-    train_seconds = time.time() - mark
+    final_seconds = time.time() - mark
     summaries.write_held_out_curve(run_dir, pooled)
     calibration.apply_to_network(network, choice.scaling)
-    model_metrics = {"cross_validation": cross_validated, "train_seconds": train_seconds,
-                     "epoch_seconds": history.history["epoch_seconds"],
-                     "fold_epochs": [len(curve) for curve in curves], "seconds": time.time() - started}
+    model_metrics = {"cross_validation": cross_validated, "train_seconds": time.time() - started,
+                     "final_fit_seconds": final_seconds, "epoch_seconds": history.history["epoch_seconds"],
+                     "fold_epochs": [len(curve) for curve in curves], "held_out_loss": pooled,
+                     "domain_widening": widening}
     if len(test):
         tested = metrics.class_probabilities(network.predict(data.make_dataset(
             test, preprocessing, global_batch, binary=binary), verbose=0))
@@ -263,44 +267,53 @@ def train_images_with_folds(config: TrainConfig) -> dict:
         config, run_dir,
         class_names=class_names,
         preprocessing=preprocessing,
-        domain=folds_domain(fold_networks, network, fold_data, labels, global_batch, len(class_names),
-                            config.far_share).to_record(),
+        domain=saved_domain(network, fold_data, labels, global_batch, len(class_names), config.far_share,
+                            widening).to_record(),
         **cross_validated_fields(config, choice, files, test),
         near_copies=copies,
         metrics=model_metrics,
         history={key: [float(value) for value in values] for key, values in history.history.items()},
         hyperparameters=hyperparameters,
     )
-    if not setup.is_chief:
-        print(f"worker {setup.worker_index}: done; the chief saves the model and the logs")
-        return {"record": run_record, "measurement": measurement, "run_dir": None}
     save_run(network, run_record, config, f"trained on all {len(files)} photos for {choice.epochs} epochs")
     return {"record": run_record, "measurement": measurement, "run_dir": run_dir, "network": network,
-            "history": history.history}
+            "history": history.history, "curves": curves}
 
 
-def folds_domain(fold_networks: list, network, fold_data, labels, batch_size: int, num_classes: int,
-                 far_share: float) -> marks.Domain:
-    """Fits no class for the network trained on every photo after K fits: the centres of its features (what the
-    output layer reads) of every photo, and a limit that stands for photos it never saw. Its own photos lie
-    closer to its centres than unseen ones would; by how much, each fold network shows on its own fold against
-    the photos it trained on. The limit is the saved network's own (marks.far_limit of its photos' distances)
-    times the median of those ratios: each ratio compares distances within one network, where they mean the
-    same (across networks they do not: the limit taken from the fold networks' distances alone marked 0 to 15 %
-    of unseen web photos from one split to the next)."""
-    ratios = []
-    for k, fold_network in enumerate(fold_networks):
-        training, fold, seen, _ = fold_data(k, batch_size, shuffle=False)
-        reader = models.output_layer_input(fold_network)
-        vectors = models.outputs(reader, training)
-        centres = marks.class_centres(vectors, labels[seen], num_classes)
-        ratios.append(marks.far_limit(marks.distances(models.outputs(reader, fold), centres), far_share)
-                      / marks.far_limit(marks.distances(vectors, centres), far_share))
+def fold_epochs(config: TrainConfig, curves: list, labels, folds) -> int:
+    """How many epochs the next fold's fit runs. The first runs all of --epochs; each later one --patience
+    epochs past the lowest pooled log loss of the folds before it. So no fold's own photos decide when its fit
+    ends, and where the folds are scored (crossval.epochs_cross_validated) owes nothing to their own labels."""
+    if not curves or not config.patience:
+        return config.epochs
+    pooled = crossval.pooled_losses(curves, labels, folds, range(len(curves)))
+    return min(config.epochs, int(np.argmin(pooled)) + 1 + config.patience)
+
+
+def domain_widening(fold_network, fold_data, k: int, labels, batch_size: int, num_classes: int,
+                    far_share: float) -> float:
+    """How much farther from a fold network's class centres its own fold's photos lie than the photos it
+    trained on: the ratio of their marks.far_limit. A ratio compares distances within one network, where they
+    mean the same (across networks they do not: a limit taken from the fold networks' distances alone marked
+    0 to 15 % of unseen web photos from one split to the next)."""
+    training, fold, seen, _ = fold_data(k, batch_size, shuffle=False)
+    reader = models.output_layer_input(fold_network)
+    vectors = models.outputs(reader, training)
+    centres = marks.class_centres(vectors, labels[seen], num_classes)
+    return (marks.far_limit(marks.distances(models.outputs(reader, fold), centres), far_share)
+            / marks.far_limit(marks.distances(vectors, centres), far_share))
+
+
+def saved_domain(network, fold_data, labels, batch_size: int, num_classes: int, far_share: float,
+                 widening: list) -> marks.Domain:
+    """Fits no class for the network trained on every photo: the centres of its features (what the output
+    layer reads) of every photo, and its own limit on them widened by the median of the fold networks'
+    `domain_widening`, so that it stands for photos it never saw."""
     everything, _, seen, _ = fold_data(None, batch_size, shuffle=False)
     vectors = models.outputs(models.output_layer_input(network), everything)
     centres = marks.class_centres(vectors, labels[seen], num_classes)
-    own = marks.far_limit(marks.distances(vectors, centres), far_share)
-    return marks.Domain(centres, float(own * np.median(ratios)))
+    limit = marks.far_limit(marks.distances(vectors, centres), far_share) * float(np.median(widening))
+    return marks.Domain(centres, limit)
 
 
 def backbone_features(config: TrainConfig, files: data.Files, digests: dict) -> dict:
@@ -414,6 +427,7 @@ def train_on_partitions(config: TrainConfig) -> dict:
     network.summary(print_fn=print)
     hyperparameters = {**config.hyperparameters(), "data": config.data,
                        "weights": config.weights if config.arch != "cnn" else None, "class_weight": class_weight,
+                       "split": list(config.partition_split),
                        "strategy": setup.name,
                        "replicas": setup.replicas, "global_batch_size": setup.global_batch(config.batch_size),
                        "precision": precision}

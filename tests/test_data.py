@@ -277,11 +277,9 @@ def test_the_held_out_curve_gives_back_each_folds_probabilities_in_file_order(tm
     for k in range(3):
         _, held_out, _, order = datasets(k, 3)
         assert order.tolist() != sorted(order)  # mixed: the curve has something to put back
-        curve = callbacks.HeldOutCurve(held_out, np.asarray(labels)[folds == k], order)
+        curve = callbacks.HeldOutCurve(held_out, order)
         curve.set_model(network)
-        logs = {}
-        curve.on_epoch_end(0, logs)
+        curve.on_epoch_end(0)
         grey = 20 * np.flatnonzero(folds == k) / 255
         expected = 1 / (1 + np.exp(-(12 * grey - 2)))
         np.testing.assert_allclose(curve.probabilities[0][:, 1], expected, rtol=1e-5)
-        assert logs["val_loss"] > 0 and 0 <= logs["val_accuracy"] <= 1

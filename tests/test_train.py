@@ -224,6 +224,7 @@ def test_the_closing_line_gives_each_class_recall_and_the_threshold():
     (["--arch", "auto", "--weights", "x_notop.h5"], "--weights must be imagenet"),
     (["--arch", "mobilenet+cnn"], "choose cnn, auto, or one or more of"),
     (["--split", "0.7,0.2,0.1", "--holdout", "0.2"], "--holdout applies to cross-validation"),
+    (["--split", "0.7,0.2,0.1", "--folds", "4"], "--folds applies to cross-validation"),
     (["--resume"], "--resume: for one fit on partitions"),
     (["--checkpoint", "--strategy", "multiworker"], "--checkpoint, --strategy multiworker: for one fit on partitions"),
     (["--arch", "mobilenet", "--holdout", "0.6"], "--holdout must be 0 or from 0.05 to 0.5"),
@@ -279,8 +280,17 @@ def test_the_cnn_measures_itself_on_every_photo_and_saves_a_network_trained_on_a
     assert np.mean(probabilities.argmax(axis=1) == labels) == pytest.approx(saved.metrics["test"]["accuracy"])
     # It learnt (0.71 and 0.70 here): chance is 0.5, and 0.6 is 2.5 standard deviations above it on 60 photos.
     assert measured["accuracy"] > 0.6 and saved.metrics["test"]["accuracy"] > 0.6
-    domain = saved.domain
-    assert domain["limit"] > 0 and np.asarray(domain["centres"]).shape[1] == 256  # what the output layer reads
+    # Fits no class: the saved network's own limit on its photos, widened as the fold networks measured.
+    from happysad import marks, model as models
+
+    reader = models.output_layer_input(model.network)
+    pixels = np.stack([model.load_image(faces_dir / p) for p in saved.split["train"]])
+    vectors = reader.predict(pixels, verbose=0)
+    domain = marks.Domain.from_record(saved.domain)
+    own = marks.far_limit(marks.distances(vectors, domain.centres))
+    assert domain.centres.shape[1] == 256 and len(saved.metrics["domain_widening"]) == 3
+    assert domain.limit == pytest.approx(own * np.median(saved.metrics["domain_widening"]), rel=1e-4)
+    assert np.mean(marks.distances(vectors, domain.centres) > domain.limit) <= marks.FAR_SHARE
 
 
 @pytest.mark.slow
@@ -296,3 +306,20 @@ def test_the_cnn_prints_its_cross_validated_figure_and_what_it_chose(tmp_path, f
     assert out.count("fold ") >= 3 and "fold 3/3: 2 epochs on 20 images" in out
     assert "cross-validated accuracy" in out and "on all 30 photos, each scored by a model that never saw it" in out
     assert "trained on all 30 photos for" in out and (tmp_path / "m.h5").exists()
+
+
+def test_each_fold_after_the_first_runs_patience_epochs_past_the_lowest_loss_of_the_folds_before_it():
+    """No fold's own photos decide where its fit ends: the first runs every epoch, the others as long as the
+    folds before them found useful."""
+    from happysad.config import TrainConfig
+
+    labels = np.repeat([0, 1], 6)
+    folds = np.tile([0, 1, 2], 4)
+    confidence = [0.6, 0.7, 0.8, 0.9, 0.8, 0.7, 0.6]  # fold 0's loss is lowest after epoch 4
+    right = np.array([[c] * 4 for c in confidence])
+    first = np.stack([np.stack([1 - p, p], axis=1) for p in np.where(labels[folds == 0] == 1, right, 1 - right)])
+    config = TrainConfig.build(epochs=30, patience=3)
+    assert train.fold_epochs(config, [], labels, folds) == 30
+    assert train.fold_epochs(config, [first], labels, folds) == 4 + 3
+    assert train.fold_epochs(TrainConfig.build(epochs=30, patience=0), [first], labels, folds) == 30
+    assert train.fold_epochs(TrainConfig.build(epochs=5, patience=3), [first], labels, folds) == 5
