@@ -195,8 +195,8 @@ class Recipe:
     folds: int = 5
 
 
-# The CNN's 3 folds: on web photos its printed figure ran 1.6 points below the unseen accuracy (1.8 on average
-# either way) in 216 s, against +1.0 (2.3) in 390 s for 5 folds and +2.2 (3.8) in 43 s for one fit on partitions
+# The CNN's 3 folds: on web photos its printed figure ran 1.6 points below the unseen accuracy (1.6 on average
+# either way) in 233 s, against +1.0 (2.3) in 390 s for 5 folds and +2.2 (3.8) in 43 s for one fit on partitions
 # (README, "The CNN measures itself on every photo").
 RECIPES = {"cnn": Recipe(image_size=128, epochs=60, folds=3), **{arch: Recipe(image_size=224) for arch in BACKBONES}}
 
