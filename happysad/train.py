@@ -277,7 +277,7 @@ def train_images_with_folds(config: TrainConfig) -> dict:
     )
     save_run(network, run_record, config, f"trained on all {len(files)} photos for {choice.epochs} epochs")
     return {"record": run_record, "measurement": measurement, "run_dir": run_dir, "network": network,
-            "history": history.history, "curves": curves}
+            "history": history.history}
 
 
 def fold_epochs(config: TrainConfig, curves: list, labels, folds) -> int:
