@@ -36,10 +36,11 @@ def small_dir(tmp_path_factory):
     return folder
 
 
-def run(folder, weights, out, *extra, arch="mobilenet025"):
+def run(folder, weights, out, *extra, arch="mobilenet025", folds=3):
+    """train on folder; folds None for fine-tuning, which trains on partitions."""
     return train.train(train.parse_args([
         "--data", str(folder), "--arch", arch, "--weights", str(weights), "--image-size", str(SIZE),
-        "--folds", "3", "--model", str(out / "m.h5"), "--logdir", str(out / "logs"),
+        *(["--folds", str(folds)] if folds else []), "--model", str(out / "m.h5"), "--logdir", str(out / "logs"),
         "--cache", f"disk:{out.parent / 'cache'}", *extra]))
 
 
@@ -132,7 +133,7 @@ def test_a_second_run_never_runs_the_backbone(small_dir, weights_file, tmp_path,
 @pytest.mark.slow
 def test_views_are_stored_for_training_images_only(small_dir, weights_file, tmp_path):
     result = run(small_dir, weights_file, tmp_path / "views", "--views", "4", "--fine-tune", "2",
-                 "--fine-tune-epochs", "1", "--epochs", "2")
+                 "--fine-tune-epochs", "1", "--epochs", "2", folds=None)
     saved = result["record"]
     store = cache.ArrayStore(features.FAMILY, features.extractor_id("mobilenet025", str(weights_file), images.Preprocessing(SIZE)),
                            tmp_path / "cache")
