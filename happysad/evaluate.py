@@ -251,8 +251,8 @@ def build_figures(target_name: str, scores: Scores, model: classifier.Classifier
             title="worst mistakes (highest loss first)" + (", with where the model looked" if model.can_explain else ""))
     if history.get("loss") and "val_loss" in history:
         figures["training_curves"] = reports.curves_figure(history)
-    elif history.get("loss"):  # a CNN trained after K fits: its folds' pooled held-out loss, in the metrics
-        held_out = model.record.metrics.get("held_out_loss", [])
+    elif history.get("loss"):  # a CNN trained after K fits: the folds' pooled held-out loss after each epoch
+        held_out = [c["log_loss"] for c in model.record.metrics.get("cross_validation", {}).get("candidates", [])]
         figures["training_curves"] = reports.curves_figure({**history, "val_loss": held_out},
                                                            held_out="held-out folds, pooled")
     return figures

@@ -220,7 +220,7 @@ def train_images_with_folds(config: TrainConfig) -> dict:
         mark = time.time()
         fit(network, k, fold_epochs(config, curves, labels, folds), [curve], verbose=0)
         curves.append(np.stack(curve.probabilities))
-        losses = [crossval.log_loss(labels[held], found) for found in curve.probabilities]
+        losses = crossval.pooled_losses(curves, labels, folds, [k])
         print(f"fold {k + 1}/{config.folds}: {len(losses)} epochs on {len(files) - int(held.sum())} images in "
               f"{time.time() - mark:.0f} s; its {int(held.sum())} images' lowest log loss {min(losses):.3f}, "
               f"after epoch {int(np.argmin(losses)) + 1}")
@@ -252,8 +252,7 @@ def train_images_with_folds(config: TrainConfig) -> dict:
     calibration.apply_to_network(network, choice.scaling)
     model_metrics = {"cross_validation": cross_validated, "train_seconds": time.time() - started,
                      "final_fit_seconds": final_seconds, "epoch_seconds": history.history["epoch_seconds"],
-                     "fold_epochs": [len(curve) for curve in curves], "held_out_loss": pooled,
-                     "domain_widening": widening}
+                     "fold_epochs": [len(curve) for curve in curves], "domain_widening": widening}
     if len(test):
         tested = metrics.class_probabilities(network.predict(data.make_dataset(
             test, preprocessing, global_batch, binary=binary), verbose=0))

@@ -19,6 +19,24 @@ def scalar_tags(folder):
     return tags
 
 
+def epoch_steps(folder, tag="epoch_loss"):
+    """The steps at which a run folder's events hold `tag`: the epochs TensorBoard shows."""
+    steps = set()
+    for event_file in folder.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            if any(value.tag == tag for value in event.summary.value):
+                steps.add(event.step)
+    return steps
+
+
+def copy_faces(faces_dir, folder, per_class: int) -> None:
+    """The first per_class faces of each class of faces_dir, copied into folder/<class>/."""
+    for name in ("happy", "sad"):
+        (folder / name).mkdir(parents=True)
+        for path in sorted((faces_dir / name).iterdir())[:per_class]:
+            (folder / name / path.name).write_bytes(path.read_bytes())
+
+
 def test_training_learns_and_generalises_to_new_faces(trained, tmp_path):
     """A real learning check: faces the model never saw (another generator seed) are mostly right."""
     fresh = tmp_path / "fresh"
@@ -76,10 +94,7 @@ def test_clear_errors(tmp_path, capsys):
 
 def test_undecodable_file_is_named_with_a_pointer_to_clean(tmp_path, faces_dir, capsys):
     folder = tmp_path / "data"
-    for name in ("happy", "sad"):
-        (folder / name).mkdir(parents=True)
-        for path in sorted((faces_dir / name).iterdir())[:6]:
-            (folder / name / path.name).write_bytes(path.read_bytes())
+    copy_faces(faces_dir, folder, 6)
     broken = folder / "sad" / "broken.jpg"
     broken.write_bytes((faces_dir / "sad").iterdir().__next__().read_bytes()[:200])
     message = run_train(["--data", str(folder), "--epochs", "1", "--image-size", "32",
@@ -99,12 +114,7 @@ def test_fine_tune_stage_continues_the_epoch_count(tmp_path, faces_dir):
                 "--fine-tune", "4", "--fine-tune-epochs", "2", "--image-size", "32", "--batch-size", "64",
                 "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--run-name", "ft"])
     assert len(record.read(tmp_path / "m.h5").metrics["epoch_seconds"]) == 3
-    steps = set()
-    for event_file in (tmp_path / "logs" / "ft" / "train").rglob("events.out.tfevents.*"):
-        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
-            if any(value.tag == "epoch_loss" for value in event.summary.value):
-                steps.add(event.step)
-    assert steps == {0, 1, 2}
+    assert epoch_steps(tmp_path / "logs" / "ft" / "train") == {0, 1, 2}
 
 
 KILL_AFTER_EPOCH = """
@@ -149,12 +159,7 @@ def test_a_killed_run_resumes_at_its_next_epoch_with_the_same_split(tmp_path, fa
     assert classifier.load(model_path).class_names == ["happy", "sad"]
     assert not (tmp_path / ".m.h5.resume").exists()  # the run ended: nothing is left to resume
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["killed"]  # the same TensorBoard run
-    steps = set()
-    for event_file in (tmp_path / "logs" / "killed" / "train").rglob("events.out.tfevents.*"):
-        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
-            if any(value.tag == "epoch_loss" for value in event.summary.value):
-                steps.add(event.step)
-    assert steps == {0, 1, 2, 3}
+    assert epoch_steps(tmp_path / "logs" / "killed" / "train") == {0, 1, 2, 3}
 
 
 @pytest.mark.slow
@@ -247,14 +252,6 @@ def cnn_on_folds(tmp_path_factory, faces_dir):
     return {"model": root / "m.h5", "run_dir": root / "logs" / "folds", **result}
 
 
-def epoch_steps(folder, tag="epoch_loss"):
-    steps = set()
-    for event_file in folder.rglob("events.out.tfevents.*"):
-        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
-            if any(value.tag == tag for value in event.summary.value):
-                steps.add(event.step)
-    return steps
-
 
 @pytest.mark.slow
 def test_the_cnn_measures_itself_on_every_photo_and_saves_a_network_trained_on_all_of_them(cnn_on_folds, faces_dir):
@@ -296,10 +293,7 @@ def test_the_cnn_measures_itself_on_every_photo_and_saves_a_network_trained_on_a
 @pytest.mark.slow
 def test_the_cnn_prints_its_cross_validated_figure_and_what_it_chose(tmp_path, faces_dir, capsys):
     small = tmp_path / "data"
-    for name in ("happy", "sad"):
-        (small / name).mkdir(parents=True)
-        for path in sorted((faces_dir / name).iterdir())[:15]:
-            (small / name / path.name).write_bytes(path.read_bytes())
+    copy_faces(faces_dir, small, 15)
     train.main(["--data", str(small), "--folds", "3", "--epochs", "2", "--image-size", "32", "--model",
                 str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs")])
     out = capsys.readouterr().out
@@ -323,3 +317,24 @@ def test_each_fold_after_the_first_runs_patience_epochs_past_the_lowest_loss_of_
     assert train.fold_epochs(config, [first], labels, folds) == 4 + 3
     assert train.fold_epochs(TrainConfig.build(epochs=30, patience=0), [first], labels, folds) == 30
     assert train.fold_epochs(TrainConfig.build(epochs=5, patience=3), [first], labels, folds) == 5
+
+
+@pytest.mark.slow
+def test_evaluate_draws_the_cnns_training_loss_beside_the_folds_pooled_held_out_loss(cnn_on_folds, tmp_path,
+                                                                                     monkeypatch):
+    from happysad import evaluate, reports
+
+    drawn = {}
+    original = reports.curves_figure
+
+    def curves_figure(history, held_out="validation"):
+        drawn.update(history=history, held_out=held_out)
+        return original(history, held_out)
+
+    monkeypatch.setattr(reports, "curves_figure", curves_figure)
+    evaluate.main(["--model", str(cnn_on_folds["model"]), "--out", str(tmp_path / "report")])
+    measured = cnn_on_folds["measurement"]
+    assert drawn["held_out"] == "held-out folds, pooled"
+    assert drawn["history"]["val_loss"] == [measured.scores[("cnn", epoch)] for epoch in range(1, 21)]
+    assert drawn["history"]["loss"] == record.read(cnn_on_folds["model"]).history["loss"]
+    assert (tmp_path / "report" / "training_curves.png").stat().st_size > 0
