@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,7 +242,7 @@ def load_backbone(arch: str, image_size: int, weights: str, name: str = BACKBONE
         if pretrained == "imagenet":
             raise BuildError(
                 f"cannot get the ImageNet weights for {arch} ({reason}); without network access, fetch "
-                f"{spec.weights_file} where there is one and put it in Keras' cache folder "
+                f"{file_asked_for(reason, spec.weights_file)} where there is one and put it in Keras' cache folder "
                 f"{keras_cache_folder()} (or, for one backbone, pass its path as `weights`), or train from "
                 "scratch with `weights` none") from None
         raise BuildError(f"cannot build {arch} with weights {weights}: {reason}") from None
@@ -289,6 +290,13 @@ def expression_weights_file() -> Path:
                          "(sha256 differs); put the tested one in Keras' cache folder or pass its path as `weights`")
     files.write_atomic(target, network)
     return target
+
+
+def file_asked_for(reason: str, usual: str) -> str:
+    """The weights file Keras tried to fetch, from the address its error names: for some input sizes it is not
+    the usual file (MobileNet at 160 px wants mobilenet_1_0_160_tf_no_top.h5)."""
+    address = re.search(r"https?://\S*/([^/\s:]+\.h5)", reason)
+    return address.group(1) if address else usual
 
 
 def first_line(error: Exception) -> str:

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny generated datasets and one small trained model, built once per test session."""
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,21 @@ def expression_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("expression") / "expression_network.h5"
     keras.Model(inputs, keras.layers.Activation("softmax")(x)).save(path)
     return path
+
+
+@pytest.fixture
+def offline_keras_cache(tmp_path, monkeypatch):
+    """An empty Keras cache folder ($KERAS_HOME/models) and no network: Keras asks for its weights files, by its
+    own names, and fails as it does offline. Keras reads KERAS_HOME once, when imported, so both are set."""
+    def offline(origin, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    folder = tmp_path / "keras"
+    (folder / "models").mkdir(parents=True)
+    monkeypatch.setenv("KERAS_HOME", str(folder))
+    monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", str(folder))
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
+    return folder / "models"
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ tested is the plumbing (store, keys, the head inside the saved model), not what 
 Real ImageNet weights from ../shared/weights are used where that folder is present.
 """
 import dataclasses
-import urllib.error
 from pathlib import Path
 
 import cv2
@@ -221,21 +220,8 @@ def test_three_classes_train_a_softmax_head_on_stored_features(weights_file, tmp
     assert len(saved.metrics["cross_validation"]["confusion_matrix"]) == 3
 
 
-def offline(origin, *args, **kwargs):  # the download itself fails, as where no network is reachable
-    raise urllib.error.URLError("no network")
-
-
-def keras_home(folder, monkeypatch):
-    """Point Keras' cache folder at `folder` (Keras reads KERAS_HOME once, when it is imported) with no network."""
-    (folder / "models").mkdir(parents=True, exist_ok=True)
-    monkeypatch.setenv("KERAS_HOME", str(folder))
-    monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", str(folder))
-    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
-    return folder / "models"
-
-
-def test_auto_offline_with_no_weights_is_one_line_naming_both_ways_out(small_dir, tmp_path, monkeypatch):
-    cache_folder = keras_home(tmp_path / "keras", monkeypatch)
+def test_auto_offline_with_no_weights_is_one_line_naming_both_ways_out(small_dir, tmp_path, offline_keras_cache):
+    cache_folder = offline_keras_cache
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--data", str(small_dir), "--arch", "auto", "--image-size", str(SIZE), "--folds", "3",
                     "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--cache", "none"])
@@ -250,8 +236,8 @@ def test_auto_offline_with_no_weights_is_one_line_naming_both_ways_out(small_dir
                     reason="needs ../shared/weights (pretrained weights; not part of a user's clone)")
 @pytest.mark.slow
 def test_auto_offline_uses_the_backbones_in_keras_cache_and_says_which_it_left_out(small_dir, tmp_path,
-                                                                                 monkeypatch, capsys):
-    cache_folder = keras_home(tmp_path / "keras", monkeypatch)
+                                                                                 offline_keras_cache, capsys):
+    cache_folder = offline_keras_cache
     (cache_folder / models.BACKBONES["mobilenet"].weights_file).symlink_to(
         SHARED_WEIGHTS / "mobilenet_1.0_imagenet_notop_converted.h5")
     result = train.train(train.parse_args([
@@ -277,8 +263,8 @@ def test_auto_offline_uses_the_backbones_in_keras_cache_and_says_which_it_left_o
 @pytest.mark.skipif(not (SHARED_WEIGHTS / "mobilenetv2_1.0_imagenet_notop_converted.h5").exists(),
                     reason="needs ../shared/weights (ImageNet weights; not part of a user's clone)")
 @pytest.mark.slow
-def test_two_backbones_run_as_one_saved_network_with_the_heads_probabilities(small_dir, tmp_path, monkeypatch):
-    cache_folder = keras_home(tmp_path / "keras", monkeypatch)
+def test_two_backbones_run_as_one_saved_network_with_the_heads_probabilities(small_dir, tmp_path, offline_keras_cache):
+    cache_folder = offline_keras_cache
     for arch, name in (("mobilenet", "mobilenet_1.0_imagenet_notop_converted.h5"),
                        ("mobilenetv2", "mobilenetv2_1.0_imagenet_notop_converted.h5")):
         (cache_folder / models.BACKBONES[arch].weights_file).symlink_to(SHARED_WEIGHTS / name)

@@ -72,11 +72,7 @@ def test_a_too_small_image_or_unknown_arch_is_a_weights_error():
         models.build("vgg16", 2, SIZE, weights="/no/such/file_notop.h5")
 
 
-def test_no_network_for_imagenet_weights_is_one_line_naming_the_way_out(tmp_path, monkeypatch, capsys):
-    def offline(*args, **kwargs):  # what keras.utils.get_file raises where no network is reachable
-        raise Exception("URL fetch failure on https://example.invalid/x_notop.h5: None -- no network")
-
-    monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
+def test_no_network_for_imagenet_weights_is_one_line_naming_the_way_out(tmp_path, offline_keras_cache):
     sample.write_faces(tmp_path / "data", per_class=6, size=32)  # enough for 5 folds: the weights fail first
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--data", str(tmp_path / "data"), "--arch", "vgg16", "--image-size", "32",
@@ -85,6 +81,13 @@ def test_no_network_for_imagenet_weights_is_one_line_naming_the_way_out(tmp_path
     assert message.startswith("happysad.train: error: cannot get the ImageNet weights for vgg16")
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in message and "pass its path as --weights" in message
     assert "\n" not in message and not (tmp_path / "m.h5").exists()
+
+
+def test_offline_the_message_names_the_file_keras_wants_for_that_image_size(offline_keras_cache):
+    with pytest.raises(models.BuildError) as error:  # for 160 px Keras fetches MobileNet's 160 file, not its 224 one
+        models.build("mobilenet", 2, 160)
+    assert "fetch mobilenet_1_0_160_tf_no_top.h5 where" in str(error.value)
+    assert str(offline_keras_cache) in str(error.value)
 
 
 def test_the_expression_network_sees_a_64_pixel_grey_picture_in_minus_one_to_one(expression_file):
