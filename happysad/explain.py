@@ -3,10 +3,14 @@
 Grad-CAM weighs each channel of a feature map by how much the class's logit grows with it (the gradient,
 averaged over the map) and keeps the positive sum: the regions whose features argued for that class. The feature
 maps are each backbone's output (several backbones: their maps, each resized to the picture, added up) or the
-CNN's last convolution block (a backbone reading the face crop beside the picture counts in the logit, but its
-map, which lies on the crop, is not drawn on the picture); model.evidence_models reaches them also when the backbone is nested inside the
+CNN's last convolution block; model.evidence_models reaches them also when the backbone is nested inside the
 network. The logit is computed from the output layer's own weights, so a saturated sigmoid cannot flatten the
 gradient, and the calibration written into that layer changes only the scale, never the map.
+
+A backbone that reads the face crop beside the picture (the expression network with MobileNet) has its map on
+the crop: it is drawn as a second panel, the crop to the right of the picture. Each map counts per unit of
+area (times its number of cells), and both panels share one scale, so a panel's brightness is its branch's
+share of the evidence.
 """
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ CHUNK = 16  # images whose feature maps and gradients are held at once
 
 
 def heatmaps(network, batch, classes) -> np.ndarray:
-    """(n, size, size) heatmaps in [0, 1] of the evidence for classes[i] in image i of the batch ((n, size,
-    size, channels) in [0, 1], as every stage prepares images)."""
+    """(n, size, size × panels) heatmaps in [0, 1] of the evidence for classes[i] in image i of the batch ((n,
+    size, size, channels) in [0, 1], as every stage prepares images): one panel, or two where the network reads
+    the face crop beside the picture (the picture's, then the crop's)."""
     to_maps, to_features, on_picture = models.evidence_models(network)
     kernel, bias = network.get_layer("prediction").get_weights()
     return np.concatenate([chunk_heatmaps(to_maps, to_features, on_picture, kernel, bias,
@@ -45,19 +50,25 @@ def chunk_heatmaps(to_maps, to_features, on_picture, kernel, bias, batch, classe
         total_score = tf.reduce_sum(scores)  # images are independent: each one's gradient is its own
     gradients = tape.gradient(total_score, maps)
     size = images.shape[1:3]
-    total = np.zeros((len(classes), *size), np.float32)
-    for feature_map, gradient in (pair for pair, drawn in zip(zip(maps, gradients), on_picture) if drawn):
+    panels = np.zeros((1 if all(on_picture) else 2, len(classes), *size), np.float32)
+    for feature_map, gradient, picture in zip(maps, gradients, on_picture):
         feature_map, gradient = tf.cast(feature_map, tf.float32), tf.cast(gradient, tf.float32)
         weights = tf.reduce_mean(gradient, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1, keepdims=True))
-        total += tf.image.resize(cam, size, method="bilinear").numpy()[..., 0]
+        cells = feature_map.shape[1] * feature_map.shape[2]
+        cam = tf.nn.relu(cells * tf.reduce_sum(weights * feature_map, axis=-1, keepdims=True))
+        panels[0 if picture else 1] += tf.image.resize(cam, size, method="bilinear").numpy()[..., 0]
+    total = np.concatenate(list(panels), axis=2)
     peak = total.reshape(len(classes), -1).max(axis=1).reshape(-1, 1, 1)
     return np.where(peak > 0, total / np.maximum(peak, 1e-12), 0.0)
 
 
 def overlay(image, heatmap) -> np.ndarray:
-    """The picture ((h, w, channels) in [0, 1]: its first three, the whole picture's RGB) with the heatmap laid
-    over it in the jet colours: uint8 RGB."""
+    """The picture ((h, w, channels) in [0, 1]: the whole picture's RGB, then the face crop's where the network
+    reads it beside) with the heatmap laid over it in the jet colours, the crop to the right where the heatmap
+    has two panels: uint8 RGB."""
+    image = np.asarray(image, np.float32)
+    panels = np.asarray(heatmap).shape[1] // image.shape[1]
+    picture = np.concatenate([image[..., 3 * panel:3 * panel + 3] for panel in range(panels)], axis=1)
     coloured = cv2.applyColorMap(np.uint8(255 * np.clip(heatmap, 0, 1)), cv2.COLORMAP_JET)[..., ::-1]
-    blended = (1 - OPACITY) * 255 * np.asarray(image, np.float32)[..., :3] + OPACITY * coloured
+    blended = (1 - OPACITY) * 255 * picture + OPACITY * coloured
     return np.clip(blended, 0, 255).astype(np.uint8)

@@ -69,15 +69,36 @@ def test_a_nested_imagenet_backbone_looks_at_the_square():
     assert inside.mean() > 0.7 > 2 * masks[80:].mean()
 
 
-def test_a_backbone_reading_the_face_beside_the_picture_counts_but_is_not_drawn(face_beside_network):
-    """Its map lies on the face crop, not on the picture the heatmap is drawn over: the picture's evidence alone
-    is drawn, so what the face channels hold cannot move the heatmap (each branch is made unit length before
-    the one linear layer, so the gradient at the picture's map does not depend on the face's features)."""
+def test_a_backbone_reading_the_face_beside_the_picture_is_drawn_on_the_crop(face_beside_network):
+    """The face crop's evidence is a second panel, to the right of the picture's; each panel is its own branch's
+    (what the face channels hold moves only the crop's panel, up to the shared scale), and a branch the head
+    gives no weight draws nothing."""
     network, rng = face_beside_network, np.random.default_rng(0)
     pictures = rng.uniform(0, 1, (6, 32, 32, 6)).astype(np.float32)
     other_faces = np.concatenate([pictures[..., :3], rng.uniform(0, 1, (6, 32, 32, 3))], axis=-1).astype(np.float32)
-    assert np.abs(network(pictures) - network(other_faces)).max() > 1e-4  # the face counts in the probability
-    heatmaps = explain.heatmaps(network, pictures, np.arange(6) % 2)
-    assert heatmaps.shape == (6, 32, 32) and heatmaps.max() > 0
-    np.testing.assert_allclose(explain.heatmaps(network, other_faces, np.arange(6) % 2), heatmaps, atol=1e-5)
-    assert explain.overlay(pictures[0], heatmaps[0]).shape == (32, 32, 3)
+    classes = np.arange(6) % 2
+    heatmaps = explain.heatmaps(network, pictures, classes)
+    assert heatmaps.shape == (6, 32, 64) and heatmaps[..., :32].max() > 0 and heatmaps[..., 32:].max() > 0
+    moved = explain.heatmaps(network, other_faces, classes)
+    assert np.abs(moved[..., 32:] - heatmaps[..., 32:]).max() > 0.05
+
+    def own_scale(panel):
+        return panel / np.maximum(panel.max(axis=(1, 2), keepdims=True), 1e-12)
+
+    np.testing.assert_allclose(own_scale(moved[..., :32]), own_scale(heatmaps[..., :32]), atol=1e-4)
+    kernel, bias = network.get_layer("prediction").get_weights()
+    picture_width = network.get_layer("mobilenet025_unit").output.shape[-1]
+    for silenced, drawn in ((slice(0, picture_width), slice(32, 64)), (slice(picture_width, None), slice(0, 32))):
+        muted = kernel.copy()
+        muted[silenced] = 0
+        network.get_layer("prediction").set_weights([muted, bias])
+        alone = explain.heatmaps(network, pictures, classes)
+        blank = slice(0, 32) if drawn.start else slice(32, 64)
+        assert alone[..., blank].max() == 0 and alone[..., drawn].max() > 0
+    network.get_layer("prediction").set_weights([kernel, bias])
+    image = explain.overlay(pictures[0], heatmaps[0])
+    assert image.shape == (32, 64, 3)
+    # The crop panel is the face channels under the heatmap: where the heatmap is 0, the crop shows through.
+    plain = explain.overlay(pictures[0], np.zeros((32, 64)))
+    np.testing.assert_allclose(plain[:, 32:], np.clip((1 - explain.OPACITY) * 255 * pictures[0, ..., 3:]
+                                                      + explain.OPACITY * np.array([0, 0, 128]), 0, 255), atol=1.5)

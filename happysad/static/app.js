@@ -80,6 +80,7 @@ function showPrediction(card, prediction) {
   if (prediction.heatmap) {
     const image = card.querySelector("img");
     image.src = prediction.heatmap;
+    image.classList.add("heatmap");
     image.alt = `${image.alt}: heatmap of the evidence for ${prediction.label}`;
   }
   if (prediction.unsure) card.classList.add("unsure");
