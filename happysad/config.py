@@ -81,7 +81,9 @@ class FeatureConfig:
     seed: int = setting(defaults.SEED, "same seed and data: same split, folds and initialisation")
     folds: int = setting(None, "K-fold cross-validation, every photo scored by a model that never saw it: a "
                                "pretrained backbone's head, with the penalty and backbone choices inside it; the "
-                               "CNN, K fits on images with the epoch count chosen inside it", recipe=True,
+                               "CNN, K fits on images with the epoch count chosen inside it (its recipe: "
+                               f"{models.CNN_FOLDS}, or one fit on partitions from {models.LARGE_FOLDER:,} photos "
+                               "on)", recipe=True,
                          metavar="K")
     cache: str = setting("auto", "decoded-image and backbone-feature cache: auto (features on disk; images in "
                                  "memory if they fit in half the free RAM, else on disk), memory, disk[:PATH] "
@@ -169,7 +171,8 @@ class TrainConfig(FeatureConfig):
                                   "partition that neither the cross-validation nor the saved model sees (0: every "
                                   "photo trains the saved model)", hyper=True, metavar="F")
     split: tuple = setting(None, "the CNN: train on partitions with these train,validation,test fractions instead "
-                                 "of cross-validating (fine-tuning always does; default "
+                                 "of cross-validating (fine-tuning always does, and the CNN from "
+                                 f"{models.LARGE_FOLDER:,} photos on without --folds; default "
                                  f"{','.join(map(str, PARTITION_SPLIT))})", hyper=True,
                            metavar="TRAIN,VALIDATION,TEST", parse=parse_split)
     epochs: int = setting(None, "at most this many (see --patience)", recipe=True, hyper=True, images_only=True)

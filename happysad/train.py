@@ -10,6 +10,7 @@ photo with TensorBoard → the same files. With --split, and to fine-tune: folde
 Every way, a run folder logs/<run>/ gets TensorBoard events and a copy of the record.
 """
 import argparse
+import dataclasses
 import datetime
 import itertools
 import json
@@ -83,8 +84,26 @@ def train(config: TrainConfig) -> dict:
     if config.cross_validate:
         return train_with_folds(config)
     if config.folds_on_images:
+        config = folds_by_size(config)
+    if config.folds_on_images:
         return train_images_with_folds(config)
     return train_on_partitions(config)
+
+
+def folds_by_size(config: TrainConfig) -> TrainConfig:
+    """The CNN's folds where --folds was not given: models.CNN_FOLDS, or, for a folder of models.LARGE_FOLDER
+    photos or more and no --holdout, one fit on partitions (said in a note)."""
+    if config.folds is not None:
+        return config
+    count = len(data.list_images(config.data, data.find_classes(config.data))[0].paths)
+    if count < models.LARGE_FOLDER or config.holdout:
+        return dataclasses.replace(config, folds=models.CNN_FOLDS)
+    split = config.partition_split
+    folds = models.CNN_FOLDS
+    print(f"note: {count} photos: one fit on partitions {','.join(map(str, split))} (its test partition of about "
+          f"{round(count * split[2])} photos measures within ±3 points), not {folds} fits and one more on every "
+          f"photo at about 5 times the time; --folds {folds} cross-validates all the same")
+    return dataclasses.replace(config, split=split)
 
 
 def train_with_folds(config: TrainConfig) -> dict:

@@ -47,7 +47,10 @@ def test_the_recipe_fills_only_what_was_not_given_and_fills_everything():
     recipe = models.RECIPES["cnn"]
     built = TrainConfig.build(dropout=0.1)
     assert built.dropout == 0.1 and built.epochs == recipe.epochs and built.image_size == recipe.image_size
-    assert all(getattr(built, f.name) is not None for f in dataclasses.fields(built) if f.metadata["recipe"])
+    unfilled = {f.name for f in dataclasses.fields(built) if f.metadata["recipe"] and getattr(built, f.name) is None}
+    assert unfilled == {"folds"}  # the CNN's: train decides by the folder's size (train.folds_by_size)
+    backbone = TrainConfig.build(arch="mobilenet")
+    assert all(getattr(backbone, f.name) is not None for f in dataclasses.fields(backbone) if f.metadata["recipe"])
     scratch = TrainConfig.build(arch="mobilenet", weights="none")  # trained from scratch: the CNN's recipe
     assert scratch.epochs == recipe.epochs and not scratch.cross_validate
 

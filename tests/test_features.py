@@ -114,7 +114,8 @@ def test_a_picture_backbone_beside_the_face_backbone_reads_the_picture_and_the_f
     assert report["metrics"]["accuracy"] == pytest.approx(np.mean((head_probabilities(result)[:, 1] >= 0.5) == labels))
     predict.main([str(small_dir / path) for path in result["record"].split["train"][:2]]
                  + ["--model", str(tmp_path / "a" / "m.h5"), "--explain", str(tmp_path / "explained")])
-    assert [cv2.imread(str(p)).shape for p in sorted((tmp_path / "explained").iterdir())] == [(SIZE, SIZE, 3)] * 2
+    # Each heatmap: the picture, and the face crop beside it on the right.
+    assert [cv2.imread(str(p)).shape for p in sorted((tmp_path / "explained").iterdir())] == [(SIZE, 2 * SIZE, 3)] * 2
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from happysad import classifier, data, record, sample, train
+from happysad import classifier, data, model as models, record, sample, train
 from conftest import PARTITIONS
 from happysad.files import sha256
 
@@ -278,7 +278,7 @@ def test_the_cnn_measures_itself_on_every_photo_and_saves_a_network_trained_on_a
     # It learnt (0.71 and 0.70 here): chance is 0.5, and 0.6 is 2.5 standard deviations above it on 60 photos.
     assert measured["accuracy"] > 0.6 and saved.metrics["test"]["accuracy"] > 0.6
     # Fits no class: the saved network's own limit on its photos, widened as the fold networks measured.
-    from happysad import marks, model as models
+    from happysad import marks
 
     reader = models.output_layer_input(model.network)
     pixels = np.stack([model.load_image(faces_dir / p) for p in saved.split["train"]])
@@ -291,15 +291,32 @@ def test_the_cnn_measures_itself_on_every_photo_and_saves_a_network_trained_on_a
 
 
 @pytest.mark.slow
-def test_the_cnn_prints_its_cross_validated_figure_and_what_it_chose(tmp_path, faces_dir, capsys):
+def test_the_cnn_prints_its_cross_validated_figure_and_what_it_chose(tmp_path, faces_dir, capsys, monkeypatch):
     small = tmp_path / "data"
     copy_faces(faces_dir, small, 15)
+    monkeypatch.setattr(models, "LARGE_FOLDER", 30)  # --folds given: cross-validated whatever the folder's size
     train.main(["--data", str(small), "--folds", "3", "--epochs", "2", "--image-size", "32", "--model",
                 str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs")])
     out = capsys.readouterr().out
     assert out.count("fold ") >= 3 and "fold 3/3: 2 epochs on 20 images" in out
     assert "cross-validated accuracy" in out and "on all 30 photos, each scored by a model that never saw it" in out
     assert "trained on all 30 photos for" in out and (tmp_path / "m.h5").exists()
+
+
+def test_a_large_folder_trains_the_cnn_once_on_partitions_and_says_so(tmp_path, faces_dir, capsys, monkeypatch):
+    small = tmp_path / "data"
+    copy_faces(faces_dir, small, 15)
+    monkeypatch.setattr(models, "LARGE_FOLDER", 30)  # as a folder of 10,000 photos would
+    train.main(["--data", str(small), "--epochs", "1", "--image-size", "32", "--model", str(tmp_path / "m.h5"),
+                "--logdir", str(tmp_path / "logs")])
+    out = capsys.readouterr().out
+    assert "note: 30 photos: one fit on partitions 0.7,0.2,0.1 (its test partition of about 3 photos" in out
+    assert "fold 1/" not in out
+    saved = record.read(tmp_path / "m.h5")
+    assert saved.split["validation"] and saved.split["test"] and "cross_validation" not in saved.metrics
+    assert saved.hyperparameters["split"] == [0.7, 0.2, 0.1]
+    monkeypatch.setattr(models, "LARGE_FOLDER", 31)  # one photo short of it: the CNN cross-validates
+    assert train.folds_by_size(train.parse_args(["--data", str(small)])).folds == models.CNN_FOLDS
 
 
 def test_each_fold_after_the_first_runs_patience_epochs_past_the_lowest_loss_of_the_folds_before_it():
