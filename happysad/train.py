@@ -249,9 +249,9 @@ def train_images_with_folds(config: TrainConfig) -> dict:
     cross_validated = measurement.summary(labels, class_names)
     choice = measurement.final
     pooled = [loss for _, loss in sorted(measurement.scores.items())]
-    warn_if_nothing_learnt({"val_loss": pooled})
-    print(f"chosen on every fold: {choice.epochs} epochs (the lowest pooled held-out log loss, "
-          f"{min(pooled):.3f}), {scaling_text(choice.scaling, len(class_names))}")
+    warn_if_nothing_learnt(pooled, "the folds' pooled held-out loss")
+    print(f"chosen on every fold: {choice.epochs} epoch{'s' * (choice.epochs > 1)} (the lowest pooled held-out log "
+          f"loss, {min(pooled):.3f}), {scaling_text(choice.scaling, len(class_names))}")
     print(cross_validation_line(cross_validated, class_names))
 
     # -- the saved network: trained on every photo for the chosen epochs, with TensorBoard -------------------
@@ -293,7 +293,7 @@ def train_images_with_folds(config: TrainConfig) -> dict:
         history={key: [float(value) for value in values] for key, values in history.history.items()},
         hyperparameters=hyperparameters,
     )
-    save_run(network, run_record, config, f"trained on all {len(files)} photos for {choice.epochs} epochs")
+    save_run(network, run_record, config, f"trained on all {len(files)} photos for {choice.epochs} epoch{'s' * (choice.epochs > 1)}")
     return {"record": run_record, "measurement": measurement, "run_dir": run_dir, "network": network,
             "history": history.history}
 
@@ -493,7 +493,7 @@ def train_on_partitions(config: TrainConfig) -> dict:
         else:
             distribute.fit(network, setup, datasets["train"], datasets["validation"], epochs=config.epochs,
                            callbacks=image_callbacks, class_weight=class_weight)
-        warn_if_nothing_learnt(history.history)
+        warn_if_nothing_learnt(history.history.get("val_loss", []), "the validation loss")
         stage_start = len(history.history["loss"]) if fine_tuning else 0
         if fine_tuning:
             summaries_callback.watch(datasets["validation"])
@@ -666,13 +666,11 @@ def saved_epoch(history: dict, config, stage_start: int) -> int:
     return stage_start + int(np.argmin(losses)) if config.patience else len(history["val_loss"]) - 1
 
 
-def warn_if_nothing_learnt(history: dict) -> None:
-    """Say so when the kept weights are the first epoch's: every later epoch made the validation loss worse."""
-    losses = history.get("val_loss", [])
+def warn_if_nothing_learnt(losses, what: str) -> None:
+    """Say so when the best epoch was the first: every later epoch made the held-out loss worse."""
     if len(losses) > 1 and int(np.argmin(losses)) == 0:
-        print("warning: the best validation loss was after the first epoch, so the saved model learnt almost "
-              "nothing; try a lower --learning-rate, more images per class, or a pretrained backbone "
-              "(--arch mobilenet)")
+        print(f"warning: {what} was lowest after the first epoch, so the saved model learnt almost nothing; try "
+              "a lower --learning-rate, more images per class, or a pretrained backbone (--arch auto)")
 
 
 def test_line(summary: dict, class_names) -> str:

@@ -205,9 +205,9 @@ def test_resume_with_nothing_to_resume_is_a_clear_error_and_a_leftover_is_named(
 
 
 def test_a_run_whose_first_epoch_was_best_is_flagged(capsys):
-    train.warn_if_nothing_learnt({"val_loss": [0.69, 0.70, 0.72]})
-    assert "the best validation loss was after the first epoch" in capsys.readouterr().out
-    train.warn_if_nothing_learnt({"val_loss": [0.69, 0.55, 0.60]})
+    train.warn_if_nothing_learnt([0.69, 0.70, 0.72], "the validation loss")
+    assert "warning: the validation loss was lowest after the first epoch" in capsys.readouterr().out
+    train.warn_if_nothing_learnt([0.69, 0.55, 0.60], "the validation loss")
     assert capsys.readouterr().out == ""
 
 
