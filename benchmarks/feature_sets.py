@@ -29,21 +29,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy  # noqa: E402  (the benchmark beside this one: its clean copy, KERAS_HOME and outer split)
 
-from happysad import calibration, cache, crossval, data, marks, model as models, near_copies, sample, train  # noqa: E402
+from happysad import calibration, cache, crossval, data, features, marks, model as models, near_copies, sample  # noqa: E402
 from happysad.config import TrainConfig  # noqa: E402
 from happysad.files import sha256_each  # noqa: E402
 
 
 def candidates(name: str) -> list:
     if name == models.AUTO:
-        return train.auto_candidates(models.AUTO_BACKBONES)
+        return features.auto_candidates(models.AUTO_BACKBONES)
     return [name]
 
 
 def features_of(config: TrainConfig, paths: list, labels: list) -> dict:
     """{backbone: (images, dim)} of every backbone the configuration names, as train computes and stores them."""
     files = data.Files(paths, labels)
-    return train.backbone_features(config, files, dict(zip(paths, sha256_each(paths))))
+    return features.of_backbones(config, files, sha256_each(paths))[0]
 
 
 def measure(per_backbone: dict, unlike: dict, names: list, labels, folds, train_side, test_side) -> dict:
@@ -59,7 +59,7 @@ def measure(per_backbone: dict, unlike: dict, names: list, labels, folds, train_
     predicted = (probabilities[:, 1] >= choice.threshold).astype(int)
     truth = labels[test_side]
     domain = marks.out_of_fold_domain(chosen[train_side], seen_labels, folds, 2, marks.FAR_SHARE,
-                                      train.picture_columns(tuple(choice.features.split("+")), per_backbone))
+                                      features.picture_columns(tuple(choice.features.split("+")), per_backbone))
     return {"printed": float(np.mean(measurement.predicted == seen_labels)),
             "unseen": float(np.mean(predicted == truth)),
             "recall": [float(np.mean(predicted[truth == c] == c)) for c in (0, 1)],

@@ -158,6 +158,9 @@ class FeatureConfig:
             yield f"`unsure_band` must be in [0, 1), got {self.unsure_band}"
         if not 0 < self.far_share < 0.5:
             yield f"`far_share` must be between 0 and 0.5, got {self.far_share}"
+        if (self.arch == models.AUTO or "+" in self.arch) and self.weights != "imagenet":
+            yield (f"`arch` {self.arch} takes each backbone's published weights from Keras' cache folder "
+                   f"({models.keras_cache_folder()}): `weights` must be imagenet")
 
     def to_record(self) -> dict:
         return {name: plain(value) for name, value in dataclasses.asdict(self).items()}
@@ -259,9 +262,6 @@ class TrainConfig(FeatureConfig):
         if self.learning_rate <= 0:
             yield f"`learning_rate` must be positive, got {self.learning_rate}"
         several = self.arch == models.AUTO or "+" in self.arch
-        if several and self.weights != "imagenet":
-            yield (f"`arch` {self.arch} takes each backbone's published weights from Keras' cache folder "
-                   f"({models.keras_cache_folder()}): `weights` must be imagenet")
         if several and self.fine_tune:
             yield f"`fine_tune` opens the top of one backbone: name one (`arch` {models.AUTO_BACKBONES[0]})"
         if (self.holdout or "folds" in given) and not (self.cross_validate or self.folds_on_images):
@@ -285,8 +285,11 @@ class ReviewConfig(FeatureConfig):
     """Everything `python -m happysad.review` takes: train's feature settings, and what to do with suspects."""
 
     data: str = setting(None, "folder with one subfolder of images per class", positional=True)
-    arch: str = setting("mobilenet", "pretrained backbone whose features are scored",
-                        choices=tuple(models.BACKBONES))
+    arch: str = setting("mobilenet", "pretrained backbone whose features are scored "
+                                     f"({', '.join(models.BACKBONES)}), several joined with '+' (their features "
+                                     f"side by side), or {models.AUTO}: cross-validation chooses among "
+                                     f"{', '.join(models.AUTO_BACKBONES)} alone and in pairs, as train's does",
+                        metavar="|".join((models.AUTO, "BACKBONE[+BACKBONE]")))
     weights: str = setting("imagenet", "backbone weights: imagenet (each backbone's published weights, downloaded "
                                        "once into Keras' cache folder) or PATH to a Keras *_notop.h5 file")
     min_confidence: float = setting(0.9, "--move-to-suggested and --quarantine act on wrong-folder suspects at "
@@ -305,6 +308,9 @@ class ReviewConfig(FeatureConfig):
         yield from super().problems(given)
         if self.data is None:
             yield "`data` names no folder"
+        if self.arch == "cnn":
+            yield (f"`arch` cnn: review scores a pretrained backbone's features; name one (`arch` mobilenet), "
+                   f"several joined with '+', or {models.AUTO}")
         if self.weights == "none":
             yield "`weights` none gives random features that know nothing about pictures; use imagenet or a file"
         if self.top < 1:

@@ -13,11 +13,13 @@ image size, the preprocessing and the view. Views are fixed augmentations comput
 from __future__ import annotations
 
 import hashlib
+import itertools
+import time
 from pathlib import Path
 
 import numpy as np
 
-from happysad import console, files
+from happysad import cache, console, data, errors, files, model as models
 from happysad.cache import ArrayStore
 from happysad.runtime import tf
 
@@ -81,6 +83,56 @@ def extract(extractor, paths, store: ArrayStore, preprocessing, views=("original
                 found[i] = vector
         out.append(np.stack(found))
     return np.stack(out)
+
+
+def of_backbones(config, files: data.Files, digests: list) -> tuple:
+    """({backbone: (images, dim) pooled features}, {backbone: how many were computed now}) of the
+    configuration's backbones (train's or review's), each of what it reads (the picture, or its face:
+    `config.preprocessing`), from the feature store where a run computed them; a backbone is built only when
+    some are missing. --arch auto leaves out, and says so, each backbone of AUTO_BACKBONES whose weights can be
+    neither downloaded nor found in Keras' cache folder."""
+    found, computed = {}, {}
+    for arch in models.AUTO_BACKBONES if config.arch == models.AUTO else config.backbones:
+        preprocessing = config.preprocessing((arch,))
+        store = cache.array_store(config.cache, FAMILY, extractor_id(arch, config.weights, preprocessing))
+        computed[arch] = sum(store.get("original", digest) is None for digest in digests)
+        mark = time.time()
+        try:
+            extractor = models.pooled_output(models.build_linear((arch,), 2, preprocessing.image_size,
+                                                                  config.weights)) if computed[arch] else None
+        except models.BuildError as error:
+            if config.arch != models.AUTO:
+                raise
+            print(f"note: --arch auto leaves out {arch}: {errors.for_command(error)}")
+            continue
+        with data.undecodable_explained(files.paths, preprocessing, config.data):
+            found[arch] = extract(extractor, files.paths, store, preprocessing, digests=digests)[0]
+        print(f"{arch} features: {computed[arch]} computed in {time.time() - mark:.1f} s, "
+              f"{len(files) - computed[arch]} from the store")
+    if not found:
+        raise models.BuildError(
+            f"`arch` auto found no backbone weights: none of {', '.join(models.AUTO_BACKBONES)} could be "
+            f"downloaded or found in Keras' cache folder {models.keras_cache_folder()}; put a weights file there, "
+            "or name one backbone and its file (`arch` mobilenet `weights` PATH)")
+    return found, computed
+
+
+def auto_candidates(backbones: tuple) -> list:
+    """The feature sets --arch auto lets the cross-validation choose from: each backbone alone, and each pair."""
+    return ["+".join(pair) for n in (1, 2) for pair in itertools.combinations(backbones, n)]
+
+
+def picture_columns(chosen: tuple, per_backbone: dict) -> tuple:
+    """((start, stop), ...) of the features of the chosen backbones that did not learn faces, in their
+    side-by-side vector: what "fits no class" measures (marks.Domain). () when all of them count: none of them
+    learnt faces, or all did (the expression network alone). With --faces they all read the face crop, and
+    the face network's features are left out all the same."""
+    reads_picture = [not models.BACKBONES[name].reads_face for name in chosen]
+    if all(reads_picture) or not any(reads_picture):
+        return ()
+    ends = np.cumsum([per_backbone[name].shape[1] for name in chosen])
+    return tuple((int(end - per_backbone[name].shape[1]), int(end))
+                 for name, end, picture in zip(chosen, ends, reads_picture) if picture)
 
 
 def dataset(vectors, labels, batch_size: int, shuffle_seed=None) -> tf.data.Dataset:

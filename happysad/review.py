@@ -6,9 +6,9 @@
 
 A model cannot judge a photo it trained on: it has learnt that photo's label, right or wrong. So every image is
 scored by a head that never saw it: the nested cross-validation train runs (happysad.crossval: the same folds,
-the same logistic-regression head, its penalty chosen inside each fold), on the stored features of a
-pretrained backbone (happysad.features, shared with train: a review after a train run, or a second review,
-skips the backbone). The folds are stratified per class and keep each group of near copies together
+the same logistic-regression head, its penalty chosen inside each fold, and with --arch auto the feature set),
+on the stored features of pretrained backbones (happysad.features, shared with train: a review after a train
+run, or a second review, skips the backbones). The folds are stratified per class and keep each group of near copies together
 (data.make_folds), or a copy in the training folds would vouch for its twin's label.
 
 Two kinds of finding, each image at most one:
@@ -72,6 +72,7 @@ class Ranking:
     far_limit: float  # beyond it an image fits no class (marks.far_limit)
     folds: np.ndarray  # (images,) the fold that scored each image
     penalty: float  # the head's C chosen on every image: the head the heatmaps are drawn with
+    features: str = "features"  # the feature set chosen on every image (a backbone, or several joined with '+')
     suspects: list = field(default_factory=list)
 
 
@@ -83,16 +84,21 @@ def parse_args(argv=None) -> ReviewConfig:
 
 # -- folds and scores: pure functions of a feature matrix ------------------------------------------------------
 
-def rank(vectors, labels, groups, n_classes: int, n_folds: int = 5, seed: int = defaults.SEED,
-         far_share: float = marks.FAR_SHARE, band: float = marks.UNSURE_BAND) -> Ranking:
-    """Score every image out of fold and pick the suspects, from features alone (see the module docstring)."""
-    vectors = np.asarray(vectors, np.float32)
+def rank(feature_sets: dict, labels, groups, n_classes: int, n_folds: int = 5, seed: int = defaults.SEED,
+         far_share: float = marks.FAR_SHARE, band: float = marks.UNSURE_BAND, columns: dict = None) -> Ranking:
+    """Score every image out of fold and pick the suspects, from features alone (see the module docstring).
+    feature_sets: {name: (images, dim)}, each backbone's part unit length (crossval.joined); with several, the
+    nested cross-validation chooses, as train's does. columns: {name: the columns "fits no class" measures}
+    (features.picture_columns; all by default)."""
     labels = np.asarray(labels, dtype=int)
     folds = data.make_folds(labels, groups, n_folds, seed)
-    measurement = crossval.cross_validate({"features": crossval.unit(vectors)}, labels, folds)
-    distances = marks.out_of_fold_distances(vectors, labels, folds, n_classes)
+    measurement = crossval.cross_validate({name: np.asarray(vectors, np.float32)
+                                           for name, vectors in feature_sets.items()}, labels, folds)
+    chosen = measurement.final.features
+    seen = marks.picked(np.asarray(feature_sets[chosen], np.float32), (columns or {}).get(chosen, ()))
+    distances = marks.out_of_fold_distances(seen, labels, folds, n_classes)
     ranking = Ranking(measurement.probabilities, distances, marks.far_limit(distances, far_share), folds,
-                      measurement.final.penalty)
+                      measurement.final.penalty, chosen)
     ranking.suspects = find_suspects(ranking, labels, band)
     return ranking
 
@@ -119,24 +125,6 @@ def find_suspects(ranking: Ranking, labels, band: float = marks.UNSURE_BAND) -> 
 
 
 # -- the command: features, ranking, report, moves --------------------------------------------------------------
-
-def image_features(config: ReviewConfig, files: data.Files, digests: list) -> tuple:
-    """(vectors, how many were computed now): from the feature store where a review or train run left them.
-
-    The backbone is built only when some image is missing from the store.
-    """
-    preprocessing = config.preprocessing()  # train's, for the same settings: its stored features serve here
-    store = cache.array_store(config.cache, features.FAMILY, features.extractor_id(config.arch, config.weights,
-                                                                                 preprocessing))
-    missing = sum(store.get("original", digest) is None for digest in digests)
-    extractor = None
-    if missing:
-        extractor, _ = models.split_at_pool(models.build(config.arch, 2, preprocessing.image_size,
-                                                         weights=config.weights))
-    with data.undecodable_explained(files.paths, preprocessing, config.data):
-        vectors = features.extract(extractor, files.paths, store, preprocessing, digests=digests)[0]
-    return vectors, missing
-
 
 def thumbnail(path: str) -> np.ndarray:
     """The picture as training decodes it, at most THUMBNAIL pixels on its longer side (uint8 RGB)."""
@@ -257,35 +245,36 @@ def review(config: ReviewConfig) -> dict:
     print(f"{len(files)} images in {len(class_names)} classes: {counts}")
 
     digests = sha256_each(files.paths)
-    vectors, computed = image_features(config, files, digests)
+    per_backbone, _ = features.of_backbones(config, files, digests)  # train's stored features serve here
+    candidates = features.auto_candidates(tuple(per_backbone)) if config.arch == models.AUTO else [config.arch]
+    feature_sets = {name: crossval.joined(per_backbone, name.split("+")) for name in candidates}
+    columns = {name: features.picture_columns(tuple(name.split("+")), per_backbone) for name in candidates}
     seconds = {"features": time.perf_counter() - started}
-    print(f"features ({config.arch}, {config.image_size} px): {computed} computed, {len(files) - computed} from the "
-          f"store, in {seconds['features']:.1f} s")
-    if models.BACKBONES[config.arch].reads_face:
-        print(f"note: {marks.FACE_FEATURES_CAVEAT}: --arch mobilenet finds such pictures")
 
     mark = time.perf_counter()
     groups = data.near_copy_groups(files, cache.array_store(config.cache, near_copies.FAMILY, near_copies.VERSION),
                                    digests)
     seconds["near_copies"], mark = time.perf_counter() - mark, time.perf_counter()
-    ranking = rank(vectors, labels, groups, len(class_names), config.folds, config.seed, config.far_share,
-                   config.unsure_band)
+    ranking = rank(feature_sets, labels, groups, len(class_names), config.folds, config.seed, config.far_share,
+                   config.unsure_band, columns)
     seconds["cross_validation"] = time.perf_counter() - mark
     accuracy = float(np.mean(ranking.probabilities.argmax(axis=1) == labels))
     print(f"cross-validation: {config.folds} folds, each group of near copies in one ({seconds['near_copies']:.1f} s "
           f"to find them), a logistic-regression head per fold, in {seconds['cross_validation']:.1f} s; out-of-fold "
-          f"accuracy {accuracy:.3f}")
+          f"accuracy {accuracy:.3f}" + (f"; chosen: {ranking.features}" if len(candidates) > 1 else ""))
+    if all(models.BACKBONES[name].reads_face for name in ranking.features.split("+")):
+        print(f"note: {marks.FACE_FEATURES_CAVEAT}: --arch mobilenet+expression finds such pictures")
 
     relative = data.relative(files, config.data)
     rows = suspect_rows(ranking, relative, labels, class_names)
     print(terminal_table(rows, config.top))
     summary = (f"{len(files)} images of {config.data}, each scored by a head that never trained on it "
-               f"({config.folds}-fold cross-validation on {config.arch} features, out-of-fold accuracy "
+               f"({config.folds}-fold cross-validation on {ranking.features} features, out-of-fold accuracy "
                f"{accuracy:.3f}): "
                f"{len(of_kind(rows, 'wrong-folder'))} probably in the wrong folder, "
                f"{len(of_kind(rows, 'no-class'))} fit no class.")
-    write_pictures(config, rows, files, summary, suspect_heatmaps(config, rows, files, class_names, vectors, labels,
-                                                                 ranking.penalty))
+    write_pictures(config, rows, files, summary, suspect_heatmaps(config, rows, files, class_names,
+                                                                 feature_sets[ranking.features], labels, ranking))
 
     moves = []
     if config.move_to_suggested or config.quarantine:
@@ -312,7 +301,7 @@ def review(config: ReviewConfig) -> dict:
 
 
 def suspect_heatmaps(config: ReviewConfig, rows: list, files: data.Files, class_names: list, vectors, labels,
-                     penalty: float) -> dict:
+                     ranking: Ranking) -> dict:
     """{path: JPEG} of the first --top wrong-folder suspects as the model sees them, with the heatmap of the
     evidence for the suggested class over them (happysad.explain). Drawn with the head trained on every image
     (the suspects included: a picture of where the evidence lies, not a measurement) in the network train
@@ -320,10 +309,12 @@ def suspect_heatmaps(config: ReviewConfig, rows: list, files: data.Files, class_
     shown = of_kind(rows, "wrong-folder", config.top)
     if not shown:
         return {}
-    head = crossval.fit_head(crossval.unit(vectors), labels, penalty)
-    network = models.build_linear((config.arch,), len(class_names), config.image_size, config.weights)
+    head = crossval.fit_head(vectors, labels, ranking.penalty)
+    chosen = tuple(ranking.features.split("+"))
+    preprocessing = config.preprocessing(chosen)
+    network = models.build_linear(chosen, len(class_names), config.image_size, config.weights,
+                                  beside=preprocessing.face_beside)
     models.set_head(network, head.coef_, head.intercept_)
-    preprocessing = config.preprocessing()
     pixels = np.stack([preprocessing.load(files.paths[row["index"]]).numpy() for row in shown])
     heatmaps = explain.heatmaps(network, pixels, [class_names.index(row["suggested"]) for row in shown])
     return {row["path"]: tf.io.encode_jpeg(explain.overlay(picture, heatmap), quality=85).numpy()

@@ -12,7 +12,6 @@ Every way, a run folder logs/<run>/ gets TensorBoard events and a copy of the re
 import argparse
 import dataclasses
 import datetime
-import itertools
 import json
 import shutil
 import sys
@@ -117,9 +116,10 @@ def train_with_folds(config: TrainConfig) -> dict:
 
     # -- features: each candidate backbone's, stored once per image -----------------------------------------
     everything = data.Files(files.paths + test.paths, files.labels + test.labels)
-    per_backbone = backbone_features(config, everything, folder.digests)
+    per_backbone, _ = features.of_backbones(config, everything,
+                                            [folder.digests[path] for path in everything.paths])
     backbones = tuple(per_backbone)
-    candidates = auto_candidates(backbones) if config.arch == models.AUTO else [config.arch]
+    candidates = features.auto_candidates(backbones) if config.arch == models.AUTO else [config.arch]
     feature_sets = {name: crossval.joined(per_backbone, name.split("+")) for name in candidates}
 
     # -- measure: nested cross-validation; then the choices made on every photo ------------------------------
@@ -143,7 +143,7 @@ def train_with_folds(config: TrainConfig) -> dict:
     models.set_head(network, head.coef_, head.intercept_)
     calibration.apply_to_network(network, choice.scaling)
     domain = marks.out_of_fold_domain(feature_sets[choice.features][:len(files)], labels, folds, len(class_names),
-                                      config.far_share, picture_columns(chosen, per_backbone))
+                                      config.far_share, features.picture_columns(chosen, per_backbone))
     if all(models.BACKBONES[name].reads_face for name in chosen):
         print(f"note: {marks.FACE_FEATURES_CAVEAT}: beside MobileNet (--arch mobilenet+expression) the mark "
               "measures the picture")
@@ -332,57 +332,6 @@ def saved_domain(network, fold_data, labels, batch_size: int, num_classes: int, 
     centres = marks.class_centres(vectors, labels[seen], num_classes)
     limit = marks.far_limit(marks.distances(vectors, centres), far_share) * float(np.median(widening))
     return marks.Domain(centres, limit)
-
-
-def backbone_features(config: TrainConfig, files: data.Files, digests: dict) -> dict:
-    """{backbone: (images, dim) pooled features} of --arch's backbones, each of what it reads (the picture, or
-    its face: `config.preprocessing`), from the feature store where a run computed them; a backbone is built
-    only when some are missing. --arch auto leaves out, and says so, each
-    backbone of AUTO_BACKBONES whose weights can be neither downloaded nor found in Keras' cache folder."""
-    wanted = [digests[path] for path in files.paths]
-    found = {}
-    for arch in models.AUTO_BACKBONES if config.arch == models.AUTO else config.backbones:
-        preprocessing = config.preprocessing((arch,))
-        store = cache.array_store(config.cache, features.FAMILY, features.extractor_id(arch, config.weights,
-                                                                                     preprocessing))
-        missing = sum(store.get("original", digest) is None for digest in wanted)
-        mark = time.time()
-        try:
-            extractor = models.pooled_output(models.build_linear((arch,), 2, preprocessing.image_size,
-                                                                  config.weights)) if missing else None
-        except models.BuildError as error:
-            if config.arch != models.AUTO:
-                raise
-            print(f"note: --arch auto leaves out {arch}: {errors.for_command(error)}")
-            continue
-        with data.undecodable_explained(files.paths, preprocessing, config.data):
-            found[arch] = features.extract(extractor, files.paths, store, preprocessing, digests=wanted)[0]
-        print(f"{arch} features: {missing} computed in {time.time() - mark:.1f} s, {len(files) - missing} from "
-              "the store")
-    if not found:
-        raise models.BuildError(
-            f"`arch` auto found no backbone weights: none of {', '.join(models.AUTO_BACKBONES)} could be "
-            f"downloaded or found in Keras' cache folder {models.keras_cache_folder()}; put a weights file there, "
-            "or name one backbone and its file (`arch` mobilenet `weights` PATH)")
-    return found
-
-
-def auto_candidates(backbones: tuple) -> list:
-    """The feature sets --arch auto lets the cross-validation choose from: each backbone alone, and each pair."""
-    return ["+".join(pair) for n in (1, 2) for pair in itertools.combinations(backbones, n)]
-
-
-def picture_columns(chosen: tuple, per_backbone: dict) -> tuple:
-    """((start, stop), ...) of the features of the chosen backbones that did not learn faces, in their
-    side-by-side vector: what "fits no class" measures (marks.Domain). () when all of them count: none of them
-    learnt faces, or all did (the expression network alone). With --faces they all read the face crop, and
-    the face network's features are left out all the same."""
-    reads_picture = [not models.BACKBONES[name].reads_face for name in chosen]
-    if all(reads_picture) or not any(reads_picture):
-        return ()
-    ends = np.cumsum([per_backbone[name].shape[1] for name in chosen])
-    return tuple((int(end - per_backbone[name].shape[1]), int(end))
-                 for name, end, picture in zip(chosen, ends, reads_picture) if picture)
 
 
 def candidates_table(measurement: crossval.Measurement) -> str:

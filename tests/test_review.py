@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_WEIGHTS
 
-from happysad import features, images, marks, quarantine, review, sample
+from happysad import crossval, features, images, marks, quarantine, review, sample
 
 SIZE = 32
 FAST = ["--folds", "3"]
@@ -34,11 +34,12 @@ def clusters(labels, seed=0, dim=64):
 def made_to_order(monkeypatch):
     """Replace the backbone by vectors that follow the file name: sample faces are named <class>_NNN, so a face
     moved into the other folder keeps its true class's vector; a name without either gets one far from both."""
-    def vectors(args, files, digests):
+    def vectors(config, files, digests):
         names = [Path(path).name for path in files.paths]
-        return clusters([0 if "happy_" in name else 1 if "sad_" in name else 2 for name in names]), 0
+        return {"mobilenet025": clusters([0 if "happy_" in name else 1 if "sad_" in name else 2
+                                          for name in names])}, {"mobilenet025": 0}
 
-    monkeypatch.setattr(review, "image_features", vectors)
+    monkeypatch.setattr(features, "of_backbones", vectors)
     monkeypatch.setattr(review, "suspect_heatmaps", lambda *args: {})  # no network behind these vectors
 
 
@@ -66,7 +67,7 @@ def test_flipped_labels_rank_first_and_a_far_vector_fits_no_class():
     flipped = [3, 17, 52]
     given = np.r_[labels, 0]
     given[flipped] = 1 - given[flipped]
-    ranking = review.rank(vectors, given, list(range(len(given))), 2, n_folds=5)
+    ranking = review.rank({"mobilenet": crossval.unit(vectors)}, given, list(range(len(given))), 2, n_folds=5)
     wrong = [s for s in ranking.suspects if s.kind == "wrong-folder"]
     assert sorted(s.index for s in wrong) == flipped
     assert all(s.suggested == labels[s.index] and s.confidence > 0.8 for s in wrong)
@@ -103,13 +104,13 @@ def test_page_has_a_row_and_a_thumbnail_per_suspect_and_a_second_review_reads_st
     order = [s["confidence"] for s in saved["suspects"] if s["kind"] == "wrong-folder"]
     assert order == sorted(order, reverse=True)
     out = capsys.readouterr().out
-    assert "features (mobilenet025, 32 px): 24 computed" in out
+    assert "mobilenet025 features: 24 computed in" in out
     assert re.search(r"took .*features .*cross-validation", out)
 
     monkeypatch.setattr(features, "compute", lambda *args, **kwargs: 1 / 0)
-    monkeypatch.setattr(review.models, "build", lambda *args, **kwargs: 1 / 0)  # no feature extractor built
+    monkeypatch.setattr(features.models, "pooled_output", lambda *args: 1 / 0)  # no feature extractor built
     again = run(folder, tmp_path, "--cache", f"disk:{tmp_path / 'cache'}", weights=weights_file)
-    assert "0 computed, 24 from the store" in capsys.readouterr().out
+    assert re.search(r"mobilenet025 features: 0 computed in [\d.]+ s, 24 from the store", capsys.readouterr().out)
     assert again["images"] == report["images"]
 
 
@@ -240,7 +241,8 @@ def test_with_faces_review_scores_the_face_crops_under_trains_stored_features(we
                 "--cache", f"disk:{tmp_path / 'store'}"]
 
     def scored(*extra):
-        return review.image_features(review.parse_args([str(folder), *settings, *extra]), files, digests)
+        found, computed = features.of_backbones(review.parse_args([str(folder), *settings, *extra]), files, digests)
+        return found["mobilenet025"], computed["mobilenet025"]
 
     cropped, computed = scored("--faces")
     assert computed == len(files)
@@ -265,3 +267,44 @@ def test_with_the_expression_network_review_reads_the_face_and_says_what_fits_no
     assert config.preprocessing() == images.Preprocessing(SIZE, faces=True)  # as train reads it
     review.review(config)
     assert f"note: {marks.FACE_FEATURES_CAVEAT}" in capsys.readouterr().out
+
+
+def test_review_scores_the_picture_beside_the_face_as_train_does(stand_in_downloads, tmp_path, capsys):
+    """--arch mobilenet025+expression: both backbones' stored features side by side, and the suspects' heatmaps
+    with the face crop's panel beside the picture."""
+    folder, out = faces(tmp_path / "data"), tmp_path / "out"
+    report = review.review(review.parse_args([
+        str(folder), "--arch", "mobilenet025+expression", "--image-size", str(SIZE), "--html",
+        str(out / "review.html"), "--png", str(out / "review.png"), *FAST]))
+    printed = capsys.readouterr().out
+    assert "mobilenet025 features: 24 computed" in printed and "expression features: 24 computed" in printed
+    assert "on mobilenet025+expression features" in (out / "review.html").read_text()
+    heatmaps = re.findall(r'alt="evidence for [^"]*" src="data:image/jpeg;base64,([^"]+)"',
+                          (out / "review.html").read_text())
+    wrong = [s for s in report["suspects"] if s["kind"] == "wrong-folder"]
+    assert len(heatmaps) == len(wrong) > 0
+    assert all(images.decode_pixels(base64.b64decode(jpeg)).shape[:2] == (SIZE, 2 * SIZE) for jpeg in heatmaps)
+
+
+def test_fits_no_class_measures_only_the_columns_it_is_given():
+    """As train's mark: beside the expression network, the picture's features alone (features.picture_columns)."""
+    labels = np.array([0] * 40 + [1] * 40)
+    picture = crossval.unit(clusters(labels))
+    face = crossval.unit(np.r_[[[1.0] * 16]] + np.random.default_rng(1).normal(0, 0.1, (80, 16)))
+    face[5] = -face[5]  # unlike every other face, an ordinary picture
+    joined = np.concatenate([picture, face], axis=1)
+    everything = review.rank({"pair": joined}, labels, list(range(80)), 2, n_folds=5)
+    assert everything.distances[5] > everything.far_limit
+    pictures_only = review.rank({"pair": joined}, labels, list(range(80)), 2, n_folds=5, columns={"pair": ((0, 64),)})
+    assert pictures_only.distances[5] <= pictures_only.far_limit
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "cnn"], "--arch cnn: review scores a pretrained backbone's features"),
+    (["--arch", "auto", "--weights", "x_notop.h5"], "--weights must be imagenet"),
+    (["--arch", "mobilenet+nothing"], "choose cnn, auto, or one or more of"),
+])
+def test_review_refuses_what_it_cannot_score_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        review.parse_args(["data", *argv])
+    assert message in capsys.readouterr().err
