@@ -127,7 +127,8 @@ class Classifier:
         return models.has_evidence(self.network)
 
     def heatmaps(self, batch: np.ndarray, labels: list) -> np.ndarray:
-        """Grad-CAM heatmaps (happysad.explain) of the evidence for each image's label: (n, size, size)."""
+        """Grad-CAM heatmaps (happysad.explain) of the evidence for each image's label: (n, size, size ×
+        panels), the face crop's panel beside the picture's where the network reads both."""
         if not self.can_explain:
             raise ModelError(EXPORTS_CANNOT_EXPLAIN)
         return explain.heatmaps(self.network, batch, [self.class_names.index(label) for label in labels])

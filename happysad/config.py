@@ -83,7 +83,7 @@ class FeatureConfig:
                                "pretrained backbone's head, with the penalty and backbone choices inside it; the "
                                "CNN, K fits on images with the epoch count chosen inside it (its recipe: "
                                f"{models.CNN_FOLDS}, or one fit on partitions from {models.LARGE_FOLDER:,} photos "
-                               "on)", recipe=True,
+                               "on without --holdout)", recipe=True,
                          metavar="K")
     cache: str = setting("auto", "decoded-image and backbone-feature cache: auto (features on disk; images in "
                                  "memory if they fit in half the free RAM, else on disk), memory, disk[:PATH] "
@@ -175,7 +175,7 @@ class TrainConfig(FeatureConfig):
                                   "photo trains the saved model)", hyper=True, metavar="F")
     split: tuple = setting(None, "the CNN: train on partitions with these train,validation,test fractions instead "
                                  "of cross-validating (fine-tuning always does, and the CNN from "
-                                 f"{models.LARGE_FOLDER:,} photos on without --folds; default "
+                                 f"{models.LARGE_FOLDER:,} photos on without --folds or --holdout; default "
                                  f"{','.join(map(str, PARTITION_SPLIT))})", hyper=True,
                            metavar="TRAIN,VALIDATION,TEST", parse=parse_split)
     epochs: int = setting(None, "at most this many (see --patience)", recipe=True, hyper=True, images_only=True)
@@ -272,8 +272,8 @@ class TrainConfig(FeatureConfig):
             partitions_only += ["`strategy` multiworker"] if self.strategy == "multiworker" else []
             if partitions_only:
                 yield (f"{', '.join(partitions_only)}: for one fit on partitions; the CNN cross-validates by "
-                       "default (K fits, then one on every photo): give `split` (e.g. 0.7,0.2,0.1) to train on "
-                       "partitions")
+                       "default (K fits, then one on every photo): give `split` (e.g. 0.7,0.2,0.1, what it trains "
+                       f"on from {models.LARGE_FOLDER:,} photos on) to train on partitions")
         if self.holdout and not 0.05 <= self.holdout <= 0.5:
             yield f"`holdout` must be 0 or from 0.05 to 0.5, got {self.holdout}"
         if self.resume and self.strategy == "multiworker":

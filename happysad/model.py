@@ -202,7 +202,7 @@ class Recipe:
 # in 233 s, against +1.0 (2.3) in 390 s for 5 folds and +2.2 (3.8) in 43 s for one fit on partitions (README,
 # "The CNN measures itself on every photo"). K fits and one more cost 5 times one fit on partitions; from
 # LARGE_FOLDER photos on, the partitions' test tenth holds 1,000 photos or more, whose 95 % interval is within
-# ±3 points, so one fit does.
+# about ±3 points, so one fit does.
 CNN_FOLDS = 3
 LARGE_FOLDER = 10_000
 RECIPES = {"cnn": Recipe(image_size=128, epochs=60, folds=None), **{arch: Recipe(image_size=224) for arch in BACKBONES}}

@@ -286,6 +286,7 @@ def review(config: ReviewConfig) -> dict:
           f"{seconds['near_copies']:.1f} s, cross-validation {seconds['cross_validation']:.1f} s")
     report = {
         "data_dir": str(config.data), "classes": class_names, "out_of_fold_accuracy": accuracy,
+        "features": ranking.features,
         "settings": config.to_record() | {"far_ratio": marks.FAR_RATIO, "far_limit": ranking.far_limit},
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
         "images": [{"path": relative[i], "folder": class_names[labels[i]], "fold": int(ranking.folds[i]),

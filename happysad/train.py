@@ -5,8 +5,9 @@ stored once per image → nested cross-validation of a logistic-regression head 
 scored by a head that never saw it nor its near copies → the same choices on every photo → models/happysad.h5
 + models/happysad.json. The CNN: folder → near-copy groups → folds → one cached tf.data decode → a fit per
 fold, its fold scored after every epoch → the epoch count and calibration chosen out of fold → a fit on every
-photo with TensorBoard → the same files. With --split, and to fine-tune: folder → leak-free split (file lists)
-→ cached tf.data pipelines → fit with TensorBoard → test metrics on the held-out partition → the same files.
+photo with TensorBoard → the same files. With --split, to fine-tune, and for the CNN on 10,000 photos or more:
+folder → leak-free split (file lists) → cached tf.data pipelines → fit with TensorBoard → test metrics on the
+held-out partition → the same files.
 Every way, a run folder logs/<run>/ gets TensorBoard events and a copy of the record.
 """
 import argparse
@@ -100,7 +101,7 @@ def folds_by_size(config: TrainConfig) -> TrainConfig:
     split = config.partition_split
     folds = models.CNN_FOLDS
     print(f"note: {count} photos: one fit on partitions {','.join(map(str, split))} (its test partition of about "
-          f"{round(count * split[2])} photos measures within ±3 points), not {folds} fits and one more on every "
+          f"{round(count * split[2])} photos measures within about ±3 points), not {folds} fits and one more on every "
           f"photo at about 5 times the time; --folds {folds} cross-validates all the same")
     return dataclasses.replace(config, split=split)
 
