@@ -193,7 +193,8 @@ def create_app(model: classifier.Classifier, model_path, limits: Limits) -> Fast
                 explain: bool = False) -> dict:
         """One object per file, as `predict --json` prints them, with the uploaded file name as path; with
         ?explain=true each also has "heatmap": a PNG data URL of the picture as the model saw it, with the
-        heatmap of the evidence for its label over it (Grad-CAM; Keras models only)."""
+        heatmap of the evidence for its label over it, and the face crop beside it where the model reads one
+        (Grad-CAM; Keras models only)."""
         if explain and not model.can_explain:
             raise HTTPException(400, f"explain: {classifier.EXPORTS_CANNOT_EXPLAIN}")
         if not files:
