@@ -141,6 +141,11 @@ class FeatureConfig:
     def backbones(self) -> tuple:
         return models.parse_arch(self.arch)
 
+    @property
+    def several_backbones(self) -> bool:
+        """auto or a '+' list: each backbone takes its published weights from Keras' cache folder."""
+        return self.arch == models.AUTO or "+" in self.arch
+
     def problems(self, given: dict):
         """Each wrong value, as a message naming its setting(s): given is what the user set."""
         try:
@@ -158,7 +163,7 @@ class FeatureConfig:
             yield f"`unsure_band` must be in [0, 1), got {self.unsure_band}"
         if not 0 < self.far_share < 0.5:
             yield f"`far_share` must be between 0 and 0.5, got {self.far_share}"
-        if (self.arch == models.AUTO or "+" in self.arch) and self.weights != "imagenet":
+        if self.several_backbones and self.weights != "imagenet":
             yield (f"`arch` {self.arch} takes each backbone's published weights from Keras' cache folder "
                    f"({models.keras_cache_folder()}): `weights` must be imagenet")
 
@@ -261,8 +266,7 @@ class TrainConfig(FeatureConfig):
             yield "`fine_tune` needs a backbone (`arch`) with pretrained `weights` (imagenet or a file)"
         if self.learning_rate <= 0:
             yield f"`learning_rate` must be positive, got {self.learning_rate}"
-        several = self.arch == models.AUTO or "+" in self.arch
-        if several and self.fine_tune:
+        if self.several_backbones and self.fine_tune:
             yield f"`fine_tune` opens the top of one backbone: name one (`arch` {models.AUTO_BACKBONES[0]})"
         if (self.holdout or "folds" in given) and not (self.cross_validate or self.folds_on_images):
             yield (f"`{'holdout' if self.holdout else 'folds'}` applies to cross-validation; training on partitions "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import cache, console, data, errors, files, model as models
+from happysad import cache, console, crossval, data, errors, files, model as models
 from happysad.cache import ArrayStore
 from happysad.runtime import tf
 
@@ -120,6 +120,13 @@ def of_backbones(config, files: data.Files, digests: list) -> tuple:
 def auto_candidates(backbones: tuple) -> list:
     """The feature sets --arch auto lets the cross-validation choose from: each backbone alone, and each pair."""
     return ["+".join(pair) for n in (1, 2) for pair in itertools.combinations(backbones, n)]
+
+
+def candidate_sets(arch: str, per_backbone: dict) -> dict:
+    """{name: (images, dim)} the feature sets the cross-validation chooses among, for train and review: with
+    --arch auto each backbone found alone and each pair, else --arch's own; each backbone's part unit length."""
+    names = auto_candidates(tuple(per_backbone)) if arch == models.AUTO else [arch]
+    return {name: crossval.joined(per_backbone, name.split("+")) for name in names}
 
 
 def picture_columns(chosen: tuple, per_backbone: dict) -> tuple:

@@ -72,7 +72,7 @@ class Ranking:
     far_limit: float  # beyond it an image fits no class (marks.far_limit)
     folds: np.ndarray  # (images,) the fold that scored each image
     penalty: float  # the head's C chosen on every image: the head the heatmaps are drawn with
-    features: str = "features"  # the feature set chosen on every image (a backbone, or several joined with '+')
+    features: str  # the feature set chosen on every image (a backbone, or several joined with '+')
     suspects: list = field(default_factory=list)
 
 
@@ -246,9 +246,8 @@ def review(config: ReviewConfig) -> dict:
 
     digests = sha256_each(files.paths)
     per_backbone, _ = features.of_backbones(config, files, digests)  # train's stored features serve here
-    candidates = features.auto_candidates(tuple(per_backbone)) if config.arch == models.AUTO else [config.arch]
-    feature_sets = {name: crossval.joined(per_backbone, name.split("+")) for name in candidates}
-    columns = {name: features.picture_columns(tuple(name.split("+")), per_backbone) for name in candidates}
+    feature_sets = features.candidate_sets(config.arch, per_backbone)
+    columns = {name: features.picture_columns(tuple(name.split("+")), per_backbone) for name in feature_sets}
     seconds = {"features": time.perf_counter() - started}
 
     mark = time.perf_counter()
@@ -261,7 +260,7 @@ def review(config: ReviewConfig) -> dict:
     accuracy = float(np.mean(ranking.probabilities.argmax(axis=1) == labels))
     print(f"cross-validation: {config.folds} folds, each group of near copies in one ({seconds['near_copies']:.1f} s "
           f"to find them), a logistic-regression head per fold, in {seconds['cross_validation']:.1f} s; out-of-fold "
-          f"accuracy {accuracy:.3f}" + (f"; chosen: {ranking.features}" if len(candidates) > 1 else ""))
+          f"accuracy {accuracy:.3f}" + (f"; chosen: {ranking.features}" if len(feature_sets) > 1 else ""))
     if all(models.BACKBONES[name].reads_face for name in ranking.features.split("+")):
         print(f"note: {marks.FACE_FEATURES_CAVEAT}: --arch mobilenet+expression finds such pictures")
 

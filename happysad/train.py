@@ -119,9 +119,7 @@ def train_with_folds(config: TrainConfig) -> dict:
     everything = data.Files(files.paths + test.paths, files.labels + test.labels)
     per_backbone, _ = features.of_backbones(config, everything,
                                             [folder.digests[path] for path in everything.paths])
-    backbones = tuple(per_backbone)
-    candidates = features.auto_candidates(backbones) if config.arch == models.AUTO else [config.arch]
-    feature_sets = {name: crossval.joined(per_backbone, name.split("+")) for name in candidates}
+    feature_sets = features.candidate_sets(config.arch, per_backbone)
 
     # -- measure: nested cross-validation; then the choices made on every photo ------------------------------
     labels = np.asarray(files.labels, int)

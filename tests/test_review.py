@@ -79,7 +79,7 @@ def test_flipped_labels_rank_first_and_a_far_vector_fits_no_class():
 def test_unsure_fits_no_class_and_alike_pictures_are_not_far():
     probabilities = np.array([[0.9, 0.1], [0.55, 0.45], [0.2, 0.8], [0.95, 0.05]])
     distances = np.array([0.10, 0.10, 0.10, 0.1003])  # all alike: the farthest is no outlier
-    ranking = review.Ranking(probabilities, distances, marks.far_limit(distances), np.zeros(4, int), 1.0)
+    ranking = review.Ranking(probabilities, distances, marks.far_limit(distances), np.zeros(4, int), 1.0, "mobilenet")
     suspects = review.find_suspects(ranking, np.array([0, 0, 0, 1]))
     assert [(s.index, s.kind) for s in suspects] == [(3, "wrong-folder"), (2, "wrong-folder"), (1, "no-class")]
     assert suspects[2].why.startswith("unsure")
