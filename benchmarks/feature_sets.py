@@ -10,7 +10,7 @@ cuts them (its clean copy, KERAS_HOME and outer_split): the nested cross-validat
 the head the data chose on every photo of the train side, and the domain of "fits no class" (marks). It scores
 that head on the outer test side directly: the saved network gives the head's probabilities
 (tests/test_features.py), so this is what the command would score. `auto` is the choice among
-model.AUTO_BACKBONES alone and in pairs, as --arch auto makes it; the other sets are one candidate each, of
+model.AUTO_BACKBONES alone and together, as --arch auto makes it; the other sets are one candidate each, of
 any backbones whose weights Keras' cache folder (KERAS_HOME, made from --weights-dir) holds.
 
 Prints per set the means over seeds: the printed (out-of-fold) accuracy, the unseen accuracy and recalls, the
@@ -59,7 +59,7 @@ def measure(per_backbone: dict, unlike: dict, names: list, labels, folds, train_
     predicted = (probabilities[:, 1] >= choice.threshold).astype(int)
     truth = labels[test_side]
     domain = marks.out_of_fold_domain(chosen[train_side], seen_labels, folds, 2, marks.FAR_SHARE,
-                                      features.picture_columns(tuple(choice.features.split("+")), per_backbone))
+                                      features.domain_columns(tuple(choice.features.split("+")), per_backbone))
     return {"printed": float(np.mean(measurement.predicted == seen_labels)),
             "unseen": float(np.mean(predicted == truth)),
             "recall": [float(np.mean(predicted[truth == c] == c)) for c in (0, 1)],

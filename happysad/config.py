@@ -67,9 +67,10 @@ class FeatureConfig:
     data: str = setting(defaults.DATA, "folder with one subfolder of images per class")
     arch: str = setting("cnn", "cnn: the design card's network; a pretrained backbone "
                                f"({', '.join(models.BACKBONES)}; {models.EXPRESSION}: a network that knows facial "
-                               "expressions, which reads the picture's largest face) or several joined with '+' "
-                               f"(their features side by side); {models.AUTO}: cross-validation picks among "
-                               f"{', '.join(models.AUTO_BACKBONES)}, alone and in pairs (their weights are "
+                               f"expressions, which reads the picture's largest face; {models.FACE_MOBILENET}: MobileNet "
+                               "reading that face) or several joined with '+' (their features side by side); "
+                               f"{models.AUTO}: cross-validation picks among "
+                               f"{', '.join(models.AUTO_BACKBONES)}, alone and together (their weights are "
                                "downloaded once; offline, those in Keras' cache folder are tried)",
                         hyper=True, metavar="|".join(("cnn", models.AUTO, "BACKBONE[+BACKBONE]")))
     weights: str = setting("imagenet", "backbone weights: imagenet (each backbone's published weights, downloaded "
@@ -292,7 +293,7 @@ class ReviewConfig(FeatureConfig):
     arch: str = setting("mobilenet", "pretrained backbone whose features are scored "
                                      f"({', '.join(models.BACKBONES)}), several joined with '+' (their features "
                                      f"side by side), or {models.AUTO}: cross-validation chooses among "
-                                     f"{', '.join(models.AUTO_BACKBONES)} alone and in pairs, as train's does",
+                                     f"{', '.join(models.AUTO_BACKBONES)} alone and together, as train's does",
                         metavar="|".join((models.AUTO, "BACKBONE[+BACKBONE]")))
     weights: str = setting("imagenet", "backbone weights: imagenet (each backbone's published weights, downloaded "
                                        "once into Keras' cache folder) or PATH to a Keras *_notop.h5 file")

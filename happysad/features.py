@@ -72,74 +72,91 @@ def extract(extractor, paths, store: ArrayStore, preprocessing, views=("original
     """(len(views), len(paths), dim) features: read from the store (a cache.ArrayStore of the family FAMILY,
     keyed by extractor_id) where they are, computed once where not."""
     digests = digests or files.sha256_each(paths)
-    out = []
-    for view in views:
-        found = [store.get(view, digest) for digest in digests]
-        missing = [i for i, vector in enumerate(found) if vector is None]
-        if missing:
-            computed = compute(extractor, [paths[i] for i in missing], preprocessing, view)
-            for i, vector in zip(missing, computed):
-                store.put(view, digests[i], vector)
-                found[i] = vector
-        out.append(np.stack(found))
-    return np.stack(out)
+    return np.stack([extract_joined({"": extractor}, paths, {"": store}, preprocessing, digests, view)[""]
+                     for view in views])
+
+
+def extract_joined(extractors: dict, paths, stores: dict, preprocessing, digests, view="original") -> dict:
+    """{name: (len(paths), dim)} features of one view, each from its store (stores: {name: ArrayStore}) where
+    it is there. The files missing from any store go through all the extractors ({name: network}, for the
+    stores that lack some) in one pass: each file is decoded, and its face found, once. With
+    preprocessing.face_beside each extractor takes the picture's or the face's channels, as its name says."""
+    found = {name: [store.get(view, digest) for digest in digests] for name, store in stores.items()}
+    missing = sorted({i for name in extractors for i, vector in enumerate(found[name]) if vector is None})
+    if missing:
+        computed = compute(models.joined_outputs(extractors, preprocessing.face_beside), [paths[i] for i in missing],
+                           preprocessing, view)
+        start = 0
+        for name, extractor in extractors.items():
+            stop = start + extractor.output.shape[-1]
+            for i, vector in zip(missing, computed[:, start:stop]):
+                stores[name].put(view, digests[i], vector)
+                found[name][i] = vector
+            start = stop
+    return {name: np.stack(vectors) for name, vectors in found.items()}
 
 
 def of_backbones(config, files: data.Files, digests: list) -> tuple:
     """({backbone: (images, dim) pooled features}, {backbone: how many were computed now}) of the
     configuration's backbones (train's or review's), each of what it reads (the picture, or its face:
-    `config.preprocessing`), from the feature store where a run computed them; a backbone is built only when
-    some are missing. --arch auto leaves out, and says so, each backbone of AUTO_BACKBONES whose weights can be
-    neither downloaded nor found in Keras' cache folder."""
-    found, computed = {}, {}
-    for arch in models.AUTO_BACKBONES if config.arch == models.AUTO else config.backbones:
-        preprocessing = config.preprocessing((arch,))
-        store = cache.array_store(config.cache, FAMILY, extractor_id(arch, config.weights, preprocessing))
-        computed[arch] = sum(store.get("original", digest) is None for digest in digests)
-        mark = time.time()
+    `config.preprocessing`), from the feature store where a run computed them. The backbones whose features
+    are missing are built and run together, in one pass over the files. --arch auto leaves out, and says so,
+    each backbone of AUTO_BACKBONES whose weights can be neither downloaded nor found in Keras' cache folder."""
+    backbones = models.AUTO_BACKBONES if config.arch == models.AUTO else config.backbones
+    stores = {arch: cache.array_store(config.cache, FAMILY, extractor_id(arch, config.weights,
+                                                                        config.preprocessing((arch,))))
+              for arch in backbones}
+    computed = {arch: sum(stores[arch].get("original", digest) is None for digest in digests) for arch in backbones}
+    mark, extractors = time.time(), {}
+    for arch in (arch for arch in backbones if computed[arch]):
         try:
-            extractor = models.pooled_output(models.build_linear((arch,), 2, preprocessing.image_size,
-                                                                  config.weights)) if computed[arch] else None
+            extractors[arch] = models.pooled_output(models.build_linear((arch,), 2, config.image_size, config.weights))
         except models.BuildError as error:
             if config.arch != models.AUTO:
                 raise
             print(f"note: --arch auto leaves out {arch}: {errors.for_command(error)}")
-            continue
-        with data.undecodable_explained(files.paths, preprocessing, config.data):
-            found[arch] = extract(extractor, files.paths, store, preprocessing, digests=digests)[0]
-        print(f"{arch} features: {computed[arch]} computed in {time.time() - mark:.1f} s, "
-              f"{len(files) - computed[arch]} from the store")
-    if not found:
+            del stores[arch]
+    if not stores:
         raise models.BuildError(
             f"`arch` auto found no backbone weights: none of {', '.join(models.AUTO_BACKBONES)} could be "
             f"downloaded or found in Keras' cache folder {models.keras_cache_folder()}; put a weights file there, "
             "or name one backbone and its file (`arch` mobilenet `weights` PATH)")
+    preprocessing = config.preprocessing(tuple(extractors) or tuple(stores))
+    with data.undecodable_explained(files.paths, preprocessing, config.data):
+        found = extract_joined(extractors, files.paths, stores, preprocessing, digests)
+    for arch in stores:
+        print(f"{arch} features: {computed[arch]} computed, {len(files) - computed[arch]} from the store")
+    if extractors:
+        print(f"{' and '.join(extractors)} in {time.time() - mark:.1f} s, one pass over {len(files)} images")
     return found, computed
 
 
 def auto_candidates(backbones: tuple) -> list:
-    """The feature sets --arch auto lets the cross-validation choose from: each backbone alone, and each pair."""
-    return ["+".join(pair) for n in (1, 2) for pair in itertools.combinations(backbones, n)]
+    """The feature sets --arch auto lets the cross-validation choose from: each backbone alone, and every
+    combination of them."""
+    return ["+".join(combination) for n in range(1, len(backbones) + 1)
+            for combination in itertools.combinations(backbones, n)]
 
 
 def candidate_sets(arch: str, per_backbone: dict) -> dict:
     """{name: (images, dim)} the feature sets the cross-validation chooses among, for train and review: with
-    --arch auto each backbone found alone and each pair, else --arch's own; each backbone's part unit length."""
+    --arch auto each backbone found alone and together, else --arch's own; each backbone's part unit length."""
     names = auto_candidates(tuple(per_backbone)) if arch == models.AUTO else [arch]
     return {name: crossval.joined(per_backbone, name.split("+")) for name in names}
 
 
-def picture_columns(chosen: tuple, per_backbone: dict) -> tuple:
-    """((start, stop), ...) of the features of the chosen backbones that did not learn faces, in their
-    side-by-side vector: what "fits no class" measures (marks.Domain). () when all of them count: none of them
-    learnt faces, or all did (the expression network alone). With --faces they all read the face crop, and
-    the face network's features are left out all the same."""
-    reads_picture = [not models.BACKBONES[name].reads_face for name in chosen]
-    if all(reads_picture) or not any(reads_picture):
+def domain_columns(chosen: tuple, per_backbone: dict) -> tuple:
+    """((start, stop), ...) of the features "fits no class" measures (marks.Domain), in the chosen backbones'
+    side-by-side vector: the ImageNet backbones' that read the whole picture, else those that read the face
+    (with --faces all read it). () when all the features count: every chosen backbone is one of those, or
+    none is (the expression network alone, whose features of text or noise lie as close to the photos as they
+    lie to each other)."""
+    imagenet = [name for name in chosen if not models.BACKBONES[name].learnt_faces]
+    judges = [name for name in imagenet if not models.BACKBONES[name].reads_face] or imagenet
+    if not judges or len(judges) == len(chosen):
         return ()
-    ends = np.cumsum([per_backbone[name].shape[1] for name in chosen])
-    return tuple((int(end - per_backbone[name].shape[1]), int(end))
-                 for name, end, picture in zip(chosen, ends, reads_picture) if picture)
+    ends = dict(zip(chosen, np.cumsum([per_backbone[name].shape[1] for name in chosen])))
+    return tuple((int(ends[name] - per_backbone[name].shape[1]), int(ends[name])) for name in judges)
 
 
 def dataset(vectors, labels, batch_size: int, shuffle_seed=None) -> tf.data.Dataset:

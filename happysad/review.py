@@ -89,7 +89,7 @@ def rank(feature_sets: dict, labels, groups, n_classes: int, n_folds: int = 5, s
     """Score every image out of fold and pick the suspects, from features alone (see the module docstring).
     feature_sets: {name: (images, dim)}, each backbone's part unit length (crossval.joined); with several, the
     nested cross-validation chooses, as train's does. columns: {name: the columns "fits no class" measures}
-    (features.picture_columns; all by default)."""
+    (features.domain_columns; all by default)."""
     labels = np.asarray(labels, dtype=int)
     folds = data.make_folds(labels, groups, n_folds, seed)
     measurement = crossval.cross_validate({name: np.asarray(vectors, np.float32)
@@ -247,7 +247,7 @@ def review(config: ReviewConfig) -> dict:
     digests = sha256_each(files.paths)
     per_backbone, _ = features.of_backbones(config, files, digests)  # train's stored features serve here
     feature_sets = features.candidate_sets(config.arch, per_backbone)
-    columns = {name: features.picture_columns(tuple(name.split("+")), per_backbone) for name in feature_sets}
+    columns = {name: features.domain_columns(tuple(name.split("+")), per_backbone) for name in feature_sets}
     seconds = {"features": time.perf_counter() - started}
 
     mark = time.perf_counter()
@@ -261,7 +261,7 @@ def review(config: ReviewConfig) -> dict:
     print(f"cross-validation: {config.folds} folds, each group of near copies in one ({seconds['near_copies']:.1f} s "
           f"to find them), a logistic-regression head per fold, in {seconds['cross_validation']:.1f} s; out-of-fold "
           f"accuracy {accuracy:.3f}" + (f"; chosen: {ranking.features}" if len(feature_sets) > 1 else ""))
-    if all(models.BACKBONES[name].reads_face for name in ranking.features.split("+")):
+    if all(models.BACKBONES[name].learnt_faces for name in ranking.features.split("+")):
         print(f"note: {marks.FACE_FEATURES_CAVEAT}: --arch mobilenet+expression finds such pictures")
 
     relative = data.relative(files, config.data)

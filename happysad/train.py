@@ -142,8 +142,8 @@ def train_with_folds(config: TrainConfig) -> dict:
     models.set_head(network, head.coef_, head.intercept_)
     calibration.apply_to_network(network, choice.scaling)
     domain = marks.out_of_fold_domain(feature_sets[choice.features][:len(files)], labels, folds, len(class_names),
-                                      config.far_share, features.picture_columns(chosen, per_backbone))
-    if all(models.BACKBONES[name].reads_face for name in chosen):
+                                      config.far_share, features.domain_columns(chosen, per_backbone))
+    if all(models.BACKBONES[name].learnt_faces for name in chosen):
         print(f"note: {marks.FACE_FEATURES_CAVEAT}: beside MobileNet (--arch mobilenet+expression) the mark "
               "measures the picture")
     model_metrics = {"cross_validation": cross_validated, "train_seconds": time.time() - started}

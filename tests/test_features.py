@@ -118,6 +118,43 @@ def test_a_picture_backbone_beside_the_face_backbone_reads_the_picture_and_the_f
     assert [cv2.imread(str(p)).shape for p in sorted((tmp_path / "explained").iterdir())] == [(SIZE, 2 * SIZE, 3)] * 2
 
 
+
+@pytest.mark.slow
+def test_mobilenet_on_the_face_joins_the_expression_network_in_one_pass_and_one_saved_network(
+        small_dir, stand_in_downloads, tmp_path, monkeypatch):
+    monkeypatch.setitem(models.BACKBONES, models.FACE_MOBILENET, dataclasses.replace(
+        models.BACKBONES[models.FACE_MOBILENET], options=(("alpha", 0.25),)))  # the stand-in file's width
+    searched = []
+    monkeypatch.setattr(faces, "largest_face", lambda rgb: searched.append(rgb.shape) or centre_face(rgb))
+    result = run(small_dir, "imagenet", tmp_path / "a", arch=f"mobilenet025+expression+{models.FACE_MOBILENET}")
+    assert len(searched) == 48  # each face found once for both backbones that read it
+    assert result["features"].shape == (48, 256 + 8 + 256)
+    # MobileNet on the face gives what MobileNet gives for --faces, where every backbone reads the face.
+    alone = run(small_dir, "imagenet", tmp_path / "alone" / "b", "--faces")
+    np.testing.assert_allclose(result["features"][:, -256:], alone["features"], atol=1e-5)
+    # Two MobileNets of the same layer names save and load as one network with the head's probabilities.
+    model = classifier.load(tmp_path / "a" / "m.h5")
+    assert {"mobilenet025_backbone", f"{models.FACE_MOBILENET}_backbone"} <= {layer.name for layer in model.network.layers}
+    pixels = np.stack([model.load_image(small_dir / path) for path in result["record"].split["train"]])
+    np.testing.assert_allclose(model.probabilities(pixels), head_probabilities(result), atol=1e-5)
+    # "Fits no class" measures the picture's ImageNet features alone, not the face's.
+    assert model.record.domain["columns"] == [[0, 256]]
+
+
+def test_fits_no_class_measures_imagenet_features_of_the_picture_else_of_the_face():
+    per_backbone = {"mobilenet": np.zeros((1, 4)), models.EXPRESSION: np.zeros((1, 2)),
+                    models.FACE_MOBILENET: np.zeros((1, 4))}
+    columns = features.domain_columns
+    assert columns(("mobilenet", models.EXPRESSION, models.FACE_MOBILENET), per_backbone) == ((0, 4),)
+    assert columns((models.FACE_MOBILENET, "mobilenet"), per_backbone) == ((4, 8),)
+    assert columns((models.EXPRESSION, models.FACE_MOBILENET), per_backbone) == ((2, 6),)
+    assert columns((models.EXPRESSION,), per_backbone) == ()  # no ImageNet backbone: all its features
+    assert columns(("mobilenet",), per_backbone) == ()
+
+
+def test_auto_tries_each_backbone_alone_and_every_combination():
+    assert features.auto_candidates(("a", "b", "c")) == ["a", "b", "c", "a+b", "a+c", "b+c", "a+b+c"]
+
 @pytest.mark.slow
 def test_a_second_run_never_runs_the_backbone(small_dir, weights_file, tmp_path, monkeypatch):
     first = run(small_dir, weights_file, tmp_path / "first")
@@ -246,15 +283,16 @@ def test_auto_offline_uses_the_backbones_in_keras_cache_and_says_which_it_left_o
         "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--cache", "none"]))
     out = capsys.readouterr().out
     assert "note: --arch auto leaves out expression: cannot get the expression network" in out
-    assert {name for name, _ in result["measurement"].scores} == {"mobilenet"}
-    assert result["record"].hyperparameters["features"] == "mobilenet"
-    # With the expression network in the cache too, it tries both and the pair, and saves what it chose.
+    face_mobilenet = models.FACE_MOBILENET  # MobileNet's weights, reading the face
+    assert {name for name, _ in result["measurement"].scores} == {"mobilenet", face_mobilenet,
+                                                                   f"mobilenet+{face_mobilenet}"}
+    # With the expression network in the cache too, it tries every combination, and saves what it chose.
     (cache_folder / models.EXPRESSION_FILE).symlink_to(SHARED_WEIGHTS / models.EXPRESSION_FILE)
     result = train.train(train.parse_args([
         "--data", str(small_dir), "--arch", "auto", "--image-size", str(SIZE), "--folds", "3",
         "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--cache", "none"]))
     assert "leaves out" not in capsys.readouterr().out
-    assert {name for name, _ in result["measurement"].scores} == {"mobilenet", "expression", "mobilenet+expression"}
+    assert {name for name, _ in result["measurement"].scores} == set(features.auto_candidates(models.AUTO_BACKBONES))
     model = classifier.load(tmp_path / "m.h5")
     pixels = np.stack([model.load_image(small_dir / path) for path in result["record"].split["train"]])
     np.testing.assert_allclose(model.probabilities(pixels), head_probabilities(result),
