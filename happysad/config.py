@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 from happysad import cache, defaults, distribute, features, images, marks, model as models
 from happysad.errors import SettingError
@@ -64,6 +65,7 @@ class FeatureConfig:
     """What train's cross-validation and review share: the folder, the backbone, its stored features, the
     folds and the marks."""
 
+    TAKES_CNN: ClassVar[bool] = True  # --arch cnn is one of the command's choices
     data: str = setting(defaults.DATA, "folder with one subfolder of images per class")
     arch: str = setting("cnn", "cnn: the design card's network; a pretrained backbone "
                                f"({', '.join(models.BACKBONES)}; {models.EXPRESSION}: a network that knows facial "
@@ -140,7 +142,7 @@ class FeatureConfig:
 
     @property
     def backbones(self) -> tuple:
-        return models.parse_arch(self.arch)
+        return models.parse_arch(self.arch, offer_cnn=self.TAKES_CNN)
 
     @property
     def several_backbones(self) -> bool:
@@ -288,6 +290,8 @@ class TrainConfig(FeatureConfig):
 @dataclass(frozen=True)
 class ReviewConfig(FeatureConfig):
     """Everything `python -m happysad.review` takes: train's feature settings, and what to do with suspects."""
+
+    TAKES_CNN: ClassVar[bool] = False
 
     data: str = setting(None, "folder with one subfolder of images per class", positional=True)
     arch: str = setting("mobilenet", "pretrained backbone whose features are scored "

@@ -509,15 +509,16 @@ def evidence_models(network: keras.Model) -> tuple:
     return keras.Model(image, maps, name="maps"), keras.Model(map_inputs, features, name="features"), on_picture
 
 
-def parse_arch(text: str) -> tuple:
-    """--arch: "cnn", "auto", one backbone or several joined with '+' -> a tuple of names (BuildError)."""
+def parse_arch(text: str, offer_cnn: bool = True) -> tuple:
+    """--arch: "cnn", "auto", one backbone or several joined with '+' -> a tuple of names (BuildError, naming
+    the choices: cnn among them where the command takes it)."""
     if text in ("cnn", AUTO):
         return (text,)
     names = tuple(text.split("+"))
     unknown = [name for name in names if name not in BACKBONES]
     if unknown or len(set(names)) != len(names):
-        raise BuildError(f"`arch` {text}: choose cnn, {AUTO}, or one or more of {', '.join(BACKBONES)} joined "
-                         "with '+', each once")
+        raise BuildError(f"`arch` {text}: choose {'cnn, ' if offer_cnn else ''}{AUTO}, or one or more of "
+                         f"{', '.join(BACKBONES)} joined with '+', each once")
     return names
 
 

@@ -302,7 +302,7 @@ def test_fits_no_class_measures_only_the_columns_it_is_given():
 @pytest.mark.parametrize("argv, message", [
     (["--arch", "cnn"], "--arch cnn: review scores a pretrained backbone's features"),
     (["--arch", "auto", "--weights", "x_notop.h5"], "--weights must be imagenet"),
-    (["--arch", "mobilenet+nothing"], "choose cnn, auto, or one or more of"),
+    (["--arch", "mobilenet+nothing"], "--arch mobilenet+nothing: choose auto, or one or more of"),
 ])
 def test_review_refuses_what_it_cannot_score_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit):
