@@ -57,15 +57,15 @@ class Classifier:
     def __post_init__(self):
         # A Keras model called eagerly runs op by op; traced once into a graph it scores images ~1.6x faster.
         # reduce_retracing: the last, smaller chunk of a batch does not trigger a trace of its own each time.
-        # Where the record knows the training photos' domain, the same pass also returns what the output layer
-        # reads, to tell how far each picture is from every class.
+        # Where the record knows the training photos' domain, the same pass also returns the features it was
+        # measured on (models.domain_reader), to tell how far each picture is from every class.
         self.domain = marks.Domain.from_record(self.record.domain)
         self.forward = self.network
         if isinstance(self.network, keras.Model):
             scorer = self.network
             if self.domain is not None:  # (Sequential models have no .output before they are called: .outputs)
-                scorer = keras.Model(self.network.inputs, [self.network.get_layer("prediction").input,
-                                                           self.network.outputs[0]])
+                reader = models.domain_reader(self.network, self.domain.reads)
+                scorer = keras.Model(self.network.inputs, [reader.outputs[0], self.network.outputs[0]])
             self.forward = tf.function(lambda images: scorer(images, training=False), reduce_retracing=True)
         else:
             self.domain = None  # an export computes the probabilities only
@@ -86,8 +86,8 @@ class Classifier:
         return self.preprocessing.decode(tf.constant(encoded)).numpy()
 
     def scores(self, batch: np.ndarray, batch_size: int = 64) -> tuple:
-        """(n, size, size, channels) images in [0, 1] -> ((n, num_classes) probabilities, (n, dim) features that the
-        output layer reads, or None where the domain is unknown)."""
+        """(n, size, size, channels) images in [0, 1] -> ((n, num_classes) probabilities, (n, dim) features that
+        "fits no class" measures, or None where the domain is unknown)."""
         outputs, features = [], []
         for start in range(0, len(batch), batch_size):
             chunk = np.asarray(batch[start:start + batch_size], dtype=np.float32)

@@ -86,22 +86,31 @@ def out_of_fold_domain(vectors, labels, folds, num_classes: int, far_share: floa
                   far_limit(out_of_fold_distances(seen, labels, folds, num_classes), far_share), columns)
 
 
+# Which features of a network "fits no class" measures (Domain.reads; model.domain_reader): what its output layer
+# reads (a backbone's features), or for the CNN the mean and the maximum of each convolution block's maps over
+# the picture. On web photos the CNN's 256 features before its output layer marked about 10 % of pictures
+# unlike any photo; its blocks' statistics mark more (README, "The CNN measures itself on every photo").
+OUTPUT_LAYER_INPUT = "output layer input"
+BLOCK_STATISTICS = "block statistics"
+
 @dataclass(frozen=True)
 class Domain:
     """What the training photos look like to the model: the classes' centres, and how far an unseen one may be."""
 
     centres: np.ndarray  # (centres, dim), unit length
     limit: float  # a cosine distance: further than this from every centre fits no class
-    columns: tuple = ()  # ((start, stop), ...) of what the output layer reads that the distance measures; () all
+    columns: tuple = ()  # ((start, stop), ...) of the features read that the distance measures; () all
+    reads: str = OUTPUT_LAYER_INPUT  # which features of the network (models.domain_reader)
 
     def far(self, vectors) -> tuple:
-        """(distances, whether each is beyond the limit) of feature vectors (what the output layer reads)."""
+        """(distances, whether each is beyond the limit) of feature vectors (what `reads` names)."""
         found = distances(picked(vectors, self.columns), self.centres)
         return found, found > self.limit
 
     def to_record(self) -> dict:
         return {"centres": np.round(self.centres, 5).tolist(), "limit": self.limit,
-                **({"columns": [list(span) for span in self.columns]} if self.columns else {})}
+                **({"columns": [list(span) for span in self.columns]} if self.columns else {}),
+                **({"reads": self.reads} if self.reads != OUTPUT_LAYER_INPUT else {})}
 
     @classmethod
     def from_record(cls, values: dict):
@@ -109,7 +118,8 @@ class Domain:
         if not values:
             return None
         return cls(np.asarray(values["centres"], np.float64), float(values["limit"]),
-                   tuple(tuple(span) for span in values.get("columns", ())))
+                   tuple(tuple(span) for span in values.get("columns", ())),
+                   values.get("reads", OUTPUT_LAYER_INPUT))
 
 
 def far_limit(held_out_distances, far_share: float = FAR_SHARE) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import files, images
+from happysad import files, images, marks
 from happysad.errors import SettingError
 from happysad.runtime import deferred, keras
 
@@ -444,9 +444,20 @@ def outputs(network: keras.Model, batches) -> np.ndarray:
     return np.concatenate([np.asarray(network(images, training=False)) for images, _ in batches])
 
 
-def output_layer_input(network: keras.Model) -> keras.Model:
-    """image -> what the network's output layer reads: the features "fits no class" measures."""
-    return keras.Model(network.inputs, network.get_layer("prediction").input)
+def domain_reads(network: keras.Model) -> str:
+    """What "fits no class" measures for a network train makes: the CNN's block statistics, or what the output
+    layer reads (a backbone's features)."""
+    return marks.BLOCK_STATISTICS if network.name == "cnn" else marks.OUTPUT_LAYER_INPUT
+
+
+def domain_reader(network: keras.Model, reads: str = marks.OUTPUT_LAYER_INPUT) -> keras.Model:
+    """image -> the features "fits no class" measures, as `reads` names them (marks.Domain.reads, the record's
+    choice, so a model keeps the reader it was measured with)."""
+    if reads == marks.OUTPUT_LAYER_INPUT:
+        return keras.Model(network.inputs, network.get_layer("prediction").input)
+    blocks = [layer.output for layer in network.layers if isinstance(layer, layers.MaxPooling2D)]
+    statistics = [pool()(block) for block in blocks for pool in (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D)]
+    return keras.Model(network.inputs, layers.Concatenate()(statistics))
 
 
 def set_head(network: keras.Model, coefficients: np.ndarray, intercepts: np.ndarray) -> None:

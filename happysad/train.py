@@ -314,7 +314,7 @@ def domain_widening(fold_network, fold_data, k: int, labels, batch_size: int, nu
     mean the same (across networks they do not: a limit taken from the fold networks' distances alone marked
     0 to 15 % of unseen web photos from one split to the next)."""
     training, fold, seen, _ = fold_data(k, batch_size, shuffle=False)
-    reader = models.output_layer_input(fold_network)
+    reader = models.domain_reader(fold_network, models.domain_reads(fold_network))
     vectors = models.outputs(reader, training)
     centres = marks.class_centres(vectors, labels[seen], num_classes)
     return (marks.far_limit(marks.distances(models.outputs(reader, fold), centres), far_share)
@@ -323,14 +323,15 @@ def domain_widening(fold_network, fold_data, k: int, labels, batch_size: int, nu
 
 def saved_domain(network, fold_data, labels, batch_size: int, num_classes: int, far_share: float,
                  widening: list) -> marks.Domain:
-    """Fits no class for the network trained on every photo: the centres of its features (what the output
-    layer reads) of every photo, and its own limit on them widened by the median of the fold networks'
+    """Fits no class for the network trained on every photo: the centres of its features (models.domain_reads)
+    of every photo, and its own limit on them widened by the median of the fold networks'
     `domain_widening`, so that it stands for photos it never saw."""
     everything, _, seen, _ = fold_data(None, batch_size, shuffle=False)
-    vectors = models.outputs(models.output_layer_input(network), everything)
+    reads = models.domain_reads(network)
+    vectors = models.outputs(models.domain_reader(network, reads), everything)
     centres = marks.class_centres(vectors, labels[seen], num_classes)
     limit = marks.far_limit(marks.distances(vectors, centres), far_share) * float(np.median(widening))
-    return marks.Domain(centres, limit)
+    return marks.Domain(centres, limit, reads=reads)
 
 
 def candidates_table(measurement: crossval.Measurement) -> str:
@@ -596,16 +597,18 @@ def fine_tune(config: TrainConfig, network, num_classes: int, setup, datasets, c
 
 def partition_domain(network, parts, preprocessing, batch_size: int, num_classes: int,
                      far_share: float) -> marks.Domain:
-    """The centres of the training images' features (what the output layer reads), and the distance limit
-    from the validation images, which the network never trained on."""
-    reader = models.output_layer_input(network)
+    """The centres of the training images' features (models.domain_reads), and the distance limit from the
+    validation images, which the network never trained on."""
+    reads = models.domain_reads(network)
+    reader = models.domain_reader(network, reads)
 
     def vectors(name):
         dataset = data.make_dataset(parts[name], preprocessing, batch_size, binary=models.is_binary(num_classes))
         return reader.predict(dataset, verbose=0)
 
     centres = marks.class_centres(vectors("train"), parts["train"].labels, num_classes)
-    return marks.Domain(centres, marks.far_limit(marks.distances(vectors("validation"), centres), far_share))
+    return marks.Domain(centres, marks.far_limit(marks.distances(vectors("validation"), centres), far_share),
+                        reads=reads)
 
 
 def saved_epoch(history: dict, config, stage_start: int) -> int:

@@ -40,6 +40,10 @@ def test_a_domain_survives_the_record_and_marks_the_far():
     again = marks.Domain.from_record(domain.to_record())
     np.testing.assert_allclose(again.centres, domain.centres, atol=1e-6)
     assert again.limit == domain.limit and marks.Domain.from_record({}) is None
+    # What it reads is kept; a record written before the CNN read its blocks' statistics reads the output layer's input.
+    assert again.reads == marks.OUTPUT_LAYER_INPUT and "reads" not in domain.to_record()
+    blocks = marks.Domain(domain.centres, 0.2, reads=marks.BLOCK_STATISTICS)
+    assert marks.Domain.from_record(blocks.to_record()).reads == marks.BLOCK_STATISTICS
     found, far = again.far(np.array([[1.0, 0.1], [1.0, 1.0]]))
     assert list(far) == [False, True] and found[1] == pytest.approx(1 - np.cos(np.pi / 4))
 

@@ -280,12 +280,16 @@ def test_the_cnn_measures_itself_on_every_photo_and_saves_a_network_trained_on_a
     # Fits no class: the saved network's own limit on its photos, widened as the fold networks measured.
     from happysad import marks
 
-    reader = models.output_layer_input(model.network)
+    # It measures the mean and the maximum of each convolution block's maps (16, 32 and 16 of them), and the
+    # one pass that scores a picture returns them.
+    reader = models.domain_reader(model.network, marks.BLOCK_STATISTICS)
     pixels = np.stack([model.load_image(faces_dir / p) for p in saved.split["train"]])
     vectors = reader.predict(pixels, verbose=0)
+    np.testing.assert_allclose(model.scores(pixels)[1], vectors, rtol=1e-4, atol=1e-5)
     domain = marks.Domain.from_record(saved.domain)
     own = marks.far_limit(marks.distances(vectors, domain.centres))
-    assert domain.centres.shape[1] == 256 and len(saved.metrics["domain_widening"]) == 3
+    assert domain.reads == marks.BLOCK_STATISTICS and domain.centres.shape[1] == 2 * (16 + 32 + 16)
+    assert len(saved.metrics["domain_widening"]) == 3
     assert domain.limit == pytest.approx(own * np.median(saved.metrics["domain_widening"]), rel=1e-4)
     assert np.mean(marks.distances(vectors, domain.centres) > domain.limit) <= marks.FAR_SHARE
 
