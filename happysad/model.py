@@ -456,7 +456,9 @@ def domain_reader(network: keras.Model, reads: str = marks.OUTPUT_LAYER_INPUT) -
     if reads == marks.OUTPUT_LAYER_INPUT:
         return keras.Model(network.inputs, network.get_layer("prediction").input)
     blocks = [layer.output for layer in network.layers if isinstance(layer, layers.MaxPooling2D)]
-    statistics = [pool()(block) for block in blocks for pool in (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D)]
+    statistics = [layers.UnitNormalization()(layers.Concatenate()([layers.GlobalAveragePooling2D()(block),
+                                                                    layers.GlobalMaxPooling2D()(block)]))
+                  for block in blocks]  # each block's made unit length, so that each counts alike
     return keras.Model(network.inputs, layers.Concatenate()(statistics))
 
 
