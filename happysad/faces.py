@@ -20,14 +20,16 @@ MARGIN = 0.2
 MIN_FACE = 24  # the cascade's own training window
 
 _local = threading.local()
+# tf.data runs the crop on several threads at once, one per core, so OpenCV runs each detection on the thread
+# that asked: its own thread pool on top of tf.data's and TensorFlow's made detection twice as slow (423 web
+# photos: 21 s against 11 s for the face pass of --arch auto, 2 cores). Set for the whole process, once, here:
+# OpenCV's setting must not change while other threads run its functions.
+cv2.setNumThreads(1)
 
 
 def detector() -> cv2.CascadeClassifier:
-    """One cascade per thread: tf.data runs the crop on several threads at once, one per core. So OpenCV runs
-    each detection on its own thread: its thread pool on top of tf.data's and TensorFlow's made detection twice
-    as slow (423 web photos: 21 s against 11 s for the face pass of --arch auto, 2 cores)."""
+    """One cascade per thread: tf.data runs the crop on several threads at once."""
     if not hasattr(_local, "cascade"):
-        cv2.setNumThreads(1)
         path = os.path.join(cv2.data.haarcascades, CASCADE)
         cascade = cv2.CascadeClassifier(path)
         if cascade.empty():

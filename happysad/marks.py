@@ -7,16 +7,16 @@ hidden, but two facts come with it, each with its reason:
                    classes: the two highest probabilities lie within the band of each other). Calibrated
                    probabilities (happysad.calibration) make the band mean what it says: on unseen web photos
                    54-57 % of those inside a band of 0.2 around 0.5 were right, 84-85 % of the others.
-    fits no class  the picture's features (what the output layer reads) are far from every class seen in
-                   training: the cosine distance to the nearest of the classes' centres (k-means, about one
+    fits no class  the picture's features (`Domain.reads`: what the output layer reads, or the CNN's blocks'
+                   statistics) are far from every class seen in training: the cosine distance to the nearest of the classes' centres (k-means, about one
                    centre per PHOTOS_PER_CENTRE photos, at most CENTRES_PER_CLASS per class, so a class of
                    several kinds of picture keeps them all) is beyond the domain's limit. The limit comes from
                    photos the centres never saw (out of fold, or the validation partition): all but FAR_SHARE
                    of them are closer, and it is at least FAR_RATIO times their median, for folders where
-                   nearly all pictures are alike. Where a backbone that reads the face sits beside one that
-                   reads the picture, only the picture's features count (`columns`): the face network maps
-                   text, noise and flat colours as close to the photos as the photos are to each other
-                   (README, "The expression network reads the face").
+                   nearly all pictures are alike. Where the expression network sits beside an ImageNet
+                   backbone, only the ImageNet features count (`columns`; features.domain_columns): the face
+                   network maps text, noise and flat colours as close to the photos as the photos are to each
+                   other (README, "The expression network reads the face").
 
 train stores the centres and the limit with the model (the record's `domain`); predict, serve and the JSON API
 mark each image by them, and review lists its suspects by the same rules.

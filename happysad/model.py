@@ -455,11 +455,13 @@ def domain_reader(network: keras.Model, reads: str = marks.OUTPUT_LAYER_INPUT) -
     choice, so a model keeps the reader it was measured with)."""
     if reads == marks.OUTPUT_LAYER_INPUT:
         return keras.Model(network.inputs, network.get_layer("prediction").input)
+    # float32 also under mixed precision: a unit length in float16 overflows for a block of zeros.
     blocks = [layer.output for layer in network.layers if isinstance(layer, layers.MaxPooling2D)]
-    statistics = [layers.UnitNormalization()(layers.Concatenate()([layers.GlobalAveragePooling2D()(block),
-                                                                    layers.GlobalMaxPooling2D()(block)]))
+    statistics = [layers.UnitNormalization(dtype="float32")(layers.Concatenate(dtype="float32")(
+                      [layers.GlobalAveragePooling2D(dtype="float32")(block),
+                       layers.GlobalMaxPooling2D(dtype="float32")(block)]))
                   for block in blocks]  # each block's made unit length, so that each counts alike
-    return keras.Model(network.inputs, layers.Concatenate()(statistics))
+    return keras.Model(network.inputs, layers.Concatenate(dtype="float32")(statistics))
 
 
 def set_head(network: keras.Model, coefficients: np.ndarray, intercepts: np.ndarray) -> None:

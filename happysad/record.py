@@ -19,8 +19,10 @@ from happysad.images import Preprocessing
 # first at the top level before). 4: `calibration`, the scaling written into the output layer (already in the
 # network: kept to undo it for reports), and `domain`, what "fits no class" is measured by. 5: `config`, every
 # setting of the run (config.TrainConfig). 6: `preprocessing.face_beside` (the face crop beside the picture, six
-# channels) and the domain's `columns`. Older records read as they are: missing fields empty, settings moved in.
-FORMAT_VERSION = 6
+# channels) and the domain's `columns`. 7: the domain's `reads` (the CNN's block statistics: an older happysad
+# would compare other features with its centres). Older records read as they are: missing fields empty,
+# settings moved in.
+FORMAT_VERSION = 7
 
 
 class RecordError(Exception):

@@ -57,7 +57,7 @@ def test_sidecar_path_and_unknown_keys():
 
 def test_the_preprocessing_is_stored_whole_and_read_back_from_every_format_version():
     written = json.loads(record.Record(["a", "b"], images.Preprocessing(24, faces=True)).to_json())
-    assert "image_size" not in written and written["format_version"] == record.FORMAT_VERSION == 6
+    assert "image_size" not in written and written["format_version"] == record.FORMAT_VERSION == 7
     assert written["preprocessing"] == {"image_size": 24, "faces": True, "face_beside": False,
                                         **images.Preprocessing.STEPS}
     assert record.Record.from_dict(written).preprocessing == images.Preprocessing(24, faces=True)
