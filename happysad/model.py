@@ -430,8 +430,11 @@ def joined_outputs(networks: dict, beside: bool = False) -> keras.Model:
     inputs = keras.Input((*first.input.shape[1:3], 6 if beside else 3), name="image")
     parts, readers = [], []
     for arch, network in networks.items():
-        readers += [channels_reader(f"{arch}_", BACKBONES[arch].reads_face)] if beside else []
-        parts.append(network(readers[-1](inputs) if beside else inputs))
+        x = inputs
+        if beside:
+            readers.append(channels_reader(f"{arch}_", BACKBONES[arch].reads_face))
+            x = readers[-1](x)
+        parts.append(network(x))
     joined = keras.Model(inputs, parts[0] if len(parts) == 1 else layers.Concatenate(name="joined")(parts),
                          name="joined")
     set_converter_weights(readers)

@@ -249,8 +249,9 @@ def train_images_with_folds(config: TrainConfig) -> dict:
     choice = measurement.final
     pooled = [loss for _, loss in sorted(measurement.scores.items())]
     warn_if_nothing_learnt(pooled, "the folds' pooled held-out loss")
-    print(f"chosen on every fold: {choice.epochs} epoch{'s' * (choice.epochs > 1)} (the lowest pooled held-out log "
-          f"loss, {min(pooled):.3f}), {scaling_text(choice.scaling, len(class_names))}")
+    epochs_text = f"{choice.epochs} epoch{'s' * (choice.epochs > 1)}"
+    print(f"chosen on every fold: {epochs_text} (the lowest pooled held-out log loss, {min(pooled):.3f}), "
+          f"{scaling_text(choice.scaling, len(class_names))}")
     print(cross_validation_line(cross_validated, class_names))
 
     # -- the saved network: trained on every photo for the chosen epochs, with TensorBoard -------------------
@@ -292,7 +293,7 @@ def train_images_with_folds(config: TrainConfig) -> dict:
         history={key: [float(value) for value in values] for key, values in history.history.items()},
         hyperparameters=hyperparameters,
     )
-    save_run(network, run_record, config, f"trained on all {len(files)} photos for {choice.epochs} epoch{'s' * (choice.epochs > 1)}")
+    save_run(network, run_record, config, f"trained on all {len(files)} photos for {epochs_text}")
     return {"record": run_record, "measurement": measurement, "run_dir": run_dir, "network": network,
             "history": history.history}
 
