@@ -312,7 +312,16 @@ def batched(dataset: tf.data.Dataset, batch_size: int, *, shuffle_seed=None, buf
             drop_remainder: bool = False) -> tf.data.Dataset:
     if shuffle_seed is not None and buffer > 1:
         dataset = dataset.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    return ends_at_once(dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE))
+
+
+def ends_at_once(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """The dataset without tf.data's autotuning thread. A finished pass's iterator waits, as it is destroyed,
+    for that thread's next wake-up, which comes up to 10 s apart once a pass has run a while: 8 s of a 22 s
+    feature pass over 423 web photos. The parallel maps still run one call per core."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
 @contextlib.contextmanager

@@ -158,7 +158,7 @@ def score(model: classifier.Classifier, files: data.Files, batch_size: int, keep
     dataset = tf.data.Dataset.from_tensor_slices((tf.constant(files.paths, tf.string), tf.range(len(files))))
     dataset = dataset.map(lambda path, i: (model.preprocessing.load(path), i),
                           num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = data.ends_at_once(dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE))
     labels_all = np.asarray(files.labels, dtype=int)
     kept, probabilities, far, mistakes = [], [], [], []
     progress = Progress(len(files))

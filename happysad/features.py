@@ -55,11 +55,11 @@ def compute(extractor, paths, preprocessing, view: str, batch_size: int = 32) ->
 
     preprocessing: the model's images.Preprocessing.
     """
-    dataset = (tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string))
-               .map(preprocessing.load, num_parallel_calls=tf.data.AUTOTUNE)
-               .batch(batch_size)
-               .map(lambda batch: transform(batch, view))
-               .prefetch(tf.data.AUTOTUNE))
+    dataset = data.ends_at_once(tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string))
+                                .map(preprocessing.load, num_parallel_calls=tf.data.AUTOTUNE)
+                                .batch(batch_size)
+                                .map(lambda batch: transform(batch, view))
+                                .prefetch(tf.data.AUTOTUNE))
     computed = []
     with console.progress(len(paths), "image", PROGRESS_FROM) as progress:
         for batch in dataset:
@@ -164,4 +164,4 @@ def dataset(vectors, labels, batch_size: int, shuffle_seed=None) -> tf.data.Data
     batches = tf.data.Dataset.from_tensor_slices((vectors, labels))
     if shuffle_seed is not None:
         batches = batches.shuffle(len(labels), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return batches.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return data.ends_at_once(batches.batch(batch_size).prefetch(tf.data.AUTOTUNE))
