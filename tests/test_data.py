@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_near_copies import cropped_copy, resized_copy
 
-from happysad import data, images, sample
+from happysad import data, features, images, sample
 
 
 def make_folder(root, counts):
@@ -200,6 +200,18 @@ def test_training_order_mixes_classes_and_changes_every_epoch(faces_dir, tmp_pat
         assert sorted(items) == everything
         assert {label for label, _ in items[:6]} == {0.0, 1.0}
     assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_every_pass_ends_without_waiting_for_tf_datas_autotuning_thread(faces_dir, tmp_path):
+    """A finished pass's iterator waited, as it was destroyed, for the autotuning thread's next wake-up: up to
+    10 s once a pass had run a while (8 s of a 22 s feature pass on 423 web photos)."""
+    part = copy_partition(faces_dir, tmp_path / "images")
+    pipelines = [data.make_dataset(part, images.Preprocessing(16), 6, binary=True, shuffle_seed=3, cache="memory"),
+                 data.make_dataset(part, images.Preprocessing(16), 6, binary=True),
+                 *data.fold_datasets(part, data.make_folds(part.labels, None, 3, seed=0), images.Preprocessing(16),
+                                     binary=True, shuffle_seed=1, cache="memory")(0, 6)[:2],
+                 features.dataset(np.zeros((len(part), 4), np.float32), np.asarray(part.labels), 6)]
+    assert [pipeline.options().autotune.enabled for pipeline in pipelines] == [False] * len(pipelines)
 
 
 def test_folds_keep_near_copies_together_and_spread_each_class():
