@@ -145,6 +145,12 @@ def candidate_sets(arch: str, per_backbone: dict) -> dict:
     return {name: crossval.joined(per_backbone, name.split("+")) for name in names}
 
 
+def only_learnt_faces(chosen: tuple) -> bool:
+    """Whether every chosen backbone learnt faces, not ImageNet: then "fits no class" can measure only features
+    blind to pictures unlike any photo (marks.FACE_FEATURES_CAVEAT, which train and review print)."""
+    return all(models.BACKBONES[name].learnt_faces for name in chosen)
+
+
 def domain_columns(chosen: tuple, per_backbone: dict) -> tuple:
     """((start, stop), ...) of the features "fits no class" measures (marks.Domain), in the chosen backbones'
     side-by-side vector: the ImageNet backbones' that read the whole picture, else those that read the face

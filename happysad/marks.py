@@ -42,7 +42,8 @@ PHOTOS_PER_CENTRE = 8
 KMEANS_STARTS = 3
 # Where only a face network's features are there to measure (README, "The expression network reads the face").
 FACE_FEATURES_CAVEAT = ("\"fits no class\" measures the expression network's features here, and they put text, "
-                        "noise and flat colours among the photos")
+                        "noise and flat colours among the photos; beside MobileNet (--arch "
+                        "mobilenet+expression) the mark measures the picture")
 
 
 def class_centres(vectors, labels, num_classes: int) -> np.ndarray:

@@ -261,8 +261,8 @@ def review(config: ReviewConfig) -> dict:
     print(f"cross-validation: {config.folds} folds, each group of near copies in one ({seconds['near_copies']:.1f} s "
           f"to find them), a logistic-regression head per fold, in {seconds['cross_validation']:.1f} s; out-of-fold "
           f"accuracy {accuracy:.3f}" + (f"; chosen: {ranking.features}" if len(feature_sets) > 1 else ""))
-    if all(models.BACKBONES[name].learnt_faces for name in ranking.features.split("+")):
-        print(f"note: {marks.FACE_FEATURES_CAVEAT}: --arch mobilenet+expression finds such pictures")
+    if features.only_learnt_faces(tuple(ranking.features.split("+"))):
+        print(f"note: {marks.FACE_FEATURES_CAVEAT}")
 
     relative = data.relative(files, config.data)
     rows = suspect_rows(ranking, relative, labels, class_names)

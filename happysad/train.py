@@ -143,9 +143,8 @@ def train_with_folds(config: TrainConfig) -> dict:
     calibration.apply_to_network(network, choice.scaling)
     domain = marks.out_of_fold_domain(feature_sets[choice.features][:len(files)], labels, folds, len(class_names),
                                       config.far_share, features.domain_columns(chosen, per_backbone))
-    if all(models.BACKBONES[name].learnt_faces for name in chosen):
-        print(f"note: {marks.FACE_FEATURES_CAVEAT}: beside MobileNet (--arch mobilenet+expression) the mark "
-              "measures the picture")
+    if features.only_learnt_faces(chosen):
+        print(f"note: {marks.FACE_FEATURES_CAVEAT}")
     model_metrics = {"cross_validation": cross_validated, "train_seconds": time.time() - started}
     if len(test):
         probabilities = calibration.apply(choice.scaling, head.predict_proba(feature_sets[choice.features][len(files):]))
