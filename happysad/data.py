@@ -2,7 +2,8 @@
 
 `data/<class>/<image>` → file list → seeded, stratified split into train / validation / test file lists
 → one tf.data pipeline per partition: decode with `happysad.images.Preprocessing.load`, cache, (train only)
-shuffle, batch, prefetch.
+shuffle, batch, prefetch; without tf.data's autotuning thread, so that a pass ends with its last batch
+(`ends_at_once`, which every pipeline of happysad goes through).
 
 Why file lists instead of the tutorial's `image_dataset_from_directory(shuffle=True)` + `take`/`skip`:
 that dataset reshuffles on every pass, so `take`/`skip` hand different files to train, validation and test
