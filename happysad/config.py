@@ -69,8 +69,9 @@ class FeatureConfig:
     data: str = setting(defaults.DATA, "folder with one subfolder of images per class")
     arch: str = setting("cnn", "cnn: the design card's network; a pretrained backbone "
                                f"({', '.join(models.BACKBONES)}; {models.EXPRESSION}: a network that knows facial "
-                               f"expressions, which reads the picture's largest face; {models.FACE_MOBILENET}: MobileNet "
-                               "reading that face) or several joined with '+' (their features side by side); "
+                               "expressions, which reads the picture's largest face; "
+                               f"{models.FACE_MOBILENET}: MobileNet reading that face) or several joined with '+' "
+                               "(their features side by side); "
                                f"{models.AUTO}: cross-validation picks among "
                                f"{', '.join(models.AUTO_BACKBONES)}, alone and together (their weights are "
                                "downloaded once; offline, those in Keras' cache folder are tried)",

@@ -8,9 +8,10 @@ hidden, but two facts come with it, each with its reason:
                    probabilities (happysad.calibration) make the band mean what it says: on unseen web photos
                    54-57 % of those inside a band of 0.2 around 0.5 were right, 84-85 % of the others.
     fits no class  the picture's features (`Domain.reads`: what the output layer reads, or the CNN's blocks'
-                   statistics) are far from every class seen in training: the cosine distance to the nearest of the classes' centres (k-means, about one
-                   centre per PHOTOS_PER_CENTRE photos, at most CENTRES_PER_CLASS per class, so a class of
-                   several kinds of picture keeps them all) is beyond the domain's limit. The limit comes from
+                   statistics) are far from every class seen in training: the cosine distance to the nearest
+                   of the classes' centres (k-means, about one centre per PHOTOS_PER_CENTRE photos, at most
+                   CENTRES_PER_CLASS per class, so a class of several kinds of picture keeps them all) is
+                   beyond the domain's limit. The limit comes from
                    photos the centres never saw (out of fold, or the validation partition): all but FAR_SHARE
                    of them are closer, and it is at least FAR_RATIO times their median, for folders where
                    nearly all pictures are alike. Where the expression network sits beside an ImageNet
@@ -94,6 +95,7 @@ def out_of_fold_domain(vectors, labels, folds, num_classes: int, far_share: floa
 # measures itself on every photo").
 OUTPUT_LAYER_INPUT = "output layer input"
 BLOCK_STATISTICS = "block statistics"
+
 
 @dataclass(frozen=True)
 class Domain:
