@@ -15,7 +15,8 @@ any backbones whose weights Keras' cache folder (KERAS_HOME, made from --weights
 
 Prints per set the means over seeds: the printed (out-of-fold) accuracy, the unseen accuracy and recalls, the
 gap between the two (mean and standard deviation over seeds), the share of unseen photos and of pictures
-unlike any photo (sample --unlike) marked "fits no class", and what the data chose.
+unlike any photo (sample --unlike; and with --unlike-dir, of real pictures of other things) marked "fits no
+class", and what the data chose.
 """
 import argparse
 import os
@@ -47,7 +48,8 @@ def features_of(config: TrainConfig, paths: list, labels: list) -> dict:
 
 
 def measure(per_backbone: dict, unlike: dict, names: list, labels, folds, train_side, test_side) -> dict:
-    """One outer split: the nested cross-validation on the train side, then the chosen head on the test side."""
+    """One outer split: the nested cross-validation on the train side, then the chosen head on the test side.
+    unlike: {kind: {backbone: features}} of pictures unlike any photo."""
     feature_sets = {name: crossval.joined(per_backbone, name.split("+")) for name in names}
     seen_labels = labels[train_side]
     measurement = crossval.cross_validate({name: v[train_side] for name, v in feature_sets.items()}, seen_labels,
@@ -64,7 +66,8 @@ def measure(per_backbone: dict, unlike: dict, names: list, labels, folds, train_
             "unseen": float(np.mean(predicted == truth)),
             "recall": [float(np.mean(predicted[truth == c] == c)) for c in (0, 1)],
             "far_photos": float(domain.far(chosen[test_side])[1].mean()),
-            "far_unlike": float(domain.far(crossval.joined(unlike, choice.features.split("+")))[1].mean()),
+            "far_unlike": {kind: float(domain.far(crossval.joined(pictures, choice.features.split("+")))[1].mean())
+                           for kind, pictures in unlike.items()},
             "choice": choice.features}
 
 
@@ -75,6 +78,8 @@ def main(argv=None) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.47)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--sets", default="auto,mobilenet,expression,mobilenet+expression")
+    parser.add_argument("--unlike-dir", type=Path,
+                        help="a folder of real pictures unlike any photo (benchmarks/unlike_pictures.py writes one)")
     parser.add_argument("--weights-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "weights")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="happysad-feature-sets-") as folder:
@@ -89,7 +94,10 @@ def main(argv=None) -> None:
         per_backbone = features_of(config, files.paths, files.labels)
         sample.write_unlike(work / "unlike", per_kind=20, size=256)
         unlike_paths = sorted(str(path) for path in (work / "unlike").rglob("*.jpg"))
-        unlike = features_of(config, unlike_paths, [0] * len(unlike_paths))
+        unlike = {"generated": features_of(config, unlike_paths, [0] * len(unlike_paths))}
+        if args.unlike_dir:
+            real_paths = sorted(str(path) for path in args.unlike_dir.iterdir() if not path.name.startswith("."))
+            unlike["real"] = features_of(config, real_paths, [0] * len(real_paths))
         labels, index = np.asarray(files.labels), {path: i for i, path in enumerate(files.paths)}
         rows = {name: [] for name in args.sets.split(",")}
         for seed in range(1, args.seeds + 1):
@@ -106,17 +114,18 @@ def main(argv=None) -> None:
     print(f"{args.data}: {len(files.paths)} photos, outer test fraction {args.test_fraction}, seeds 1-{args.seeds}, "
           f"{args.folds} folds\n")
     print(f"| feature set | unseen accuracy | recall {class_names[0]} / {class_names[1]} | printed | gap, mean (sd) "
-          "| fits no class: photos / unlike pictures | chose |")
+          f"| fits no class: photos / {' / '.join(unlike)} unlike pictures | chose |")
     print("|---" * 7 + "|")
     for name, found in rows.items():
         gaps = [100 * (row["printed"] - row["unseen"]) for row in found]
         spread = statistics.stdev(gaps) if len(gaps) > 1 else 0.0
         chose = ", ".join(f"{choice} ×{sum(r['choice'] == choice for r in found)}"
                           for choice in sorted({row["choice"] for row in found}))
+        far_unlike = " / ".join(f"{statistics.mean(r['far_unlike'][kind] for r in found):.3f}" for kind in unlike)
         print(f"| {name} | {statistics.mean(r['unseen'] for r in found):.3f} | "
               f"{statistics.mean(r['recall'][0] for r in found):.3f} / {statistics.mean(r['recall'][1] for r in found):.3f} | "
               f"{statistics.mean(r['printed'] for r in found):.3f} | {statistics.mean(gaps):+.1f} ({spread:.1f}) | "
-              f"{statistics.mean(r['far_photos'] for r in found):.3f} / {statistics.mean(r['far_unlike'] for r in found):.3f} | "
+              f"{statistics.mean(r['far_photos'] for r in found):.3f} / {far_unlike} | "
               f"{chose} |")
 
 
