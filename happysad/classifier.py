@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from happysad import explain, images, marks, metrics, model as models, record
+from happysad.errors import first_line
 from happysad.runtime import keras, tf
 
 
@@ -197,8 +198,7 @@ def load_network(model_path):
             return load_tflite(model_path)
         return keras.models.load_model(model_path, compile=False)
     except (OSError, ValueError, RuntimeError, tf.errors.OpError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelError(f"cannot load model {model_path}: {message}") from None
+        raise ModelError(f"cannot load model {model_path}: {first_line(error)}") from None
 
 
 def load(model_path) -> Classifier:
@@ -207,6 +207,7 @@ def load(model_path) -> Classifier:
         raise ModelError(f"model {model_path} not found: train one with `python -m happysad.train`")
     try:
         model_record = record.read(model_path)
+        record.check_belongs(model_path, model_record)
     except (FileNotFoundError, record.RecordError) as error:
         raise ModelError(str(error)) from None
     return Classifier(load_network(model_path), model_record)

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from happysad import cache, defaults, distribute, features, images, marks, model as models
@@ -218,7 +219,7 @@ class TrainConfig(FeatureConfig):
                            images_only=True)
     checkpoint: bool = setting(False, "also save the best epoch so far to the run folder as it trains "
                                       "(checkpoint.h5)", images_only=True)
-    model: str = setting(defaults.MODEL, "where to save the model (.h5)")
+    model: str = setting(defaults.MODEL, "where to save the model (.h5 or .keras)")
     logdir: str = setting(defaults.LOGDIR, "TensorBoard runs go to LOGDIR/RUN_NAME")
     run_name: str = setting(None, "run folder name (default: the start time)")
     strategy: str = setting("auto", "auto: every GPU of this machine when it has several; multiworker: the "
@@ -286,6 +287,9 @@ class TrainConfig(FeatureConfig):
             yield f"`holdout` must be 0 or from 0.05 to 0.5, got {self.holdout}"
         if self.resume and self.strategy == "multiworker":
             yield "`resume` works on one machine (one or several GPUs), not with `strategy` multiworker"
+        if Path(self.model).suffix.lower() not in (".h5", ".keras"):
+            yield (f"`model` must end in .h5 or .keras (Keras' two formats), got {self.model}; "
+                   "happysad.export writes the other formats")
 
 
 @dataclass(frozen=True)
@@ -325,6 +329,8 @@ class ReviewConfig(FeatureConfig):
             yield "`weights` none gives random features that know nothing about pictures; use imagenet or a file"
         if self.top < 1:
             yield "`top` must be at least 1"
+        if not 0 <= self.min_confidence <= 1:
+            yield f"`min_confidence` is a probability from 0 to 1 (0.9: at least 90 % sure), got {self.min_confidence}"
 
 
 def plain(value):

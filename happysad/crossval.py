@@ -91,11 +91,6 @@ def fit_head(vectors, labels, penalty: float):
     return linear_model.LogisticRegression(C=penalty, class_weight="balanced", max_iter=2000).fit(vectors, labels)
 
 
-def log_loss(labels, probabilities) -> float:
-    picked = probabilities[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
-
-
 def decision_threshold(setting, num_classes: int) -> float:
     """--threshold: the number given (two classes), or auto: 0.5 on calibrated probabilities, where the label
     is the class the probability favours."""
@@ -159,7 +154,7 @@ def cross_validate(feature_sets: dict, labels, folds, penalties=PENALTIES, thres
                 out = frozenset([k]) if outer is None else frozenset([k, outer])
                 probabilities[folds == k] = predictions[(*setting, out)][folds == k]
             rows = np.isin(folds, inner)
-            scored[setting] = (log_loss(labels[rows], probabilities[rows]), probabilities[rows], labels[rows])
+            scored[setting] = (metrics.log_loss(labels[rows], probabilities[rows]), probabilities[rows], labels[rows])
         setting = min(settings, key=lambda s: scored[s][0])
         _, probabilities, seen = scored[setting]
         choice = Choice(setting[0], float(setting[1]), decision_threshold(threshold, n_classes),
@@ -210,7 +205,7 @@ def pooled_losses(curves: list, labels, folds, which) -> np.ndarray:
     pooled over their images."""
     labels, folds = np.asarray(labels, int), np.asarray(folds, int)
     longest = max(len(curves[k]) for k in which)
-    summed = np.array([[log_loss(labels[folds == k], after(curves[k], epoch)) * np.sum(folds == k)
+    summed = np.array([[metrics.log_loss(labels[folds == k], after(curves[k], epoch)) * np.sum(folds == k)
                         for epoch in range(longest)] for k in which])
     return summed.sum(axis=0) / np.isin(folds, list(which)).sum()
 

@@ -95,6 +95,12 @@ def walk_class(class_dir) -> tuple:
     return files, hidden
 
 
+def skipped_note(skipped: list, data_dir) -> str:
+    """What train and review say of the files list_images skipped."""
+    return (f"note: {len(skipped)} file(s) with extensions training does not read are ignored (e.g. {skipped[0]}): "
+            f"run `python -m happysad.clean {data_dir}` to convert or quarantine them")
+
+
 def list_images(data_dir, class_names) -> tuple:
     """All trainable images under each class folder, in a fixed order.
 

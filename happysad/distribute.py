@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from happysad.errors import SettingError
+from happysad.errors import SettingError, first_line
 from happysad.runtime import keras, tf
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
@@ -123,7 +123,7 @@ def make(name: str = "auto") -> Setup:
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     except (RuntimeError, ValueError) as error:
-        raise DistributeError(f"cannot start MultiWorkerMirroredStrategy: {str(error).splitlines()[0]}") from None
+        raise DistributeError(f"cannot start MultiWorkerMirroredStrategy: {first_line(error)}") from None
     return Setup(strategy, name, is_chief(config), index, count)
 
 

@@ -24,6 +24,8 @@ from happysad import (calibration, classifier, console, data, defaults, explain,
                       summaries)
 from happysad.runtime import enable_memory_growth, tf
 
+PROGRESS_FROM = 500  # images: fewer are scored in a few seconds
+
 
 class EvaluateError(Exception):
     """A problem with the model, its record or the images, reported as one line."""
@@ -126,29 +128,6 @@ def folder_target(folder, class_names) -> Target:
     return Target(folder.resolve().name, files, skipped)
 
 
-class Progress:
-    """'scored N/M images' on stderr for large folders: rewritten in place on a terminal, else every 10%."""
-
-    def __init__(self, total: int, minimum: int = 500):
-        self.total = total
-        self.enabled = total >= minimum
-        self.tty = sys.stderr.isatty()
-        self.tenths = 0
-
-    def update(self, done: int) -> None:
-        if not self.enabled:
-            return
-        if self.tty:
-            print(f"\rscored {done}/{self.total} images", end="", file=sys.stderr, flush=True)
-        elif done * 10 // self.total > self.tenths:
-            self.tenths = done * 10 // self.total
-            print(f"scored {done}/{self.total} images", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            print(file=sys.stderr)
-
-
 def score(model: classifier.Classifier, files: data.Files, batch_size: int, keep_mistakes: int = 0) -> Scores:
     """Decode every file once (in parallel), score in batches, keep the worst `keep_mistakes` mistakes.
 
@@ -161,7 +140,7 @@ def score(model: classifier.Classifier, files: data.Files, batch_size: int, keep
     dataset = data.ends_at_once(dataset.ignore_errors().batch(batch_size).prefetch(tf.data.AUTOTUNE))
     labels_all = np.asarray(files.labels, dtype=int)
     kept, probabilities, far, mistakes = [], [], [], []
-    progress = Progress(len(files))
+    progress = console.progress(len(files), "image", PROGRESS_FROM)
     for pixels, indices in dataset:
         pixels, indices = pixels.numpy(), indices.numpy()
         batch, vectors = model.scores(pixels, batch_size)
@@ -171,12 +150,12 @@ def score(model: classifier.Classifier, files: data.Files, batch_size: int, keep
         probabilities.append(batch)
         labels = labels_all[indices]
         predicted = metrics.predicted_labels(batch, threshold)
-        losses = -np.log(np.clip(batch[np.arange(len(labels)), labels], 1e-7, 1.0))
+        losses = metrics.image_losses(labels, batch)
         for row in np.flatnonzero(predicted != labels):
             mistakes.append(Mistake(files.paths[indices[row]], int(labels[row]), int(predicted[row]),
                                     float(batch[row, predicted[row]]), float(losses[row]), pixels[row].copy()))
         mistakes = sorted(mistakes, key=lambda m: m.loss, reverse=True)[:keep_mistakes]
-        progress.update(len(kept))
+        progress.update(len(indices))
     progress.close()
     lost = [files.paths[i] for i in sorted(set(range(len(files))) - set(kept))]
     reasons = dict(data.find_undecodable(lost, model.preprocessing))
@@ -187,12 +166,11 @@ def score(model: classifier.Classifier, files: data.Files, batch_size: int, keep
                   skipped, mistakes, np.concatenate(far) if far else None)
 
 
-def store_threshold(model_path, model: classifier.Classifier, value: float) -> dict:
-    """Write the threshold into the model's record; return how it was set."""
+def use_threshold(model: classifier.Classifier, value: float) -> dict:
+    """Score with the threshold given to store (written into the record once the report is); how it was set."""
     if not model.record.binary:
         raise EvaluateError("--store-threshold needs a two-class model; "
                             f"this one has {model.record.num_classes} classes and uses the arg-max")
-    record.update(model_path, threshold=value)
     model.record.threshold = value
     return {"threshold": value, "method": "given on the command line"}
 
@@ -259,7 +237,7 @@ def build_figures(target_name: str, scores: Scores, model: classifier.Classifier
 
 
 def default_out(model_path, target_name: str) -> Path:
-    return Path("reports") / f"{Path(model_path).name.split('.')[0]}-{target_name}"
+    return Path("reports") / f"{Path(model_path).stem}-{target_name}"
 
 
 def evaluate(model_path=defaults.MODEL, *, data_dir=None, partition: str = "test", out=None, batch_size: int = 64,
@@ -269,7 +247,7 @@ def evaluate(model_path=defaults.MODEL, *, data_dir=None, partition: str = "test
         model = classifier.load(model_path)
     except classifier.ModelError as error:
         raise EvaluateError(str(error)) from None
-    threshold_info = None if threshold_to_store is None else store_threshold(model_path, model, threshold_to_store)
+    threshold_info = None if threshold_to_store is None else use_threshold(model, threshold_to_store)
     target = folder_target(data_dir, model.class_names) if data_dir else partition_target(model.record, partition)
     if len(target.files) == 0:
         raise EvaluateError(f"no images to score in {target.name}")
@@ -321,6 +299,8 @@ def evaluate(model_path=defaults.MODEL, *, data_dir=None, partition: str = "test
         report["tensorboard"] = str(log_dir)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     write_page(out / "index.html", report, pictures)
+    if threshold_info:  # only now: a run that failed before its report changes nothing predict and serve use
+        record.update(model_path, threshold=threshold_to_store)
     return report
 
 

@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def default_out(model_path, fmt: str, quantize: str = "none") -> Path:
     model_path = Path(model_path)
     tag = fmt if quantize == "none" else f"{fmt}-{quantize}"
-    return model_path.with_name(f"{model_path.name.split('.')[0]}-{tag}{SUFFIXES[fmt]}")
+    return model_path.with_name(f"{model_path.stem}-{tag}{SUFFIXES[fmt]}")
 
 
 def litert_options(quantize: str) -> dict:
@@ -173,7 +173,7 @@ def export(model_path, fmt: str, quantize: str = "none", out=None) -> dict:
     if not isinstance(model.network, keras.Model):
         raise ExportError(f"{model_path} is already an export: export from the Keras model (.h5 or .keras)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name.split('.')[0]}.tmp-{os.getpid()}{SUFFIXES[fmt]}")
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{SUFFIXES[fmt]}")
     try:
         write(model.network, fmt, quantize, tmp, model.preprocessing.image_size)
         difference = compare(model.network, tmp, model.preprocessing.image_size)

@@ -102,6 +102,19 @@ def threshold_sweep(y_true, scores, thresholds=None) -> list:
     return rows
 
 
+def image_losses(y_true, probabilities) -> np.ndarray:
+    """Each image's cross-entropy: minus the log of the probability given to its own label (clipped at 1e-7,
+    as Keras clips). Cross-validation chooses by its mean, evaluate ranks mistakes by it."""
+    y_true = np.asarray(y_true, dtype=int)
+    picked = np.asarray(probabilities, dtype=float)[np.arange(len(y_true)), y_true]
+    return -np.log(np.clip(picked, 1e-7, 1.0))
+
+
+def log_loss(y_true, probabilities) -> float:
+    """The mean of image_losses (0 for no images)."""
+    return float(np.mean(image_losses(y_true, probabilities))) if len(y_true) else 0.0
+
+
 def wilson_interval(successes: int, count: int, z: float = 1.96) -> tuple:
     """The Wilson score interval (95 % by default) of a proportion: how far the accuracy measured on `count`
     test images may be from the accuracy on all pictures like them. Stays inside [0, 1] even at 0 or 1."""
@@ -131,8 +144,6 @@ def summarize(y_true, probabilities, class_names, threshold: float = 0.5, predic
     precision = _safe_divide(true_positives, matrix.sum(axis=0))
     recall = _safe_divide(true_positives, matrix.sum(axis=1))
     f1 = _safe_divide(2 * precision * recall, precision + recall)
-    eps = 1e-7
-    picked = np.clip(probabilities[np.arange(len(y_true)), y_true], eps, 1.0) if len(y_true) else []
     summary = {
         "count": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
@@ -140,7 +151,7 @@ def summarize(y_true, probabilities, class_names, threshold: float = 0.5, predic
         "precision": float(precision.mean()),
         "recall": float(recall.mean()),
         "f1": float(f1.mean()),
-        "log_loss": float(-np.mean(np.log(picked))) if len(y_true) else 0.0,
+        "log_loss": log_loss(y_true, probabilities),
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                    "accuracy": float(recall[i]), "support": int(matrix[i].sum())}

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from happysad import files, images, marks
-from happysad.errors import SettingError
+from happysad.errors import SettingError, first_line
 from happysad.runtime import deferred, keras
 
 layers = deferred("keras.layers")
@@ -310,11 +310,6 @@ def file_asked_for(reason: str, usual: str) -> str:
     the usual file (MobileNet at 160 px wants mobilenet_1_0_160_tf_no_top.h5)."""
     address = re.search(r"https?://\S*/([^/\s:]+\.h5)", reason)
     return address.group(1) if address else usual
-
-
-def first_line(error: Exception) -> str:
-    """An exception as one line: its message's first line, or its type when it has none."""
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def keras_cache_folder() -> Path:

@@ -168,11 +168,6 @@ def stored_fingerprint(store, digest: str):
     return None if any(part is None for part in parts) else Fingerprint(*parts)
 
 
-def distance(first: np.ndarray, second: np.ndarray) -> int:
-    """Bits that differ between the closest pair of hashes of two fingerprints."""
-    return int(np.bitwise_count(first[:, None] ^ second[None, :]).sum(axis=-1).min())
-
-
 def close_pairs(hashes: np.ndarray, max_distance: int):
     """(i, j) with i < j for every pair of fingerprints in hashes (n, crops, words) at most max_distance apart.
 

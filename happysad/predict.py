@@ -21,7 +21,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default=defaults.MODEL,
                         help=".h5 or .keras, or an export: .tflite or a SavedModel folder (happysad.export)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images decoded and scored at once (memory grows with it, not with the folder)")
     parser.add_argument("--top-k", type=int, metavar="K", help="also list the K most likely classes")
     parser.add_argument("--explain", metavar="OUT_DIR", type=Path,
                         help="also write each image as the model saw it with a heatmap of the evidence for its "
@@ -31,6 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top-k must be at least 1, got {args.top_k}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     return args
 
 
@@ -46,11 +49,13 @@ def read_category_names(path) -> dict:
 
 
 def expand(paths) -> list:
-    """Files as given; folders become their image files (the extensions training reads), sorted."""
+    """Files as given; folders become their image files (the extensions training reads), sorted, without
+    hidden files and folders (clean's .quarantine, macOS's ._ files), as training skips them."""
     found = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and images.is_trainable_name(p.name)))
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and images.is_trainable_name(p.name)
+                                and not any(part.startswith(".") for part in p.relative_to(path).parts)))
         else:
             found.append(path)
     return found
@@ -84,10 +89,28 @@ def main(argv=None) -> None:
     paths = expand(args.paths)
     if not paths:
         sys.exit("happysad.predict: error: no images found in " + " ".join(args.paths))
-    good, pixels, failed = load_images(paths, model)
-    pixels = np.stack(pixels) if pixels else None
-    predictions = model.predict(pixels) if pixels is not None else []
-    for path, prediction in zip(good, predictions):
+    failed, written = [], []
+    for start in range(0, len(paths), args.batch_size):
+        good, pixels, unreadable = load_images(paths[start:start + args.batch_size], model)
+        failed += unreadable
+        if not good:
+            continue
+        pixels = np.stack(pixels)
+        predictions = model.predict(pixels)
+        show(args, model, names, good, predictions)
+        if args.explain:
+            written += write_heatmaps(args.explain, model, good, pixels, predictions)
+    if written:
+        print(f"heatmaps of the evidence for each label: {len(written)} pictures in {args.explain}", file=sys.stderr)
+    for path, reason in failed:
+        print(f"happysad.predict: error: {path}: {reason}", file=sys.stderr)
+    if failed:
+        sys.exit(1)
+
+
+def show(args, model: classifier.Classifier, names: dict, paths, predictions) -> None:
+    """Print each image's label, as a line or a JSON object."""
+    for path, prediction in zip(paths, predictions):
         top = [{"label": entry["label"], "name": names.get(entry["label"], entry["label"]),
                 "probability": round(entry["probability"], 6)} for entry in prediction.top(args.top_k or 0)]
         if args.json:
@@ -98,13 +121,6 @@ def main(argv=None) -> None:
         else:
             print(f"{path}: {names.get(prediction.label, prediction.label)} (p={prediction.probability:.2f}"
                   f"{threshold_note(model, prediction, names)})" + "".join(f"  [{note}]" for note in prediction.notes))
-    if args.explain and predictions:
-        written = write_heatmaps(args.explain, model, good, pixels, predictions)
-        print(f"heatmaps of the evidence for each label: {len(written)} pictures in {args.explain}", file=sys.stderr)
-    for path, reason in failed:
-        print(f"happysad.predict: error: {path}: {reason}", file=sys.stderr)
-    if failed:
-        sys.exit(1)
 
 
 def write_heatmaps(out_dir: Path, model: classifier.Classifier, paths, pixels, predictions) -> list:

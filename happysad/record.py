@@ -73,19 +73,47 @@ class Record:
                    preprocessing=Preprocessing.from_record(settings))
 
 
+MODEL_SUFFIXES = (".h5", ".keras", ".tflite")  # the model files happysad writes; anything else is a folder
+
+
 def sidecar_path(model_path) -> Path:
-    """models/happysad.h5 -> models/happysad.json (also for .keras, .tflite and SavedModel folders)."""
+    """models/happysad.h5 -> models/happysad.json, models/happysad.v2.h5 -> models/happysad.v2.json (also for
+    .keras, .tflite and SavedModel folders): every model file has a record of its own."""
     model_path = Path(model_path)
-    return model_path.with_name(model_path.name.split(".")[0] + ".json") if model_path.suffix else \
-        model_path.with_name(model_path.name + ".json")
+    if model_path.suffix.lower() in MODEL_SUFFIXES:
+        return model_path.with_suffix(".json")
+    return model_path.with_name(model_path.name + ".json")  # a SavedModel folder, whatever dots its name has
+
+
+def legacy_sidecar_path(model_path) -> Path:
+    """Where releases up to 0.10 put the record: the name cut at its first dot, which models named
+    happysad.h5 and happysad.v2.h5 shared."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name.split(".")[0] + ".json")
 
 
 def read(model_path) -> Record:
-    """The record beside a model."""
+    """The record beside a model; a record of an earlier release under its old name only if it names this
+    model file."""
     path = sidecar_path(model_path)
     if not path.exists():
+        legacy = legacy_sidecar_path(model_path)
+        if legacy != path and legacy.exists():
+            found = read_file(legacy)
+            if found.model_file == Path(model_path).name:
+                return found
         raise FileNotFoundError(f"no record {path} beside the model {model_path}")
     return read_file(path)
+
+
+def check_belongs(model_path, saved: Record) -> None:
+    """RecordError unless the model file is the one the record was written for (its sha256, where the record
+    names one): a record beside another model would give it wrong classes, sizes and thresholds."""
+    model_path = Path(model_path)
+    if saved.model_sha256 and model_path.is_file() and files.sha256(model_path) != saved.model_sha256:
+        raise RecordError(f"the record {sidecar_path(model_path)} was written for another model than "
+                          f"{model_path} (their sha256 differ): train again, or put back the model it names "
+                          f"({saved.model_file})")
 
 
 def read_file(path) -> Record:
@@ -117,13 +145,14 @@ def update(model_path, **changes) -> Record:
 def save(network, model_path, record: Record) -> None:
     """Write the model and its record so that a crash at any moment leaves the previous pair usable.
 
-    The model goes to a temporary file in the same folder (same filesystem, so the final rename is atomic)
-    and only replaces the old model once it is completely written; the record follows the same way and
-    names the model's sha256, so a model and a record that do not belong together can be told apart.
+    The model and its record go to temporary files in the same folder (same filesystem, so the final renames
+    are atomic) and only replace the old pair once both are completely written. The record names the
+    model's sha256, so a model and a record that do not belong together are told apart (check_belongs).
     """
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = model_path.with_name(f".{model_path.stem}.tmp-{os.getpid()}{model_path.suffix}")
+    record_tmp = sidecar_path(model_path).with_name(f".{sidecar_path(model_path).name}.tmp-{os.getpid()}")
     try:
         legacy_warning = logging.getLogger("absl")
         level = legacy_warning.level
@@ -138,7 +167,11 @@ def save(network, model_path, record: Record) -> None:
             os.fsync(f.fileno())
         record.model_file = model_path.name
         record.model_sha256 = files.sha256(tmp)
+        files.write_atomic(record_tmp, record.to_json())
+        # Both are complete on disk before either replaces its old file: between the two renames the pair
+        # disagrees for an instant, and the sha256 in the record tells (check_belongs).
         os.replace(tmp, model_path)
+        os.replace(record_tmp, sidecar_path(model_path))
     finally:
         tmp.unlink(missing_ok=True)
-    files.write_atomic(sidecar_path(model_path), record.to_json())
+        record_tmp.unlink(missing_ok=True)

@@ -199,9 +199,9 @@ def table_html(header, rows) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def image_html(png: bytes, alt: str) -> str:
-    """The picture embedded as base64, so the page is one self-contained file."""
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+def image_html(encoded: bytes, alt: str, mime: str = "image/png") -> str:
+    """The picture (PNG or JPEG bytes) embedded as base64, so the page is one self-contained file."""
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{base64.b64encode(encoded).decode()}">'
 
 
 def write_page(path, title: str, sections: list) -> Path:

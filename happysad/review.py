@@ -30,7 +30,6 @@ back, and never overwrite a file. A move to another class is recorded with the r
 from __future__ import annotations
 
 import argparse
-import base64
 import html
 import json
 import os
@@ -48,6 +47,7 @@ from happysad.files import free_path, sha256_each
 from happysad.runtime import enable_memory_growth, tf
 
 THUMBNAIL = 160  # pixels of the longer side of a thumbnail on the page and the contact sheet
+JPEG = "image/jpeg"  # the page's thumbnails and heatmaps: photos, where JPEG is a tenth of PNG's size
 KINDS = {"wrong-folder": "probably in the wrong folder", "no-class": "fits no class"}
 ORDER = {"wrong-folder": "most confident first", "no-class": "farthest first"}
 REASONS = {"wrong-folder": "review-suspect", "no-class": "review-no-class"}  # quarantine folder of each kind
@@ -85,13 +85,14 @@ def parse_args(argv=None) -> ReviewConfig:
 # -- folds and scores: pure functions of a feature matrix ------------------------------------------------------
 
 def rank(feature_sets: dict, labels, groups, n_classes: int, n_folds: int = 5, seed: int = defaults.SEED,
-         far_share: float = marks.FAR_SHARE, band: float = marks.UNSURE_BAND, columns: dict = None) -> Ranking:
+         far_share: float = marks.FAR_SHARE, band: float = marks.UNSURE_BAND, columns: dict = None,
+         class_names=None) -> Ranking:
     """Score every image out of fold and pick the suspects, from features alone (see the module docstring).
     feature_sets: {name: (images, dim)}, each backbone's part unit length (crossval.joined); with several, the
     nested cross-validation chooses, as train's does. columns: {name: the columns "fits no class" measures}
-    (features.domain_columns; all by default)."""
+    (features.domain_columns; all by default). class_names: what a fold error calls each class."""
     labels = np.asarray(labels, dtype=int)
-    folds = data.make_folds(labels, groups, n_folds, seed)
+    folds = data.make_folds(labels, groups, n_folds, seed, class_names)
     measurement = crossval.cross_validate({name: np.asarray(vectors, np.float32)
                                            for name, vectors in feature_sets.items()}, labels, folds)
     chosen = measurement.final.features
@@ -163,8 +164,11 @@ def terminal_table(rows: list, top: int) -> str:
     return "\n".join(lines)
 
 
-def embedded(jpeg: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}">'
+def looked(heatmaps: dict, row: dict) -> str:
+    """The heatmap of the evidence for a suspect's suggested class, where there is one."""
+    if row["path"] not in heatmaps:
+        return ""
+    return reports.image_html(heatmaps[row["path"]], "evidence for " + row["suggested"], JPEG)
 
 
 def page_sections(rows: list, jpegs: dict, summary: str, heatmaps: dict) -> list:
@@ -176,8 +180,8 @@ def page_sections(rows: list, jpegs: dict, summary: str, heatmaps: dict) -> list
     for kind, title in KINDS.items():
         chosen = of_kind(rows, kind)
         body = "".join(
-            f'<tr class="suspect"><td>{embedded(jpegs[row["path"]], row["path"])}</td>'
-            f'<td>{embedded(heatmaps[row["path"]], "evidence for " + row["suggested"]) if row["path"] in heatmaps else ""}'
+            f'<tr class="suspect"><td>{reports.image_html(jpegs[row["path"]], row["path"], JPEG)}</td>'
+            f'<td>{looked(heatmaps, row)}'
             f'</td><td>{html.escape(row["path"])}</td>'
             f'<td>{html.escape(row["folder"])}</td><td>{html.escape(row["suggested"])}</td>'
             f'<td>{row["confidence"]:.3f}</td><td>{html.escape(row["why"])}</td></tr>' for row in chosen)
@@ -238,8 +242,7 @@ def review(config: ReviewConfig) -> dict:
     class_names = data.find_classes(config.data)
     files, skipped = data.list_images(config.data, class_names)
     if skipped:
-        print(f"note: {len(skipped)} file(s) with extensions training does not read are ignored "
-              f"(e.g. {skipped[0]}): run `python -m happysad.clean {config.data}` to convert or quarantine them")
+        print(data.skipped_note(skipped, config.data))
     labels = np.asarray(files.labels, dtype=int)
     counts = "  ".join(f"{name}={n}" for name, n in zip(class_names, files.count_per_class(len(class_names))))
     print(f"{len(files)} images in {len(class_names)} classes: {counts}")
@@ -255,7 +258,7 @@ def review(config: ReviewConfig) -> dict:
                                    digests)
     seconds["near_copies"], mark = time.perf_counter() - mark, time.perf_counter()
     ranking = rank(feature_sets, labels, groups, len(class_names), config.folds, config.seed, config.far_share,
-                   config.unsure_band, columns)
+                   config.unsure_band, columns, class_names)
     seconds["cross_validation"] = time.perf_counter() - mark
     accuracy = float(np.mean(ranking.probabilities.argmax(axis=1) == labels))
     print(f"cross-validation: {config.folds} folds, each group of near copies in one ({seconds['near_copies']:.1f} s "

@@ -95,19 +95,23 @@ def read_run(folder: Path) -> Run:
 
 
 def find_runs(logdir) -> tuple:
-    """(runs with a record, newest first; names of folders without one: unfinished or crashed runs)."""
+    """(runs with a record, newest first; names of folders without one: unfinished or crashed runs; (name,
+    reason) of runs whose record cannot be read: a newer happysad's, or a damaged file)."""
     logdir = Path(logdir)
     if not logdir.is_dir():
         raise RunsError(f"logs folder {logdir} does not exist: train a model first "
                         "(python -m happysad.train --logdir ...)")
-    runs, unfinished = [], []
+    runs, unfinished, unreadable = [], [], []
     for folder in sorted(p for p in logdir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if (folder / "record.json").is_file():
-            runs.append(read_run(folder))
-        else:
+        if not (folder / "record.json").is_file():
             unfinished.append(folder.name)
+            continue
+        try:
+            runs.append(read_run(folder))
+        except RunsError as error:
+            unreadable.append((folder.name, str(error)))
     runs.sort(key=lambda run: run.finished, reverse=True)
-    return runs, unfinished
+    return runs, unfinished, unreadable
 
 
 def measured_accuracy(run: Run):
@@ -142,14 +146,18 @@ def fmt(value, digits: int = 3) -> str:
 
 
 def list_runs(logdir, as_json: bool = False) -> None:
-    runs, unfinished = find_runs(logdir)
+    runs, unfinished, unreadable = find_runs(logdir)
     best, criterion = best_run(runs)
     command = f"tensorboard --logdir {shlex.quote(str(logdir))}"
     if as_json:
         print(json.dumps({"logdir": str(logdir), "best": best.name if best else None,
                           "best_by": criterion, "runs": [run.summary() for run in runs],
-                          "unfinished": unfinished, "tensorboard": command}, indent=2))
+                          "unfinished": unfinished,
+                          "unreadable": [{"run": name, "reason": reason} for name, reason in unreadable],
+                          "tensorboard": command}, indent=2))
         return
+    for name, reason in unreadable:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
     if not runs:
         print(f"no finished runs in {logdir}" + (f" ({len(unfinished)} without a record.json)"
                                                  if unfinished else ""))

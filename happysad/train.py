@@ -71,8 +71,7 @@ def read_folder(config: TrainConfig) -> Folder:
     class_names = data.find_classes(config.data)
     files, skipped = data.list_images(config.data, class_names)
     if skipped:
-        print(f"note: {len(skipped)} file(s) with extensions training does not read are ignored "
-              f"(e.g. {skipped[0]}): run `python -m happysad.clean {config.data}` to convert or quarantine them")
+        print(data.skipped_note(skipped, config.data))
     digests = dict(zip(files.paths, sha256_each(files.paths)))
     groups = data.near_copy_groups(files, cache.array_store(config.cache, near_copies.FAMILY, near_copies.VERSION),
                                    list(digests.values()))
@@ -272,8 +271,9 @@ def train_images_with_folds(config: TrainConfig) -> dict:
                      "final_fit_seconds": final_seconds, "epoch_seconds": history.history["epoch_seconds"],
                      "fold_epochs": [len(curve) for curve in curves], "domain_widening": widening}
     if len(test):
-        tested = metrics.class_probabilities(network.predict(data.make_dataset(
-            test, preprocessing, global_batch, binary=binary), verbose=0))
+        with data.undecodable_explained(test.paths, preprocessing, config.data):
+            tested = metrics.class_probabilities(network.predict(data.make_dataset(
+                test, preprocessing, global_batch, binary=binary), verbose=0))
         model_metrics["test"] = metrics.summarize(test.labels, tested, class_names, choice.threshold)
         print(test_line(model_metrics["test"], class_names))
     summaries.write_measured(run_dir, model_metrics, step=choice.epochs - 1)
@@ -402,7 +402,8 @@ def train_on_partitions(config: TrainConfig) -> dict:
     # -- inputs: decoded-image pipelines, and for fine-tuning's first stage stored backbone features --------
     labels = {name: np.asarray(parts[name].labels, np.float32 if binary else np.int32) for name in data.PARTITIONS}
     extractor, head = models.split_at_pool(network) if fine_tuning else (None, None)
-    stored = stored_features(config, extractor, parts, preprocessing, digests) if fine_tuning else None
+    with data.undecodable_explained(files.paths, preprocessing, config.data):
+        stored = stored_features(config, extractor, parts, preprocessing, digests) if fine_tuning else None
     datasets = image_datasets(config, setup, parts, preprocessing, binary)
 
     # -- callbacks: timing, early stopping, TensorBoard ----------------------------------------------------
@@ -452,7 +453,8 @@ def train_on_partitions(config: TrainConfig) -> dict:
 
     # -- evaluate: threshold on validation, metrics on the untouched test partition ------------------------
     def probabilities(name):
-        return metrics.class_probabilities(network.predict(datasets[name], verbose=0))
+        with data.undecodable_explained(parts[name].paths, preprocessing, config.data):
+            return metrics.class_probabilities(network.predict(datasets[name], verbose=0))
 
     scaling = calibration.fit(probabilities("validation"), parts["validation"].labels)
     uncalibrated = probabilities("test")

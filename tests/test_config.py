@@ -81,6 +81,8 @@ def test_a_wrong_setting_is_named_as_a_setting_and_worded_as_a_flag_by_the_comma
     (dict(epochs="many"), "epochs must be a number, got 'many'"),
     (dict(views=3), "views must be one of 1, 2, 4, got 3"),
     (dict(strategy="all"), "strategy must be one of auto, default, mirrored, multiworker"),
+    (dict(model="models/mine"), "model must end in .h5 or .keras"),
+    (dict(model="out.tflite"), "model must end in .h5 or .keras"),
 ])
 def test_each_check_names_its_setting(settings, message):
     with pytest.raises(ConfigError) as error:
@@ -124,6 +126,9 @@ def test_review_shares_trains_feature_settings_and_takes_the_folder_first():
     assert parsed.image_size == models.RECIPES["mobilenet"].image_size
     with pytest.raises(ConfigError, match="weights none gives random features"):
         ReviewConfig.build(data="photos", weights="none")
+    for wrong in (90, 1.5, -1):
+        with pytest.raises(ConfigError, match="min_confidence is a probability from 0 to 1"):
+            ReviewConfig.build(data="photos", min_confidence=wrong)
 
 
 def test_options_not_given_stay_out_so_the_configuration_owns_every_default():

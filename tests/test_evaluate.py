@@ -185,6 +185,14 @@ def test_a_stored_threshold_is_used_by_predict_which_says_why_a_label_has_p_belo
             evaluate.main(["--model", str(model_path), "--store-threshold", wrong])
 
 
+def test_a_threshold_is_stored_only_once_the_report_is_written(forced, tmp_path):
+    model_path = copy_model(forced["model"], tmp_path / "models")
+    record.update(model_path, split={})  # trained on every photo: no test partition to score
+    before = record.sidecar_path(model_path).read_text()
+    assert "lists no test images" in error_of(["--model", str(model_path), "--store-threshold", "0.7"])
+    assert record.sidecar_path(model_path).read_text() == before
+
+
 def test_multiclass_uses_argmax_and_refuses_a_threshold(tmp_path, capsys):
     folder = tmp_path / "colours"
     for name, bgr in (("blue", (255, 0, 0)), ("green", (0, 255, 0)), ("red", (0, 0, 255))):

@@ -51,6 +51,8 @@ def test_failed_save_keeps_the_previous_model(tmp_path, monkeypatch):
 def test_sidecar_path_and_unknown_keys():
     assert record.sidecar_path("models/happysad.h5").as_posix() == "models/happysad.json"
     assert record.sidecar_path("out/model.tflite").as_posix() == "out/model.json"
+    assert record.sidecar_path("models/happysad.v2.h5").as_posix() == "models/happysad.v2.json"
+    assert record.sidecar_path("out/happysad.v2-savedmodel").as_posix() == "out/happysad.v2-savedmodel.json"
     restored = record.Record.from_dict({"class_names": ["a", "b"], "image_size": 8, "from_the_future": 1})
     assert restored.binary and restored.preprocessing == images.Preprocessing(8)
 
@@ -80,3 +82,48 @@ def test_an_older_record_is_written_back_in_the_current_format_and_one_without_a
     sidecar.write_text(json.dumps({"class_names": ["a", "b"], "format_version": 3, "preprocessing": {}}))
     with pytest.raises(record.RecordError, match="no image size"):
         record.read(tmp_path / "m.h5")
+
+
+def test_models_whose_names_share_a_first_word_keep_records_of_their_own(tmp_path):
+    first, second = tmp_path / "happysad.h5", tmp_path / "happysad.best.h5"
+    record.save(small_model(1), first, record.Record(class_names=["a", "b"], preprocessing=images.Preprocessing(24)))
+    record.save(small_model(2), second, record.Record(class_names=["x", "y"], preprocessing=images.Preprocessing(24)))
+    assert classifier.load(first).class_names == ["a", "b"]
+    assert classifier.load(second).class_names == ["x", "y"]
+
+
+def test_a_record_of_an_earlier_release_under_its_old_name_is_read_only_for_the_model_it_names(tmp_path):
+    model = tmp_path / "happysad.best.h5"
+    record.save(small_model(1), model, record.Record(class_names=["a", "b"], preprocessing=images.Preprocessing(24)))
+    record.sidecar_path(model).rename(tmp_path / "happysad.json")  # where releases up to 0.10 wrote it
+    assert classifier.load(model).class_names == ["a", "b"]
+    other = tmp_path / "happysad.other.h5"
+    other.write_bytes(model.read_bytes())
+    with pytest.raises(classifier.ModelError, match="no record"):
+        classifier.load(other)
+
+
+def test_a_model_and_a_record_that_do_not_belong_together_are_a_clear_error(tmp_path):
+    kept, replaced = tmp_path / "kept.h5", tmp_path / "replaced.h5"
+    record.save(small_model(1), kept, record.Record(class_names=["a", "b"], preprocessing=images.Preprocessing(24)))
+    record.save(small_model(2), replaced, record.Record(class_names=["x", "y"],
+                                                        preprocessing=images.Preprocessing(24)))
+    replaced.write_bytes(kept.read_bytes())  # another model copied over this one, its record left as it was
+    with pytest.raises(classifier.ModelError, match="written for another model"):
+        classifier.load(replaced)
+
+
+def test_a_record_that_fails_to_save_leaves_the_previous_pair(tmp_path, monkeypatch):
+    path = tmp_path / "happysad.h5"
+    record.save(small_model(1), path, record.Record(class_names=["a", "b"], preprocessing=images.Preprocessing(24)))
+    before = path.read_bytes(), record.sidecar_path(path).read_text()
+
+    def no_space(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files, "write_atomic", no_space)
+    with pytest.raises(OSError, match="disk full"):
+        record.save(small_model(2), path, record.Record(class_names=["x", "y"],
+                                                        preprocessing=images.Preprocessing(24)))
+    assert (path.read_bytes(), record.sidecar_path(path).read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["happysad.h5", "happysad.json"]

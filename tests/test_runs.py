@@ -98,3 +98,14 @@ def test_lists_a_real_training_run(trained, capsys):
     assert run["name"] == "fixture" and run["epochs_run"] == len(trained_record.metrics["epoch_seconds"])
     assert run["test"]["accuracy"] == trained_record.metrics["test"]["accuracy"]
     assert run["hyperparameters"] == trained_record.hyperparameters
+
+
+def test_a_run_whose_record_cannot_be_read_is_named_and_the_others_are_still_listed(logdir, capsys):
+    (logdir / "damaged").mkdir()
+    (logdir / "damaged" / "record.json").write_text("{ truncated")
+    listing = run_json(capsys, ["--logdir", str(logdir)])
+    assert [run["name"] for run in listing["runs"]] == ["new", "best", "old"]
+    assert [item["run"] for item in listing["unreadable"]] == ["damaged"]
+    runs.main(["--logdir", str(logdir)])
+    captured = capsys.readouterr()
+    assert "skipped damaged: cannot read" in captured.err and "best" in captured.out
