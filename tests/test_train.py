@@ -104,6 +104,23 @@ def test_undecodable_file_is_named_with_a_pointer_to_clean(tmp_path, faces_dir, 
 
 
 @pytest.mark.slow
+def test_an_undecodable_file_in_the_holdout_is_named_too(tmp_path, faces_dir, capsys):
+    """The holdout is read only after the fits: its broken file is still the one-line error naming it."""
+    folder = tmp_path / "data"
+    copy_faces(faces_dir, folder, 8)
+    argv = ["--data", str(folder), "--epochs", "1", "--image-size", "32", "--holdout", "0.25",
+            "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs"), "--cache", "none"]
+    config = train.folds_by_size(train.parse_args(argv))
+    _, held_out, _, _ = train.cut_folds(config, train.read_folder(config))
+    broken = held_out.paths[0]
+    with open(broken, "r+b") as handle:
+        handle.truncate(200)
+    message = run_train(argv, capsys)
+    assert broken in message and "happysad.clean" in message
+    assert not (tmp_path / "m.h5").exists()
+
+
+@pytest.mark.slow
 def test_fine_tune_stage_continues_the_epoch_count(tmp_path, faces_dir):
     """The second stage's epochs follow the first's in the record and in TensorBoard (steps 0, 1, 2)."""
     import keras
