@@ -5,7 +5,9 @@ lists files by it, serve accepts uploads by it. `Preprocessing` is the one objec
 model's input: train, evaluate, predict, serve and review call it, the caches are keyed by it, and the record
 stores it, so a model always sees pictures prepared exactly as it was trained on.
 
-Pixels are decoded by TensorFlow's own decoder (always RGB, never OpenCV's BGR), resized bilinearly to a
+Pixels are decoded by TensorFlow's own decoder (always RGB, never OpenCV's BGR), turned upright as the file's
+EXIF orientation says (a phone stores a portrait photo sideways and says so; every viewer and browser turns it,
+so that is the picture the user saw and labelled; TensorFlow's decoder does not), resized bilinearly to a
 square and scaled to [0, 1]. Models that want another range (ImageNet backbones) convert inside the model.
 With faces=True (--faces) the largest face is cropped out first (happysad.faces), and the whole picture is
 kept when none is found. With face_beside=True both are kept, side by side in the channels: a network that
@@ -14,12 +16,18 @@ joins a backbone reading the whole picture and one reading the face (happysad.mo
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+import PIL.Image
+
 from happysad import faces as face_detector
 from happysad.runtime import tf
+
+ORIENTATION_TAG = 0x0112  # EXIF's Orientation: 1 as stored, 2-8 the seven flips and turns a viewer applies
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ class Preprocessing:
     image_size: int
     faces: bool = False
     face_beside: bool = False  # (size, size, 6): the whole picture's RGB, then its largest face's
+    upright: bool = True  # turned as the EXIF orientation says; False in records of release 0.10 and earlier
 
     def __post_init__(self):
         if self.faces and self.face_beside:
@@ -76,7 +85,7 @@ class Preprocessing:
     def decode(self, encoded) -> tf.Tensor:
         """Encoded image bytes -> float32 tensor of shape (image_size, image_size, channels) in [0, 1]: RGB,
         and with face_beside the face crop's RGB after the picture's."""
-        image = decode_pixels(encoded)
+        image = decode_pixels(encoded, self.upright)
         if self.face_beside:
             return tf.concat([self.resize(image), self.resize(crop_face(image))], axis=-1)
         return self.resize(crop_face(image) if self.faces else image)
@@ -94,19 +103,54 @@ class Preprocessing:
     def key(self) -> str:
         """Names these settings in cache keys: any change makes new caches."""
         view = "faces" if self.faces else "whole+face" if self.face_beside else "whole"
-        return f"{self.VERSION}|{self.image_size}|{view}"
+        return f"{self.VERSION}|{self.image_size}|{view}" + ("|upright" if self.upright else "")
 
     def to_record(self) -> dict:
         return {**dataclasses.asdict(self), **self.STEPS}
 
     @classmethod
     def from_record(cls, values: dict) -> Preprocessing:
+        """The preprocessing a record names; a record that does not say `upright` was written before photos
+        were turned, and its model keeps seeing them as it was trained on them."""
+        values = {"upright": False, **values}
         return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
 
 
-def decode_pixels(encoded) -> tf.Tensor:
-    """Encoded image bytes -> uint8 RGB tensor at the file's own size (the first frame of a GIF)."""
-    return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+def decode_pixels(encoded, upright: bool = True) -> tf.Tensor:
+    """Encoded image bytes -> uint8 RGB tensor at the file's own size (the first frame of a GIF), turned
+    upright as its EXIF orientation says unless upright=False."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    if not upright:
+        return image
+    return turned(image, tf.numpy_function(exif_orientation, [encoded], tf.int32, stateful=False))
+
+
+def exif_orientation(encoded: bytes) -> np.int32:
+    """The EXIF orientation (1-8) of an image file's bytes, read by Pillow from the header alone; 1 (as
+    stored) when the file has none or it cannot be read."""
+    try:
+        with PIL.Image.open(io.BytesIO(encoded)) as image:
+            value = image.getexif().get(ORIENTATION_TAG, 1)
+    except (OSError, ValueError, SyntaxError, TypeError):
+        return np.int32(1)
+    return np.int32(value if value in range(1, 9) else 1)
+
+
+def turned(image: tf.Tensor, orientation) -> tf.Tensor:
+    """The pixels as a viewer shows them for each EXIF orientation: 2 mirrored, 3 turned half way round,
+    4 flipped upside down, 5 transposed, 6 turned a quarter clockwise, 7 transposed the other way, 8 turned
+    a quarter anticlockwise."""
+    transposed = tf.transpose(image, [1, 0, 2])
+    return tf.ensure_shape(tf.switch_case(tf.clip_by_value(orientation - 1, 0, 7), [
+        lambda: image,
+        lambda: tf.image.flip_left_right(image),
+        lambda: tf.image.rot90(image, 2),
+        lambda: tf.image.flip_up_down(image),
+        lambda: transposed,
+        lambda: tf.image.rot90(image, 3),
+        lambda: tf.image.rot90(transposed, 2),
+        lambda: tf.image.rot90(image, 1),
+    ]), (None, None, 3))
 
 
 def crop_face(image: tf.Tensor) -> tf.Tensor:

@@ -1,7 +1,11 @@
 """happysad.images owns two facts every stage reads: which formats training reads (FORMATS) and how a file
 becomes a model's input (Preprocessing). These tests fail if a stage starts to disagree with them."""
+import io
+
 import cv2
 import numpy as np
+import PIL.Image
+import PIL.ImageOps
 import pytest
 
 from happysad import clean, data, images, sample, serve
@@ -51,7 +55,7 @@ def test_a_format_training_skips_is_left_out_by_every_stage(tmp_path):
 
 def test_preprocessing_settings_name_their_caches_and_round_trip_through_the_record_form():
     settings = [images.Preprocessing(size, faces) for size in (32, 64) for faces in (False, True)]
-    settings += [images.Preprocessing(32, face_beside=True)]
+    settings += [images.Preprocessing(32, face_beside=True), images.Preprocessing(32, upright=False)]
     assert len({preprocessing.key for preprocessing in settings}) == len(settings)
     with pytest.raises(ValueError, match="choose one"):  # a face crop cannot also keep the whole picture
         images.Preprocessing(32, faces=True, face_beside=True)
@@ -59,3 +63,32 @@ def test_preprocessing_settings_name_their_caches_and_round_trip_through_the_rec
         assert images.Preprocessing.from_record(preprocessing.to_record()) == preprocessing
     with pytest.raises(AttributeError):
         settings[0].image_size = 128  # frozen: a stage cannot change it under the others
+
+
+def with_orientation(pixels: np.ndarray, orientation: int, image_format: str) -> bytes:
+    """RGB pixels saved by Pillow with an EXIF orientation tag, as a phone saves a photo it held sideways."""
+    exif = PIL.Image.Exif()
+    exif[images.ORIENTATION_TAG] = orientation
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(pixels).save(buffer, image_format, exif=exif.tobytes(), quality=95)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_photos_are_turned_as_their_exif_orientation_says_as_pillow_and_viewers_turn_them(orientation):
+    pixels = np.random.default_rng(orientation).integers(0, 256, (12, 20, 3), dtype=np.uint8)  # not square
+    encoded = with_orientation(pixels, orientation, "PNG")  # lossless: the turn is checked pixel for pixel
+    shown = np.asarray(PIL.ImageOps.exif_transpose(PIL.Image.open(io.BytesIO(encoded))))
+    np.testing.assert_array_equal(images.decode_pixels(encoded).numpy(), shown)
+    np.testing.assert_array_equal(images.decode_pixels(encoded, upright=False).numpy(), pixels)
+
+
+def test_every_stage_sees_a_sideways_jpeg_upright_and_older_models_keep_what_they_learnt():
+    face = cv2.cvtColor(sample.draw_face(np.random.default_rng(0), "happy", 0, SIZE), cv2.COLOR_BGR2RGB)
+    sideways = with_orientation(np.ascontiguousarray(np.rot90(face, 1)), 6, "JPEG")  # stored turned, tagged 6
+    upright = images.Preprocessing(SIZE).decode(sideways).numpy()
+    assert np.abs(upright * 255 - face).mean() < 5  # JPEG's loss alone
+    old = images.Preprocessing.from_record({"image_size": SIZE, "faces": False})  # a 0.10 record says nothing
+    assert not old.upright
+    assert np.abs(old.decode(sideways).numpy() * 255 - face).mean() > 10
+    assert images.exif_orientation(b"not an image") == 1

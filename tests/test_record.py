@@ -54,18 +54,18 @@ def test_sidecar_path_and_unknown_keys():
     assert record.sidecar_path("models/happysad.v2.h5").as_posix() == "models/happysad.v2.json"
     assert record.sidecar_path("out/happysad.v2-savedmodel").as_posix() == "out/happysad.v2-savedmodel.json"
     restored = record.Record.from_dict({"class_names": ["a", "b"], "image_size": 8, "from_the_future": 1})
-    assert restored.binary and restored.preprocessing == images.Preprocessing(8)
+    assert restored.binary and restored.preprocessing == images.Preprocessing(8, upright=False)  # as 0.10 decoded
 
 
 def test_the_preprocessing_is_stored_whole_and_read_back_from_every_format_version():
     written = json.loads(record.Record(["a", "b"], images.Preprocessing(24, faces=True)).to_json())
     assert "image_size" not in written and written["format_version"] == record.FORMAT_VERSION == 7
-    assert written["preprocessing"] == {"image_size": 24, "faces": True, "face_beside": False,
+    assert written["preprocessing"] == {"image_size": 24, "faces": True, "face_beside": False, "upright": True,
                                         **images.Preprocessing.STEPS}
     assert record.Record.from_dict(written).preprocessing == images.Preprocessing(24, faces=True)
     version_2 = {"class_names": ["a", "b"], "image_size": 24, "format_version": 2,
                  "preprocessing": {"decode": "tf.io.decode_image RGB", "faces": True}}
-    assert record.Record.from_dict(version_2).preprocessing == images.Preprocessing(24, faces=True)
+    assert record.Record.from_dict(version_2).preprocessing == images.Preprocessing(24, faces=True, upright=False)
     version_3 = {"class_names": ["a", "b"], "format_version": 3, "preprocessing": {"image_size": 24}}
     older = record.Record.from_dict(version_3)  # before calibration and marks: a model that has neither
     assert older.calibration == {} and older.domain == {}
@@ -78,7 +78,7 @@ def test_an_older_record_is_written_back_in_the_current_format_and_one_without_a
     record.update(tmp_path / "m.h5", threshold=0.4)
     written = json.loads(sidecar.read_text())
     assert written["format_version"] == record.FORMAT_VERSION and "image_size" not in written
-    assert record.read(tmp_path / "m.h5").preprocessing == images.Preprocessing(24, faces=True)
+    assert record.read(tmp_path / "m.h5").preprocessing == images.Preprocessing(24, faces=True, upright=False)
     sidecar.write_text(json.dumps({"class_names": ["a", "b"], "format_version": 3, "preprocessing": {}}))
     with pytest.raises(record.RecordError, match="no image size"):
         record.read(tmp_path / "m.h5")

@@ -159,6 +159,6 @@ def test_callbacks_serve_a_second_fit_as_fine_tuning_makes(tmp_path):
     assert len(root.Tensors(hparams_metadata.SESSION_START_INFO_TAG)) == 1
     start = hparams_metadata.parse_session_start_info_plugin_data(
         root.SummaryMetadata(hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content)
-    assert set(start.hparams) == {"epochs", "image_size", "faces", "face_beside", "seed"}  # no None values or dicts
+    assert set(start.hparams) == {"epochs", "image_size", "faces", "face_beside", "upright", "seed"}  # no None or dicts
     assert len(load(run_dir / "train").Tensors("samples")) == 1
     assert [e.step for e in load(run_dir / "validation").Tensors("confusion_matrix")] == [0, 1]
