@@ -127,9 +127,10 @@ def decode_pixels(encoded, upright: bool = True) -> tf.Tensor:
 
 def exif_orientation(encoded: bytes) -> np.int32:
     """The EXIF orientation (1-8) of an image file's bytes, read by Pillow from the header alone; 1 (as
-    stored) when the file has none or it cannot be read."""
+    stored) when the file has none or it cannot be read. tf.numpy_function hands the bytes over as a 0-d
+    array (of dtype object when eager, bytes in a tf.data graph): .item() gives the bytes either way."""
     try:
-        with PIL.Image.open(io.BytesIO(encoded)) as image:
+        with PIL.Image.open(io.BytesIO(np.asarray(encoded).item())) as image:
             value = image.getexif().get(ORIENTATION_TAG, 1)
     except (OSError, ValueError, SyntaxError, TypeError):
         return np.int32(1)

@@ -9,6 +9,7 @@ import PIL.ImageOps
 import pytest
 
 from happysad import clean, data, images, sample, serve
+from happysad.runtime import tf
 
 SIZE = 48
 
@@ -83,11 +84,19 @@ def test_photos_are_turned_as_their_exif_orientation_says_as_pillow_and_viewers_
     np.testing.assert_array_equal(images.decode_pixels(encoded, upright=False).numpy(), pixels)
 
 
-def test_every_stage_sees_a_sideways_jpeg_upright_and_older_models_keep_what_they_learnt():
+def test_every_stage_sees_a_sideways_jpeg_upright_and_older_models_keep_what_they_learnt(tmp_path):
     face = cv2.cvtColor(sample.draw_face(np.random.default_rng(0), "happy", 0, SIZE), cv2.COLOR_BGR2RGB)
     sideways = with_orientation(np.ascontiguousarray(np.rot90(face, 1)), 6, "JPEG")  # stored turned, tagged 6
     upright = images.Preprocessing(SIZE).decode(sideways).numpy()
     assert np.abs(upright * 255 - face).mean() < 5  # JPEG's loss alone
+    for path_tensor_eagerly in (False, True):  # predict and serve read one file eagerly, training in tf.data
+        path = tmp_path / "sideways.jpg"
+        path.write_bytes(sideways)
+        if path_tensor_eagerly:
+            read = images.Preprocessing(SIZE).load(str(path)).numpy()
+        else:
+            read = next(iter(tf.data.Dataset.from_tensor_slices([str(path)]).map(images.Preprocessing(SIZE).load)))
+        np.testing.assert_array_equal(np.asarray(read), upright)
     old = images.Preprocessing.from_record({"image_size": SIZE, "faces": False})  # a 0.10 record says nothing
     assert not old.upright
     assert np.abs(old.decode(sideways).numpy() * 255 - face).mean() > 10
