@@ -204,7 +204,9 @@ def load_network(model_path):
 def load(model_path) -> Classifier:
     model_path = Path(model_path)
     if not model_path.exists():
-        raise ModelError(f"model {model_path} not found: train one with `python -m happysad.train`")
+        beside = sorted(p.name for p in model_path.parent.glob("*") if p.suffix in (".h5", ".keras", ".tflite"))
+        raise ModelError(f"model {model_path} not found: train one with `python -m happysad.train`"
+                         + (f", or pass --model ({model_path.parent} holds {', '.join(beside[:5])})" if beside else ""))
     try:
         model_record = record.read(model_path)
         record.check_belongs(model_path, model_record)

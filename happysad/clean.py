@@ -39,7 +39,6 @@ deletes good photos. Here any file starting with the JPEG start-of-image bytes F
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -268,6 +267,9 @@ def clean(data_dir, min_size: int = 32, dry_run: bool = False, progress: bool = 
             for found in findings:
                 copy = readable_copy((data_dir / found.path).read_bytes()) if found.convert_to else None
                 quarantine.move(data_dir, found, manifest, copy)
+        # A mis-extended near copy stays as its readable copy, under the name the move gave it.
+        renamed = {found.path: found.converted for found in findings if found.converted}
+        near = sorted(sorted(renamed.get(path, path) for path in group) for group in near)
     return Summary(str(data_dir), dry_run, min_size, files, findings, time.perf_counter() - started, near, hidden)
 
 
@@ -316,6 +318,9 @@ def report(summary: Summary) -> str:
     else:
         lines.append(f"moved {moved} files to {quarantine_dir} (undo: python -m happysad.clean "
                      f"{summary.data_dir} --restore)")
+        if totals["converted"]:
+            lines.append(f"{totals['kept'] + totals['converted']} images left to train on: {totals['kept']} kept "
+                         f"as they were and {totals['converted']} readable copies")
     return "\n".join(lines)
 
 
@@ -328,7 +333,7 @@ def as_json(summary: Summary) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m happysad.clean", description=__doc__.split("\n")[0])
+    parser = console.ArgumentParser(prog="python -m happysad.clean", description=__doc__.split("\n")[0])
     parser.add_argument("data_dir", type=Path, help="folder with one subfolder of images per class")
     parser.add_argument("--min-size", type=int, default=32,
                         help="quarantine images whose smallest side is under this many pixels (default 32)")
@@ -339,9 +344,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.min_size < 1:
         parser.error(f"--min-size must be at least 1, got {args.min_size}")
-    enable_memory_growth()
-
     try:
+        class_folders(args.data_dir)  # a wrong folder is said before TensorFlow takes seconds to start
+        enable_memory_growth()
         if args.restore:
             result = quarantine.restore(args.data_dir, args.dry_run)
             data = asdict(result)

@@ -1,11 +1,20 @@
-"""What the commands print while they work: aligned tables and progress bars.
+"""What the commands print while they work: aligned tables, progress bars and one-line option errors.
 
 Progress goes to standard error (tqdm: done, per second, time left), so a command that prints JSON on standard
 output (`clean --json -`) stays parseable; short jobs show none.
 """
+import argparse
 import sys
 
 from tqdm import tqdm
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose option errors are one line that ends with where the options are listed:
+    argparse's own prints the whole usage first, twenty lines that bury the one that matters."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
 
 
 def table(rows: list, indent: str = "") -> str:

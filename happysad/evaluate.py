@@ -32,7 +32,7 @@ class EvaluateError(Exception):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m happysad.evaluate", description=__doc__.splitlines()[0])
+    parser = console.ArgumentParser(prog="python -m happysad.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=defaults.MODEL)
     parser.add_argument("--data", help="a labelled folder DIR/<class>/... to score instead of the model's "
                                        "own partition; its class folders must match the model's classes")
@@ -106,6 +106,22 @@ def partition_target(model_record: record.Record, partition: str) -> Target:
         else:
             skipped.append((str(path), "no such file (removed since training)"))
     return Target(partition, data.Files(paths, labels), skipped)
+
+
+def seen_in_training(model_record: record.Record, paths) -> int:
+    """How many of the scored files the model trained on (its record's training list): their figures say how
+    well it remembers, not how well it does on photos it has never seen."""
+    trained = {(Path(model_record.data_dir) / relative).resolve() for relative in model_record.split.get("train", [])}
+    return sum(Path(path).resolve() in trained for path in paths)
+
+
+def seen_warning(report: dict) -> str:
+    seen = report["seen_in_training"]
+    if not seen:
+        return ""
+    return (f"warning: the model trained on {seen} of these {report['scored']} images: their figures measure "
+            "memory, not photos it has never seen (train's cross-validated figure does; or score a folder it "
+            "never saw)")
 
 
 def folder_target(folder, class_names) -> Target:
@@ -278,6 +294,7 @@ def evaluate(model_path=defaults.MODEL, *, data_dir=None, partition: str = "test
         "threshold": model.record.threshold if model.record.binary else None,
         "stored_threshold": threshold_info,
         "scored": int(len(scores.labels)),
+        "seen_in_training": seen_in_training(model.record, scores.paths),
         "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
         "metrics": summary,
         "cross_validation": {key: value for key, value in model.record.metrics.get("cross_validation", {}).items()
@@ -336,7 +353,8 @@ def write_page(path, report: dict, pictures: dict) -> None:
     matrix = report["metrics"]["confusion_matrix"]
     sections = [
         ("Summary", f"<p>{report['scored']} images scored, {len(report['skipped'])} skipped, from "
-                    f"{html.escape(report['source'])}.<br>{html.escape(headline(report))}</p>"),
+                    f"{html.escape(report['source'])}.<br>{html.escape(headline(report))}</p>"
+                    + (f"<p><strong>{html.escape(seen_warning(report))}</strong></p>" if seen_warning(report) else "")),
         ("Per class", reports.table_html(
             ["class", "precision", "recall", "f1", "accuracy", "images"],
             [(n, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", f"{a:.3f}", s) for n, p, r, f, a, s in metric_rows(report)])),
@@ -376,6 +394,8 @@ def print_table(report: dict) -> None:
     print(console.table([["class", "precision", "recall", "f1", "accuracy", "images"]] + [
         [name, *(f"{value:.3f}" for value in values), str(count)] for name, *values, count in metric_rows(report)]))
     print(headline(report))
+    if seen_warning(report):
+        print(seen_warning(report))
     summary = report["metrics"]
     print(f"marked unsure: {summary['unsure']} of {summary['count']}" + (
         f" ({summary['accuracy_unsure']:.0%} of them right, {summary['accuracy_sure']:.0%} of the others)"

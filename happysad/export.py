@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import classifier, defaults, files, record
+from happysad import classifier, console, defaults, files, record
 from happysad.runtime import enable_memory_growth, keras, tf
 
 SUFFIXES = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite"}
@@ -50,7 +50,7 @@ class ExportError(Exception):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m happysad.export", description=__doc__.splitlines()[0])
+    parser = console.ArgumentParser(prog="python -m happysad.export", description=__doc__.splitlines()[0])
     parser.add_argument("--format", required=True, choices=tuple(SUFFIXES))
     parser.add_argument("--quantize", default="none", choices=QUANTIZATIONS,
                         help="tflite only: dynamic-range int8 weights or float16 weights (default: none)")

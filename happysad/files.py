@@ -14,12 +14,26 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
+def read_umask() -> int:
+    """The process's umask: read by setting it and setting it back, so once, at import, before any thread
+    of happysad's could create a file in between."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = read_umask()
+
+
 def write_atomic(path, content, durable: bool = True) -> None:
     """Write bytes or text to path atomically; durable=False skips the fsync (for caches: a lost file is
     recomputed, so only atomicity matters there)."""
     path = Path(path)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file readable by its owner alone; give it the mode a file written with open() gets
+        # (or the one it replaces), so a record stays readable by whoever can read its model.
+        os.chmod(temp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~UMASK)
         with os.fdopen(handle, "wb") as out:
             out.write(content.encode() if isinstance(content, str) else content)
             if durable:

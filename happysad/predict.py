@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from happysad import classifier, defaults, explain, images
+from happysad import classifier, console, defaults, explain, images
 from happysad.files import free_path
 from happysad.runtime import enable_memory_growth, tf
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m happysad.predict", description=__doc__.splitlines()[0])
+    parser = console.ArgumentParser(prog="python -m happysad.predict", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="image files, or folders searched recursively")
     parser.add_argument("--model", default=defaults.MODEL,
                         help=".h5 or .keras, or an export: .tflite or a SavedModel folder (happysad.export)")
@@ -48,17 +48,20 @@ def read_category_names(path) -> dict:
     return names
 
 
-def expand(paths) -> list:
-    """Files as given; folders become their image files (the extensions training reads), sorted, without
-    hidden files and folders (clean's .quarantine, macOS's ._ files), as training skips them."""
-    found = []
+def expand(paths) -> tuple:
+    """(files as given, and in folders their image files (the extensions training reads), sorted; the other
+    files found in folders). Hidden files and folders (clean's .quarantine, macOS's ._ files) are left out, as
+    training leaves them out."""
+    found, other = [], []
     for path in map(Path, paths):
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and images.is_trainable_name(p.name)
-                                and not any(part.startswith(".") for part in p.relative_to(path).parts)))
-        else:
+        if not path.is_dir():
             found.append(path)
-    return found
+            continue
+        inside = sorted(p for p in path.rglob("*") if p.is_file()
+                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        found += [p for p in inside if images.is_trainable_name(p.name)]
+        other += [p for p in inside if not images.is_trainable_name(p.name)]
+    return found, other
 
 
 def load_images(paths, model: classifier.Classifier):
@@ -86,7 +89,10 @@ def main(argv=None) -> None:
         sys.exit(f"happysad.predict: error: {error}")
     if args.explain and not model.can_explain:
         sys.exit(f"happysad.predict: error: --explain: {classifier.EXPORTS_CANNOT_EXPLAIN}")
-    paths = expand(args.paths)
+    paths, other = expand(args.paths)
+    if other:
+        print(f"note: {len(other)} file(s) in the folders are not in a format training reads and are skipped "
+              f"(e.g. {other[0]}): `python -m happysad.clean` converts the images among them", file=sys.stderr)
     if not paths:
         sys.exit("happysad.predict: error: no images found in " + " ".join(args.paths))
     failed, written = [], []
@@ -117,7 +123,8 @@ def show(args, model: classifier.Classifier, names: dict, paths, predictions) ->
             row = {**prediction.to_json(path), "name": names.get(prediction.label, prediction.label)}
             print(json.dumps({**row, "top_k": top} if top else row))
         elif top:
-            print(f"{path}: " + ", ".join(f"{entry['name']} {entry['probability']:.2f}" for entry in top))
+            print(f"{path}: " + ", ".join(f"{entry['name']} {entry['probability']:.2f}" for entry in top)
+                  + "".join(f"  [{note}]" for note in prediction.notes))
         else:
             print(f"{path}: {names.get(prediction.label, prediction.label)} (p={prediction.probability:.2f}"
                   f"{threshold_note(model, prediction, names)})" + "".join(f"  [{note}]" for note in prediction.notes))

@@ -29,7 +29,6 @@ back, and never overwrite a file. A move to another class is recorded with the r
 """
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import os
@@ -77,7 +76,7 @@ class Ranking:
 
 
 def parse_args(argv=None) -> ReviewConfig:
-    parser = argparse.ArgumentParser(prog="python -m happysad.review", description=__doc__.splitlines()[0])
+    parser = console.ArgumentParser(prog="python -m happysad.review", description=__doc__.splitlines()[0])
     add_options(parser, ReviewConfig)
     return from_command_line(parser, ReviewConfig, argv)
 
@@ -338,8 +337,9 @@ def write_pictures(config: ReviewConfig, rows: list, files: data.Files, summary:
 
 def main(argv=None) -> None:
     config = parse_args(argv)
-    enable_memory_growth()
     try:
+        data.find_classes(config.data)  # a wrong folder is said before TensorFlow takes seconds to start
+        enable_memory_growth()
         review(config)
     except errors.SettingError as error:  # the folder, the network or the devices, named as settings
         sys.exit(f"happysad.review: error: {errors.for_command(error)}")

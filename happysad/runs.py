@@ -33,7 +33,7 @@ class RunsError(Exception):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m happysad.runs", description=__doc__.splitlines()[0])
+    parser = console.ArgumentParser(prog="python -m happysad.runs", description=__doc__.splitlines()[0])
     parser.add_argument("--logdir", default=defaults.LOGDIR, help="the folder train wrote its runs into")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),

@@ -16,13 +16,14 @@ so any number of classes stays learnable. Each image is drawn from its own gener
 (seed, class name, index): the output is identical for the same arguments, and a class's faces do not
 change when other classes are added.
 """
-import argparse
 import struct
 import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from happysad import console
 
 CLASSES = ("happy", "sad")
 
@@ -285,7 +286,7 @@ def write_broken_files(out_dir, seed: int = 0, classes=CLASSES, size: int = 128)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m happysad.sample", description=__doc__.split("\n")[0])
+    parser = console.ArgumentParser(prog="python -m happysad.sample", description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", type=Path, help="folder to create the class folders in")
     parser.add_argument("--per-class", type=int, default=60, help="faces per class (default 60)")
     parser.add_argument("--size", type=int, default=128, help="image width and height in pixels (default 128)")

@@ -25,7 +25,7 @@ from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from happysad import classifier, defaults, images
+from happysad import classifier, console, defaults, images
 from happysad import explain as explain_module  # `explain` is also the API's query parameter
 from happysad.runtime import enable_memory_growth, tf
 
@@ -55,7 +55,7 @@ class Rejected(Exception):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m happysad.serve", description=__doc__.splitlines()[0])
+    parser = console.ArgumentParser(prog="python -m happysad.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=defaults.MODEL,
                         help=".h5 or .keras, or an export: .tflite or a SavedModel folder (happysad.export)")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (default: this one)")

@@ -10,7 +10,6 @@ folder → leak-free split (file lists) → cached tf.data pipelines → fit wit
 held-out partition → the same files.
 Every way, a run folder logs/<run>/ gets TensorBoard events and a copy of the record.
 """
-import argparse
 import dataclasses
 import datetime
 import json
@@ -32,7 +31,7 @@ from happysad.runtime import deferred, enable_memory_growth, keras
 callbacks = deferred("happysad.callbacks")  # defines Keras classes: imported when training starts
 
 def parse_args(argv=None) -> TrainConfig:
-    parser = argparse.ArgumentParser(
+    parser = console.ArgumentParser(
         prog="python -m happysad.train", description=__doc__.splitlines()[0],
         epilog="The --arch recipes: " + "; ".join(f"{arch}: {recipe_text(arch)}" for arch in models.ARCHITECTURES))
     add_options(parser, TrainConfig)
@@ -691,8 +690,9 @@ def fit(data=defaults.DATA, arch: str = "auto", **settings):
 
 def main(argv=None) -> None:
     run_config = parse_args(argv)
-    enable_memory_growth()
     try:
+        data.find_classes(run_config.data)  # a wrong folder is said before TensorFlow takes seconds to start
+        enable_memory_growth()
         train(run_config)
     except errors.SettingError as error:  # the folder, the network or the devices, named as settings
         sys.exit(f"happysad.train: error: {errors.for_command(error)}")

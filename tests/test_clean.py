@@ -231,6 +231,17 @@ def test_near_copies_within_a_class_stay_and_are_reported(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["near_copies"] == [group]
 
 
+def test_a_mis_extended_near_copy_is_listed_under_the_name_of_its_readable_copy(tmp_path):
+    data = tmp_path / "data"
+    face = sample.write_faces(data, per_class=4, size=128, seed=5)["happy"][2]
+    (data / "happy" / "cropped.jpg").write_bytes(cropped_copy(cv2.imread(str(face)), 0.08))  # PNG bytes
+    summary = clean.clean(data)
+    assert [(found.path, found.reason) for found in summary.findings] == [("happy/cropped.jpg", "mis-extended")]
+    assert summary.near_copies == [["happy/cropped.png", "happy/happy_002.jpg"]]
+    assert (data / "happy" / "cropped.png").is_file() and not (data / "happy" / "cropped.jpg").exists()
+    assert "9 images left to train on: 8 kept as they were and 1 readable copies" in clean.report(summary)
+
+
 def test_second_run_finds_nothing(dataset):
     data, _ = dataset
     clean.clean(data)

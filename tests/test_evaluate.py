@@ -2,6 +2,7 @@
 the top-left pixel, on flat-coloured PNGs (lossless, so the red value survives decoding and resizing)."""
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import keras
@@ -127,6 +128,17 @@ def test_folder_gives_exact_confusion_matrix_precision_recall_and_lists_skipped(
     assert "pr_curves" in plugins.values()
     accuracy = tensor_util.make_ndarray(events.Tensors("evaluate/accuracy")[-1].tensor_proto)
     assert accuracy == pytest.approx(6 / 9, abs=1e-6)
+
+
+def test_scoring_the_photos_the_model_trained_on_says_so(forced, tmp_path, capsys):
+    model = str(forced["model"])
+    assert run_json(capsys, ["--model", model, "--data", str(forced["folder"]), "--out", str(tmp_path / "a"),
+                             "--no-tensorboard"])["seen_in_training"] == 0
+    data_dir = Path(record.read(forced["model"]).data_dir)  # its train, validation and test files side by side
+    evaluate.main(["--model", model, "--data", str(data_dir), "--out", str(tmp_path / "b"), "--no-tensorboard"])
+    out = capsys.readouterr().out
+    assert "warning: the model trained on 2 of these 8 images" in out
+    assert "the model trained on 2 of these 8 images" in (tmp_path / "b" / "index.html").read_text()
 
 
 def test_terminal_table(forced, tmp_path, capsys):

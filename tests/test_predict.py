@@ -78,6 +78,8 @@ def test_folder_argument_and_missing_model(trained, tmp_path, capsys):
     assert code == 0 and len(out.splitlines()) == len(list((trained["data"] / "sad").iterdir()))
     code, _, _ = run_predict([str(tmp_path), "--model", str(tmp_path / "none.h5")], capsys)
     assert "not found" in str(code) and "happysad.train" in str(code)
+    code, _, _ = run_predict([str(tmp_path), "--model", str(trained["model"].parent / "none.h5")], capsys)
+    assert f"holds {trained['model'].name}" in str(code)
 
 
 def test_a_folder_is_scored_in_batches_without_its_hidden_files(trained, tmp_path, capsys):
@@ -87,11 +89,14 @@ def test_a_folder_is_scored_in_batches_without_its_hidden_files(trained, tmp_pat
     hidden.mkdir(parents=True)
     (hidden / "broken.jpg").write_bytes(b"clean put this aside")
     (folder / "._sad_000.jpg").write_bytes(b"macOS metadata")
+    (folder / "face.webp").write_bytes(b"a format training does not read")
     whole = run_predict([str(folder), "--model", str(trained["model"]), "--json"], capsys)
     in_threes = run_predict([str(folder), "--model", str(trained["model"]), "--json", "--batch-size", "3"], capsys)
     assert whole[0] == in_threes[0] == 0 and "Traceback" not in whole[2] + in_threes[2]
+    assert "note: 1 file(s) in the folders are not in a format training reads" in whole[2]
+    assert "face.webp" in whole[2] and "broken.jpg" not in whole[2]
     rows = [json.loads(line) for line in whole[1].splitlines()]
-    assert len(rows) == len([p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")])
+    assert len(rows) == len([p for p in folder.iterdir() if p.suffix == ".jpg" and not p.name.startswith(".")])
     batched = [json.loads(line) for line in in_threes[1].splitlines()]
     assert [(r["path"], r["label"]) for r in rows] == [(r["path"], r["label"]) for r in batched]
     assert [r["probability"] for r in rows] == pytest.approx([r["probability"] for r in batched], abs=1e-5)

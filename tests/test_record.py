@@ -127,3 +127,13 @@ def test_a_record_that_fails_to_save_leaves_the_previous_pair(tmp_path, monkeypa
                                                         preprocessing=images.Preprocessing(24)))
     assert (path.read_bytes(), record.sidecar_path(path).read_text()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["happysad.h5", "happysad.json"]
+
+
+def test_the_record_is_as_readable_as_the_model(tmp_path):
+    """write_atomic's temporary file starts readable by its owner alone; the record must not stay so."""
+    path = tmp_path / "happysad.h5"
+    record.save(small_model(1), path, record.Record(class_names=["a", "b"], preprocessing=images.Preprocessing(24)))
+    assert record.sidecar_path(path).stat().st_mode & 0o777 == path.stat().st_mode & 0o777 == 0o666 & ~files.UMASK
+    record.sidecar_path(path).chmod(0o640)  # the user's own choice, kept when the record is written again
+    record.update(path, threshold=0.4)
+    assert record.sidecar_path(path).stat().st_mode & 0o777 == 0o640
