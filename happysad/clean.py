@@ -345,7 +345,8 @@ def main(argv=None):
     if args.min_size < 1:
         parser.error(f"--min-size must be at least 1, got {args.min_size}")
     try:
-        class_folders(args.data_dir)  # a wrong folder is said before TensorFlow takes seconds to start
+        if not args.restore:  # restore makes the class folders it needs
+            class_folders(args.data_dir)  # a wrong folder is said before TensorFlow takes seconds to start
         enable_memory_growth()
         if args.restore:
             result = quarantine.restore(args.data_dir, args.dry_run)

@@ -287,7 +287,7 @@ class TrainConfig(FeatureConfig):
             yield f"`holdout` must be 0 or from 0.05 to 0.5, got {self.holdout}"
         if self.resume and self.strategy == "multiworker":
             yield "`resume` works on one machine (one or several GPUs), not with `strategy` multiworker"
-        if Path(self.model).suffix.lower() not in (".h5", ".keras"):
+        if Path(self.model).suffix not in (".h5", ".keras"):  # as Keras checks: case matters
             yield (f"`model` must end in .h5 or .keras (Keras' two formats), got {self.model}; "
                    "happysad.export writes the other formats")
 

@@ -15,8 +15,15 @@ from pathlib import Path
 
 
 def read_umask() -> int:
-    """The process's umask: read by setting it and setting it back, so once, at import, before any thread
-    of happysad's could create a file in between."""
+    """The process's umask, once, at import: from /proc on Linux; elsewhere by setting it and setting it back
+    (another thread creating a file in that instant would get the wrong mode)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -131,8 +131,10 @@ def exif_orientation(encoded: bytes) -> np.int32:
     array (of dtype object when eager, bytes in a tf.data graph): .item() gives the bytes either way."""
     try:
         with PIL.Image.open(io.BytesIO(np.asarray(encoded).item())) as image:
+            if image.format == "PNG" and "exif" not in image.info:
+                return np.int32(1)  # getexif() would decode the whole PNG to look for a late eXIf chunk
             value = image.getexif().get(ORIENTATION_TAG, 1)
-    except (OSError, ValueError, SyntaxError, TypeError):
+    except Exception:  # a header Pillow cannot read, or its guard against huge images: TensorFlow decodes them
         return np.int32(1)
     return np.int32(value if value in range(1, 9) else 1)
 
@@ -141,15 +143,17 @@ def turned(image: tf.Tensor, orientation) -> tf.Tensor:
     """The pixels as a viewer shows them for each EXIF orientation: 2 mirrored, 3 turned half way round,
     4 flipped upside down, 5 transposed, 6 turned a quarter clockwise, 7 transposed the other way, 8 turned
     a quarter anticlockwise."""
-    transposed = tf.transpose(image, [1, 0, 2])
-    return tf.ensure_shape(tf.switch_case(tf.clip_by_value(orientation - 1, 0, 7), [
+    def transposed():
+        return tf.transpose(image, [1, 0, 2])
+
+    return tf.ensure_shape(tf.switch_case(tf.clip_by_value(orientation - 1, 0, 7), [  # only its branch runs
         lambda: image,
         lambda: tf.image.flip_left_right(image),
         lambda: tf.image.rot90(image, 2),
         lambda: tf.image.flip_up_down(image),
-        lambda: transposed,
+        transposed,
         lambda: tf.image.rot90(image, 3),
-        lambda: tf.image.rot90(transposed, 2),
+        lambda: tf.image.rot90(transposed(), 2),
         lambda: tf.image.rot90(image, 1),
     ]), (None, None, 3))
 

@@ -36,7 +36,7 @@ THUMBNAIL = 64  # pixels of the square the DCT runs on
 SQUARE = 2 * THUMBNAIL  # the picture is first reduced to this square, then cropped
 HASH_SIZE = 16  # the 16x16 lowest frequencies: 256 bits per hash
 CROPS = (0.0, 0.04, 0.08)  # fraction cut off every side before hashing, one hash each
-FAMILY, VERSION = "near-copies", "v2"  # stored fingerprints: VERSION changes whenever fingerprint() does
+FAMILY, VERSION = "near-copies", "v3"  # stored fingerprints: VERSION changes whenever fingerprint() does
 # Largest distance (differing bits of the closest pair of hashes) at which two images are near copies: the
 # README's "Why this hash" says what it catches and joins on web photos and generated faces.
 THRESHOLD = 48

@@ -20,9 +20,10 @@ from happysad.images import Preprocessing
 # network: kept to undo it for reports), and `domain`, what "fits no class" is measured by. 5: `config`, every
 # setting of the run (config.TrainConfig). 6: `preprocessing.face_beside` (the face crop beside the picture, six
 # channels) and the domain's `columns`. 7: the domain's `reads` (the CNN's block statistics: an older happysad
-# would compare other features with its centres). Older records read as they are: missing fields empty,
-# settings moved in.
-FORMAT_VERSION = 7
+# would compare other features with its centres). 8: `preprocessing.upright` (photos turned as their EXIF
+# orientation says: an older happysad would feed the model photos lying on their side). Older records read
+# as they are: missing fields empty, settings moved in.
+FORMAT_VERSION = 8
 
 
 class RecordError(Exception):
@@ -147,12 +148,15 @@ def save(network, model_path, record: Record) -> None:
 
     The model and its record go to temporary files in the same folder (same filesystem, so the final renames
     are atomic) and only replace the old pair once both are completely written. The record names the
-    model's sha256, so a model and a record that do not belong together are told apart (check_belongs).
+    model's sha256, so a model and a record that do not belong together are told apart (check_belongs):
+    should the process die in the instant between the two renames, the new record is left beside them as
+    its hidden temporary file. A record replaced keeps its file mode.
     """
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = model_path.with_name(f".{model_path.stem}.tmp-{os.getpid()}{model_path.suffix}")
     record_tmp = sidecar_path(model_path).with_name(f".{sidecar_path(model_path).name}.tmp-{os.getpid()}")
+    model_replaced = False
     try:
         legacy_warning = logging.getLogger("absl")
         level = legacy_warning.level
@@ -168,10 +172,14 @@ def save(network, model_path, record: Record) -> None:
         record.model_file = model_path.name
         record.model_sha256 = files.sha256(tmp)
         files.write_atomic(record_tmp, record.to_json())
+        if sidecar_path(model_path).exists():
+            os.chmod(record_tmp, sidecar_path(model_path).stat().st_mode & 0o777)
         # Both are complete on disk before either replaces its old file: between the two renames the pair
         # disagrees for an instant, and the sha256 in the record tells (check_belongs).
         os.replace(tmp, model_path)
+        model_replaced = True
         os.replace(record_tmp, sidecar_path(model_path))
     finally:
         tmp.unlink(missing_ok=True)
-        record_tmp.unlink(missing_ok=True)
+        if not model_replaced:  # once the new model is in place, its record is kept whatever happens
+            record_tmp.unlink(missing_ok=True)

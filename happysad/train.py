@@ -339,7 +339,7 @@ def candidates_table(measurement: crossval.Measurement) -> str:
     for (name, penalty), loss in measurement.scores.items():
         if name not in best or loss < best[name][1]:
             best[name] = (penalty, loss)
-    return console.table([("candidate", "log loss", "C", "")] + [
+    return console.table([("candidate", "log loss (lower: better)", "C (higher: less penalty)", "")] + [
         (name, f"{loss:.3f}", f"{penalty:g}", "<- chosen" if name == measurement.final.features else "")
         for name, (penalty, loss) in best.items()], indent="  ")
 
@@ -356,7 +356,8 @@ def scaling_text(scaling: calibration.Scaling, num_classes: int) -> str:
     if scaling == calibration.IDENTITY:
         return "calibration: none (the held-out predictions ranked the classes no better than chance)"
     if num_classes == 2:
-        return f"calibration: logit x {scaling.scale:.2f} {scaling.shift:+.2f}"
+        return (f"calibration: logit x {scaling.scale:.2f} {scaling.shift:+.2f} (Platt scaling: so that p=0.8 means "
+                "right about 8 times in 10)")
     return f"calibration: temperature {1 / scaling.scale:.2f}"
 
 

@@ -359,3 +359,16 @@ def test_progress_goes_to_standard_error_so_json_on_standard_output_stays_whole(
     captured = capsys.readouterr()
     assert json.loads(captured.out)["dry_run"] is True
     assert "file/s" in captured.err  # the bars showed, beside the JSON
+
+
+def test_restore_works_when_only_the_quarantine_is_left(tmp_path, capsys):
+    data = tmp_path / "data"
+    for label in ("happy", "sad"):
+        (data / label).mkdir(parents=True)
+        (data / label / "empty.jpg").write_bytes(b"")
+    clean.main([str(data)])
+    for label in ("happy", "sad"):
+        (data / label).rmdir()  # every file went to quarantine; the user removed the empty folders
+    clean.main([str(data), "--restore"])
+    assert "restored 2 files" in capsys.readouterr().out
+    assert (data / "happy" / "empty.jpg").is_file() and (data / "sad" / "empty.jpg").is_file()

@@ -83,6 +83,7 @@ def test_a_wrong_setting_is_named_as_a_setting_and_worded_as_a_flag_by_the_comma
     (dict(strategy="all"), "strategy must be one of auto, default, mirrored, multiworker"),
     (dict(model="models/mine"), "model must end in .h5 or .keras"),
     (dict(model="out.tflite"), "model must end in .h5 or .keras"),
+    (dict(model="out.H5"), "model must end in .h5 or .keras"),  # Keras' save would refuse it after training
 ])
 def test_each_check_names_its_setting(settings, message):
     with pytest.raises(ConfigError) as error:

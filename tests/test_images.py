@@ -1,6 +1,8 @@
 """happysad.images owns two facts every stage reads: which formats training reads (FORMATS) and how a file
 becomes a model's input (Preprocessing). These tests fail if a stage starts to disagree with them."""
 import io
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -101,3 +103,16 @@ def test_every_stage_sees_a_sideways_jpeg_upright_and_older_models_keep_what_the
     assert not old.upright
     assert np.abs(old.decode(sideways).numpy() * 255 - face).mean() > 10
     assert images.exif_orientation(b"not an image") == 1
+
+
+def test_a_header_pillow_refuses_to_open_is_read_as_stored():
+    """Pillow's guard against huge images raises on a 400-megapixel header; TensorFlow decodes such files, so
+    the orientation is taken as stored rather than failing the run."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    with pytest.raises(PIL.Image.DecompressionBombError):
+        PIL.Image.open(io.BytesIO(png))
+    assert images.exif_orientation(png) == 1

@@ -59,7 +59,7 @@ def test_sidecar_path_and_unknown_keys():
 
 def test_the_preprocessing_is_stored_whole_and_read_back_from_every_format_version():
     written = json.loads(record.Record(["a", "b"], images.Preprocessing(24, faces=True)).to_json())
-    assert "image_size" not in written and written["format_version"] == record.FORMAT_VERSION == 7
+    assert "image_size" not in written and written["format_version"] == record.FORMAT_VERSION == 8
     assert written["preprocessing"] == {"image_size": 24, "faces": True, "face_beside": False, "upright": True,
                                         **images.Preprocessing.STEPS}
     assert record.Record.from_dict(written).preprocessing == images.Preprocessing(24, faces=True)
@@ -136,4 +136,6 @@ def test_the_record_is_as_readable_as_the_model(tmp_path):
     assert record.sidecar_path(path).stat().st_mode & 0o777 == path.stat().st_mode & 0o777 == 0o666 & ~files.UMASK
     record.sidecar_path(path).chmod(0o640)  # the user's own choice, kept when the record is written again
     record.update(path, threshold=0.4)
+    assert record.sidecar_path(path).stat().st_mode & 0o777 == 0o640
+    record.save(small_model(2), path, record.Record(class_names=["a", "b"], preprocessing=images.Preprocessing(24)))
     assert record.sidecar_path(path).stat().st_mode & 0o777 == 0o640
