@@ -99,6 +99,7 @@ def test_every_stage_sees_a_sideways_jpeg_upright_and_older_models_keep_what_the
         else:
             read = next(iter(tf.data.Dataset.from_tensor_slices([str(path)]).map(images.Preprocessing(SIZE).load)))
         np.testing.assert_array_equal(np.asarray(read), upright)
+    np.testing.assert_array_equal(images.Preprocessing(SIZE).decode(tf.constant(sideways)).numpy(), upright)  # serve
     old = images.Preprocessing.from_record({"image_size": SIZE, "faces": False})  # a 0.10 record says nothing
     assert not old.upright
     assert np.abs(old.decode(sideways).numpy() * 255 - face).mean() > 10
