@@ -204,7 +204,7 @@ def load_network(model_path):
 def load(model_path) -> Classifier:
     model_path = Path(model_path)
     if not model_path.exists():
-        beside = sorted(p.name for p in model_path.parent.glob("*") if p.suffix in (".h5", ".keras", ".tflite"))
+        beside = sorted(p.name for p in model_path.parent.glob("*") if p.suffix in record.MODEL_SUFFIXES)
         raise ModelError(f"model {model_path} not found: train one with `python -m happysad.train`"
                          + (f", or pass --model ({model_path.parent} holds {', '.join(beside[:5])})" if beside else ""))
     try:

@@ -351,10 +351,11 @@ def headline(report: dict) -> str:
 def write_page(path, report: dict, pictures: dict) -> None:
     names = report["class_names"]
     matrix = report["metrics"]["confusion_matrix"]
+    warning = seen_warning(report)
     sections = [
         ("Summary", f"<p>{report['scored']} images scored, {len(report['skipped'])} skipped, from "
                     f"{html.escape(report['source'])}.<br>{html.escape(headline(report))}</p>"
-                    + (f"<p><strong>{html.escape(seen_warning(report))}</strong></p>" if seen_warning(report) else "")),
+                    + (f"<p><strong>{html.escape(warning)}</strong></p>" if warning else "")),
         ("Per class", reports.table_html(
             ["class", "precision", "recall", "f1", "accuracy", "images"],
             [(n, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", f"{a:.3f}", s) for n, p, r, f, a, s in metric_rows(report)])),
@@ -394,7 +395,7 @@ def print_table(report: dict) -> None:
     print(console.table([["class", "precision", "recall", "f1", "accuracy", "images"]] + [
         [name, *(f"{value:.3f}" for value in values), str(count)] for name, *values, count in metric_rows(report)]))
     print(headline(report))
-    if seen_warning(report):
+    if report["seen_in_training"]:
         print(seen_warning(report))
     summary = report["metrics"]
     print(f"marked unsure: {summary['unsure']} of {summary['count']}" + (

@@ -32,6 +32,12 @@ def read_umask() -> int:
 UMASK = read_umask()
 
 
+def mode_for(path: Path) -> int:
+    """The permission bits a file written at path should get: those of the file it replaces, else those a
+    file written with open() gets."""
+    return path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~UMASK
+
+
 def write_atomic(path, content, durable: bool = True) -> None:
     """Write bytes or text to path atomically; durable=False skips the fsync (for caches: a lost file is
     recomputed, so only atomicity matters there)."""
@@ -40,7 +46,7 @@ def write_atomic(path, content, durable: bool = True) -> None:
     try:
         # mkstemp makes the file readable by its owner alone; give it the mode a file written with open() gets
         # (or the one it replaces), so a record stays readable by whoever can read its model.
-        os.chmod(temp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~UMASK)
+        os.chmod(temp, mode_for(path))
         with os.fdopen(handle, "wb") as out:
             out.write(content.encode() if isinstance(content, str) else content)
             if durable:

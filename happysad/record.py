@@ -155,7 +155,8 @@ def save(network, model_path, record: Record) -> None:
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = model_path.with_name(f".{model_path.stem}.tmp-{os.getpid()}{model_path.suffix}")
-    record_tmp = sidecar_path(model_path).with_name(f".{sidecar_path(model_path).name}.tmp-{os.getpid()}")
+    record_path = sidecar_path(model_path)
+    record_tmp = record_path.with_name(f".{record_path.name}.tmp-{os.getpid()}")
     model_replaced = False
     try:
         legacy_warning = logging.getLogger("absl")
@@ -172,13 +173,12 @@ def save(network, model_path, record: Record) -> None:
         record.model_file = model_path.name
         record.model_sha256 = files.sha256(tmp)
         files.write_atomic(record_tmp, record.to_json())
-        if sidecar_path(model_path).exists():
-            os.chmod(record_tmp, sidecar_path(model_path).stat().st_mode & 0o777)
+        os.chmod(record_tmp, files.mode_for(record_path))
         # Both are complete on disk before either replaces its old file: between the two renames the pair
         # disagrees for an instant, and the sha256 in the record tells (check_belongs).
         os.replace(tmp, model_path)
         model_replaced = True
-        os.replace(record_tmp, sidecar_path(model_path))
+        os.replace(record_tmp, record_path)
     finally:
         tmp.unlink(missing_ok=True)
         if not model_replaced:  # once the new model is in place, its record is kept whatever happens
