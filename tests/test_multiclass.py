@@ -73,6 +73,7 @@ def test_top_k_text_uses_category_names_and_keeps_unnamed_folders(three_classes,
     code, out, _ = run(predict.main, [image, "--model", str(three_classes["model"]), "--top-k", "2",
                                       "--category-names", str(names)], capsys)
     assert code == 0
+    text = out
     listed = out.strip().split("  [")[0].split(": ", 1)[1].split(", ")  # the marks' notes follow in brackets
     assert len(listed) == 2
     shown = {entry.rsplit(" ", 1)[0] for entry in listed}
@@ -85,6 +86,7 @@ def test_top_k_text_uses_category_names_and_keeps_unnamed_folders(three_classes,
     mapping = {"happy": "Happy face", "sad": "Sad face", "neutral": "neutral"}
     assert all(entry["name"] == mapping[entry["label"]] for entry in row["top_k"])
     assert row["name"] == mapping[row["label"]]
+    assert row["notes"] and all(f"  [{note}]" in text for note in row["notes"])  # --top-k keeps the marks
 
 
 @pytest.mark.parametrize("content", ["not json", '["happy", "sad"]', '{"happy": 1}'])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_WEIGHTS
 
-from happysad import crossval, features, images, marks, quarantine, review, sample
+from happysad import crossval, data, features, images, marks, quarantine, review, sample
 
 SIZE = 32
 FAST = ["--folds", "3"]
@@ -59,6 +59,14 @@ def tree(folder) -> dict:
     """sha256 of every file under folder, by relative path."""
     return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(Path(folder).rglob("*")) if path.is_file()}
+
+
+def test_a_class_too_small_for_the_folds_is_named():
+    labels = np.array([0] * 20 + [1] * 3)
+    vectors = crossval.unit(clusters(labels))
+    with pytest.raises(data.DataError, match="class sad has 3 image"):
+        review.rank({"mobilenet": vectors}, labels, list(range(len(labels))), 2, n_folds=5,
+                    class_names=["happy", "sad"])
 
 
 def test_flipped_labels_rank_first_and_a_far_vector_fits_no_class():
