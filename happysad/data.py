@@ -332,35 +332,28 @@ def ends_at_once(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 
 @contextlib.contextmanager
-def undecodable_explained(paths, preprocessing: images.Preprocessing, data_dir):
-    """Turn TensorFlow's decode error from a pipeline over `paths` into a DataError naming the bad files (and
-    the clean command); any other error, or one no file explains, passes unchanged."""
+def undecodable_explained(data_dir):
+    """Turn TensorFlow's decode error, wherever a run over data_dir's class folders meets it, into a DataError
+    naming the files that cannot be decoded (and the clean command); any other error, or one no file explains,
+    passes unchanged. Only when such an error comes is the folder decoded again, file by file, to find them."""
     try:
         yield
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
-        error = undecodable_error(paths, preprocessing, data_dir)
-        if error is None:
+        bad = find_undecodable(list_images(data_dir, find_classes(data_dir))[0].paths)
+        if not bad:
             raise
-        raise error from None
+        listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(f"{len(bad)} file(s) cannot be decoded by TensorFlow: {listing}{more}; "
+                        f"run `python -m happysad.clean {data_dir}` first") from None
 
 
-def undecodable_error(paths, preprocessing: images.Preprocessing, data_dir):
-    """A DataError naming the files that broke a pipeline, found by decoding each again; None if none did."""
-    bad = find_undecodable(paths, preprocessing)
-    if not bad:
-        return None
-    listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
-    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    return DataError(f"{len(bad)} file(s) cannot be decoded by TensorFlow: {listing}{more}; "
-                     f"run `python -m happysad.clean {data_dir}` first")
-
-
-def find_undecodable(paths, preprocessing: images.Preprocessing) -> list:
-    """(path, reason) for each file TensorFlow's decoder rejects; used to explain a failed pipeline."""
+def find_undecodable(paths) -> list:
+    """(path, reason) for each file TensorFlow's decoder rejects: what every preprocessing starts with."""
     bad = []
     for path in paths:
         try:
-            preprocessing.load(path)
+            images.decode_pixels(tf.io.read_file(path))
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as error:
             bad.append((path, images.error_reason(error)))
     return bad

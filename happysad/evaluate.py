@@ -174,7 +174,7 @@ def score(model: classifier.Classifier, files: data.Files, batch_size: int, keep
         progress.update(len(indices))
     progress.close()
     lost = [files.paths[i] for i in sorted(set(range(len(files))) - set(kept))]
-    reasons = dict(data.find_undecodable(lost, model.preprocessing))
+    reasons = dict(data.find_undecodable(lost))
     skipped = [(path, reasons.get(path, "could not be prepared for the model")) for path in lost]
     num_columns = model.record.num_classes
     return Scores([files.paths[i] for i in kept], labels_all[kept],

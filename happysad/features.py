@@ -122,8 +122,7 @@ def of_backbones(config, files: data.Files, digests: list) -> tuple:
             f"downloaded or found in Keras' cache folder {models.keras_cache_folder()}; put a weights file there, "
             "or name one backbone and its file (`arch` mobilenet `weights` PATH)")
     preprocessing = config.preprocessing(tuple(extractors) or tuple(stores))
-    with data.undecodable_explained(files.paths, preprocessing, config.data):
-        found = extract_joined(extractors, files.paths, stores, preprocessing, digests)
+    found = extract_joined(extractors, files.paths, stores, preprocessing, digests)
     for arch in stores:
         print(f"{arch} features: {computed[arch]} computed, {len(files) - computed[arch]} from the store")
     if extractors:

@@ -340,7 +340,8 @@ def main(argv=None) -> None:
     try:
         data.find_classes(config.data)  # a wrong folder is said before TensorFlow takes seconds to start
         enable_memory_growth()
-        review(config)
+        with data.undecodable_explained(config.data):
+            review(config)
     except errors.SettingError as error:  # the folder, the network or the devices, named as settings
         sys.exit(f"happysad.review: error: {errors.for_command(error)}")
 

@@ -79,13 +79,16 @@ def read_folder(config: TrainConfig) -> Folder:
 
 
 def train(config: TrainConfig) -> dict:
-    if config.cross_validate:
-        return train_with_folds(config)
-    if config.folds_on_images:
-        config = folds_by_size(config)
-    if config.folds_on_images:
-        return train_images_with_folds(config)
-    return train_on_partitions(config)
+    """Train as the settings say. A file TensorFlow cannot decode, wherever a pipeline meets it, is a one-line
+    error naming it (data.undecodable_explained)."""
+    with data.undecodable_explained(config.data):
+        if config.cross_validate:
+            return train_with_folds(config)
+        if config.folds_on_images:
+            config = folds_by_size(config)
+        if config.folds_on_images:
+            return train_images_with_folds(config)
+        return train_on_partitions(config)
 
 
 def folds_by_size(config: TrainConfig) -> TrainConfig:
@@ -219,9 +222,8 @@ def train_images_with_folds(config: TrainConfig) -> dict:
             k, batch_size, drop)[0])
         class_weight = (data.class_weights(labels[folds != k], len(class_names)) if config.class_weights
                         else None)
-        with data.undecodable_explained(files.paths, preprocessing, config.data):
-            distribute.fit(network, setup, training, None, epochs=epochs, callbacks=fit_callbacks,
-                           class_weight=class_weight, verbose=verbose)
+        distribute.fit(network, setup, training, None, epochs=epochs, callbacks=fit_callbacks,
+                       class_weight=class_weight, verbose=verbose)
 
     # -- measure: K fits, each fold scored after every epoch by the network that never saw it ----------------
     curves, widening = [], []
@@ -270,9 +272,8 @@ def train_images_with_folds(config: TrainConfig) -> dict:
                      "final_fit_seconds": final_seconds, "epoch_seconds": history.history["epoch_seconds"],
                      "fold_epochs": [len(curve) for curve in curves], "domain_widening": widening}
     if len(test):
-        with data.undecodable_explained(test.paths, preprocessing, config.data):
-            tested = metrics.class_probabilities(network.predict(data.make_dataset(
-                test, preprocessing, global_batch, binary=binary), verbose=0))
+        tested = metrics.class_probabilities(network.predict(data.make_dataset(
+            test, preprocessing, global_batch, binary=binary), verbose=0))
         model_metrics["test"] = metrics.summarize(test.labels, tested, class_names, choice.threshold)
         print(test_line(model_metrics["test"], class_names))
     summaries.write_measured(run_dir, model_metrics, step=choice.epochs - 1)
@@ -402,8 +403,7 @@ def train_on_partitions(config: TrainConfig) -> dict:
     # -- inputs: decoded-image pipelines, and for fine-tuning's first stage stored backbone features --------
     labels = {name: np.asarray(parts[name].labels, np.float32 if binary else np.int32) for name in data.PARTITIONS}
     extractor, head = models.split_at_pool(network) if fine_tuning else (None, None)
-    with data.undecodable_explained(files.paths, preprocessing, config.data):
-        stored = stored_features(config, extractor, parts, preprocessing, digests) if fine_tuning else None
+    stored = stored_features(config, extractor, parts, preprocessing, digests) if fine_tuning else None
     datasets = image_datasets(config, setup, parts, preprocessing, binary)
 
     # -- callbacks: timing, early stopping, TensorBoard ----------------------------------------------------
@@ -437,24 +437,22 @@ def train_on_partitions(config: TrainConfig) -> dict:
 
     # -- fit: the whole CNN; or the head on stored features, then the opened backbone on images -------------
     started = time.time()
-    with data.undecodable_explained(files.paths, preprocessing, config.data):
-        if fine_tuning:
-            fit_head(config, head, len(class_names), stored, labels, run_callbacks, class_weight)
-        else:
-            distribute.fit(network, setup, datasets["train"], datasets["validation"], epochs=config.epochs,
-                           callbacks=image_callbacks, class_weight=class_weight)
-        warn_if_nothing_learnt(history.history.get("val_loss", []), "the validation loss")
-        stage_start = len(history.history["loss"]) if fine_tuning else 0
-        if fine_tuning:
-            summaries_callback.watch(datasets["validation"])
-            fine_tune(config, network, len(class_names), setup, datasets, image_callbacks, class_weight,
-                      initial_epoch=stage_start)
+    if fine_tuning:
+        fit_head(config, head, len(class_names), stored, labels, run_callbacks, class_weight)
+    else:
+        distribute.fit(network, setup, datasets["train"], datasets["validation"], epochs=config.epochs,
+                       callbacks=image_callbacks, class_weight=class_weight)
+    warn_if_nothing_learnt(history.history.get("val_loss", []), "the validation loss")
+    stage_start = len(history.history["loss"]) if fine_tuning else 0
+    if fine_tuning:
+        summaries_callback.watch(datasets["validation"])
+        fine_tune(config, network, len(class_names), setup, datasets, image_callbacks, class_weight,
+                  initial_epoch=stage_start)
     train_seconds = time.time() - started
 
     # -- evaluate: threshold on validation, metrics on the untouched test partition ------------------------
     def probabilities(name):
-        with data.undecodable_explained(parts[name].paths, preprocessing, config.data):
-            return metrics.class_probabilities(network.predict(datasets[name], verbose=0))
+        return metrics.class_probabilities(network.predict(datasets[name], verbose=0))
 
     scaling = calibration.fit(probabilities("validation"), parts["validation"].labels)
     uncalibrated = probabilities("test")

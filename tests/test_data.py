@@ -1,5 +1,6 @@
 """The split is leak-free: disjoint, complete, stratified, and the same on every epoch and every run."""
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from test_near_copies import cropped_copy, resized_copy
 
 from happysad import data, features, images, sample
+from happysad.runtime import tf
 
 
 def make_folder(root, counts):
@@ -160,6 +162,24 @@ def test_skipped_formats_are_reported_and_hidden_folders_ignored(tmp_path):
     assert [p.endswith("x.webp") for p in skipped] == [True]
     assert np.bincount(files.labels).tolist() == [3, 3]
 
+
+
+def test_a_decode_error_anywhere_in_a_run_names_the_file_and_other_errors_pass(faces_dir, tmp_path):
+    files = copy_partition(faces_dir, tmp_path / "data", per_class=3)
+    broken = Path(files.paths[-1])
+    broken.write_bytes(broken.read_bytes()[:200])
+    preprocessing = images.Preprocessing(32)
+    with pytest.raises(data.DataError) as raised:
+        with data.undecodable_explained(tmp_path / "data"):
+            list(data.make_dataset(files, preprocessing, 2, binary=True))
+    message = str(raised.value)
+    assert message.startswith("1 file(s) cannot be decoded") and str(broken) in message
+    assert f"happysad.clean {tmp_path / 'data'}" in message
+    unrelated = tf.errors.InvalidArgumentError(None, None, "a shape that does not fit")
+    broken.unlink()  # a folder whose every file decodes: the error is not the files', and passes unchanged
+    with pytest.raises(tf.errors.InvalidArgumentError, match="does not fit"):
+        with data.undecodable_explained(tmp_path / "data"):
+            raise unrelated
 
 # Decoded-image caches: memory or disk by size, crash-safe disk caches, and shuffling that fits in memory.
 

@@ -164,6 +164,19 @@ def test_moves_go_through_cleans_manifest_and_restore_undoes_them(tmp_path, made
     assert tree(folder) == before
 
 
+
+def test_an_undecodable_file_is_one_line_naming_it(tmp_path, weights_file):
+    folder = faces(tmp_path / "data", per_class=4)
+    broken = folder / "sad" / "broken.jpg"
+    broken.write_bytes(next((folder / "sad").iterdir()).read_bytes()[:200])
+    with pytest.raises(SystemExit) as exited:
+        review.main([str(folder), "--arch", "mobilenet025", "--weights", str(weights_file), "--image-size",
+                     str(SIZE), "--cache", "none", "--html", str(tmp_path / "r.html"), "--png", str(tmp_path / "r.png"),
+                     *FAST])
+    message = str(exited.value)
+    assert message.startswith("happysad.review: error: 1 file(s) cannot be decoded") and "\n" not in message
+    assert str(broken) in message and "happysad.clean" in message
+
 @pytest.mark.slow
 def test_quarantine_with_the_backbone_round_trips(tmp_path, weights_file):
     folder = faces(tmp_path / "data")
