@@ -11,6 +11,7 @@ halfway (OpenCV forgives more: it opens truncated JPEGs that TensorFlow rejects)
 OpenCV, which reads the formats TensorFlow cannot and so makes converting them possible. A file leaves its
 folder for one of these reasons:
 
+    unreadable      the file cannot be read: a link to nothing, or no permission to read it
     empty           zero bytes
     not-image       no image signature, and OpenCV cannot read it (text, HTML, SVG...)
     corrupt         an image that a decoder rejects: truncated or damaged
@@ -20,7 +21,8 @@ folder for one of these reasons:
                     under the right extension where TensorFlow reads them, else a lossless PNG re-encoded by
                     OpenCV (8-bit colour, as training sees it)
     duplicate       the same bytes as another file of the same class (the first in sorted order stays,
-                    preferring a file that needs no conversion); it would also leak across the splits
+                    preferring a file that needs no conversion, then a file over a link to one); it would
+                    also leak across the splits
     label-conflict  the same image filed under two classes: no way to know which label is right, so all
                     copies go. The same bytes, or a near copy: the same photo resized, re-encoded, lightly
                     cropped or brightened (happysad.near_copies), with every other copy named in the detail
@@ -64,7 +66,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import imghdr
 
-REASONS = ("empty", "not-image", "corrupt", "too-small", "mis-extended", "duplicate", "label-conflict")
+REASONS = ("unreadable", "empty", "not-image", "corrupt", "too-small", "mis-extended", "duplicate", "label-conflict")
 
 
 @dataclass
@@ -142,7 +144,10 @@ def check_file(data_dir: Path, path: str, label: str, min_size: int) -> tuple:
     The last two are "" and None for files that cannot be used at all; duplicates are compared on the sha256,
     near copies on the fingerprint.
     """
-    data = (data_dir / path).read_bytes()
+    try:
+        data = (data_dir / path).read_bytes()
+    except OSError as error:
+        return Finding(path, label, "unreadable", f"cannot be read ({error.strerror})", ""), "", None
     sha256 = hashlib.sha256(data).hexdigest()
 
     def finding(reason, detail, convert_to=""):
@@ -210,7 +215,8 @@ def scan(data_dir, listing: dict, min_size: int = 32, progress: bool = False) ->
                 others = ", ".join(other for other, _ in group if other != path)
                 mark(findings, path, label, key, "label-conflict", f"same image also in {others}")
         elif len(group) > 1:
-            (kept, _), *copies = sorted(group, key=lambda item: (item[0] in findings, item[0]))
+            (kept, _), *copies = sorted(group, key=lambda item: (item[0] in findings,
+                                                                 (data_dir / item[0]).is_symlink(), item[0]))
             for path, label in copies:
                 mark(findings, path, label, key, "duplicate", f"same image as {kept}")
     near = mark_near_copies(findings, usable)

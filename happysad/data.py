@@ -123,6 +123,17 @@ def list_images(data_dir, class_names) -> tuple:
     return Files(paths, labels), skipped
 
 
+def check_readable(paths, data_dir) -> None:
+    """Raise a DataError naming the files a run could not read (a link to nothing, no permission to read),
+    before it starts; clean moves them aside."""
+    bad = [f"{path} ({'a link to nothing' if not os.path.exists(path) else 'no permission to read it'})"
+           for path in paths if not os.access(path, os.R_OK)]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:5])}{more}; "
+                        f"run `python -m happysad.clean {data_dir}` first")
+
+
 def split(files: Files, fractions=(0.7, 0.2, 0.1), seed: int = defaults.SEED, groups=None) -> dict:
     """Seeded stratified split of a file list into PARTITIONS that never separates a group of files.
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from happysad import (calibration, classifier, console, data, defaults, explain, marks, metrics, record, reports,
                       summaries)
+from happysad.files import sha256_each
 from happysad.runtime import enable_memory_growth, tf
 
 PROGRESS_FROM = 500  # images: fewer are scored in a few seconds
@@ -109,10 +110,12 @@ def partition_target(model_record: record.Record, partition: str) -> Target:
 
 
 def seen_in_training(model_record: record.Record, paths) -> int:
-    """How many of the scored files the model trained on (its record's training list): their figures say how
-    well it remembers, not how well it does on photos it has never seen."""
-    trained = {(Path(model_record.data_dir) / relative).resolve() for relative in model_record.split.get("train", [])}
-    return sum(Path(path).resolve() in trained for path in paths)
+    """How many of the scored files hold the bytes of a file the model trained on (its record's training list,
+    where those files still are), under any name or folder: their figures say how well it remembers, not how
+    well it does on photos it has never seen."""
+    trained = [Path(model_record.data_dir) / relative for relative in model_record.split.get("train", [])]
+    trained_digests = set(sha256_each([path for path in trained if path.is_file()]))
+    return sum(digest in trained_digests for digest in sha256_each(paths))
 
 
 def seen_warning(report: dict) -> str:

@@ -73,7 +73,7 @@ def sha256_each(paths) -> list:
 def free_path(path: Path) -> Path:
     """path, or path-1, path-2... with the same extension: the first name no file has yet."""
     candidate, number = path, 0
-    while candidate.exists():
+    while os.path.lexists(candidate):  # a link to nothing holds its name too
         number += 1
         candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
     return candidate

@@ -91,10 +91,14 @@ def keypoints(gray: np.ndarray) -> tuple:
     """ORB keypoints of a grey picture reduced to KEYPOINT_SIDE, and of its mirror: (points, descriptors)."""
     scale = KEYPOINT_SIDE / max(gray.shape)
     if scale < 1:
-        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        height, width = gray.shape
+        gray = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
+                          interpolation=cv2.INTER_AREA)
     if not hasattr(_local, "orb"):
         _local.orb = cv2.ORB_create(nfeatures=KEYPOINTS)
     points, descriptors = [], []
+    if min(gray.shape) <= 2 * _local.orb.getEdgeThreshold():  # a strip or a dot: no room for a keypoint
+        return np.zeros((0, 3), np.float32), np.zeros((0, 32), np.uint8)
     for mirrored, picture in ((0.0, gray), (1.0, np.ascontiguousarray(gray[:, ::-1]))):
         found, described = _local.orb.detectAndCompute(picture, None)
         if described is None:

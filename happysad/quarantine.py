@@ -116,18 +116,18 @@ def restore(data_dir, dry_run: bool = False) -> Restored:
     remaining = []
     for entry in reversed(read_manifest(manifest)):
         original, moved = data_dir / entry["original"], data_dir / entry["quarantine"]
-        if moved.exists() and original.exists():
+        if os.path.lexists(moved) and os.path.lexists(original):  # lexists: a link to nothing is a file here
             result.skipped.append(f"{entry['original']}: a file exists there now; left at {entry['quarantine']}")
             remaining.append(entry)
             continue
-        if moved.exists():
+        if os.path.lexists(moved):
             back = moved  # where the original's bytes are (still, in a dry run)
             if not dry_run:
                 original.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(moved, original)
                 back = original
             result.restored.append(entry["original"])
-        elif original.exists():
+        elif os.path.lexists(original):
             back = original  # never moved (the run stopped first) or already put back by a newer entry
         else:
             result.skipped.append(f"{entry['original']}: missing from {entry['quarantine']}")

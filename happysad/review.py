@@ -246,6 +246,7 @@ def review(config: ReviewConfig) -> dict:
     counts = "  ".join(f"{name}={n}" for name, n in zip(class_names, files.count_per_class(len(class_names))))
     print(f"{len(files)} images in {len(class_names)} classes: {counts}")
 
+    data.check_readable(files.paths, config.data)
     digests = sha256_each(files.paths)
     per_backbone, _ = features.of_backbones(config, files, digests)  # train's stored features serve here
     feature_sets = features.candidate_sets(config.arch, per_backbone)

@@ -71,6 +71,7 @@ def read_folder(config: TrainConfig) -> Folder:
     files, skipped = data.list_images(config.data, class_names)
     if skipped:
         print(data.skipped_note(skipped, config.data))
+    data.check_readable(files.paths, config.data)
     digests = dict(zip(files.paths, sha256_each(files.paths)))
     groups = data.near_copy_groups(files, cache.array_store(config.cache, near_copies.FAMILY, near_copies.VERSION),
                                    list(digests.values()))

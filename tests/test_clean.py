@@ -372,3 +372,46 @@ def test_restore_works_when_only_the_quarantine_is_left(tmp_path, capsys):
     clean.main([str(data), "--restore"])
     assert "restored 2 files" in capsys.readouterr().out
     assert (data / "happy" / "empty.jpg").is_file() and (data / "sad" / "empty.jpg").is_file()
+
+
+def test_a_link_to_a_file_of_the_class_goes_and_the_file_stays(dataset):
+    data, _ = dataset
+    (data / "sad" / "a_link.jpg").symlink_to("sad_001.jpg")  # sorts before the file it points to
+    summary = clean.clean(data)
+    duplicates = {found.path: found.detail for found in summary.findings if found.reason == "duplicate"}
+    assert duplicates["sad/a_link.jpg"] == "same image as sad/sad_001.jpg"
+    assert (data / "sad" / "sad_001.jpg").is_file() and not (data / "sad" / "sad_001.jpg").is_symlink()
+    assert (data / ".quarantine" / "duplicate" / "sad" / "a_link.jpg").is_symlink()
+    assert clean.clean(data, dry_run=True).findings == []  # nothing left dangling for a second run
+
+
+def test_a_link_to_nothing_is_unreadable_and_restore_puts_the_link_back(dataset):
+    data, _ = dataset
+    (data / "happy" / "gone.jpg").symlink_to(data / "nowhere.jpg")
+    summary = clean.clean(data)
+    found = next(found for found in summary.findings if found.path == "happy/gone.jpg")
+    assert (found.reason, found.detail) == ("unreadable", "cannot be read (No such file or directory)")
+    assert not os.path.lexists(data / "happy" / "gone.jpg")
+    assert os.path.islink(data / ".quarantine" / "unreadable" / "happy" / "gone.jpg")
+    assert "happy/gone.jpg" in quarantine.restore(data).restored
+    assert os.readlink(data / "happy" / "gone.jpg") == str(data / "nowhere.jpg")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_a_file_without_permission_to_read_is_unreadable(dataset):
+    data, _ = dataset
+    (data / "happy" / "happy_000.jpg").chmod(0)
+    found = {found.path: found for found in clean.clean(data, dry_run=True).findings}
+    assert found["happy/happy_000.jpg"].reason == "unreadable"
+    assert "Permission denied" in found["happy/happy_000.jpg"].detail
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (5, 1), (1, 100), (600, 1), (4000, 50)])
+def test_a_dot_or_a_strip_is_checked_without_a_crash(tmp_path, width, height):
+    data = tmp_path / "data"
+    sample.write_faces(data, per_class=3, size=48, seed=2)
+    strip = np.random.default_rng(0).integers(0, 255, (height, width, 3), np.uint8)
+    cv2.imwrite(str(data / "happy" / "strip.png"), strip)
+    kept = clean.clean(data, min_size=1, dry_run=True).findings == []
+    reasons = {found.path: found.reason for found in clean.clean(data, dry_run=True).findings}
+    assert kept and reasons.get("happy/strip.png") == ("too-small" if min(width, height) < 32 else None)

@@ -137,8 +137,14 @@ def test_scoring_the_photos_the_model_trained_on_says_so(forced, tmp_path, capsy
     data_dir = Path(record.read(forced["model"]).data_dir)  # its train, validation and test files side by side
     evaluate.main(["--model", model, "--data", str(data_dir), "--out", str(tmp_path / "b"), "--no-tensorboard"])
     out = capsys.readouterr().out
-    assert "warning: the model trained on 2 of these 8 images" in out
-    assert "the model trained on 2 of these 8 images" in (tmp_path / "b" / "index.html").read_text()
+    # Its 2 training files, and a validation file with the bytes of one of them (sad, red 255).
+    assert "warning: the model trained on 3 of these 8 images" in out
+    assert "the model trained on 3 of these 8 images" in (tmp_path / "b" / "index.html").read_text()
+    copy = shutil.copytree(data_dir, tmp_path / "copy", symlinks=False)  # the same photos under other names
+    for path in copy.rglob("*.png"):
+        path.rename(path.with_name("renamed_" + path.name))
+    assert run_json(capsys, ["--model", model, "--data", str(copy), "--out", str(tmp_path / "c"),
+                             "--no-tensorboard"])["seen_in_training"] == 3
 
 
 def test_terminal_table(forced, tmp_path, capsys):

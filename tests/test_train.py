@@ -103,6 +103,16 @@ def test_undecodable_file_is_named_with_a_pointer_to_clean(tmp_path, faces_dir, 
     assert not (tmp_path / "m.h5").exists()
 
 
+
+def test_a_file_that_cannot_be_read_is_named_before_training(tmp_path, faces_dir, capsys):
+    folder = tmp_path / "data"
+    copy_faces(faces_dir, folder, 6)
+    (folder / "happy" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    message = run_train(["--data", str(folder), "--epochs", "1", "--image-size", "32",
+                         "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs")], capsys)
+    assert message == (f"happysad.train: error: 1 file(s) cannot be read: {folder / 'happy' / 'gone.jpg'} (a link to "
+                       f"nothing); run `python -m happysad.clean {folder}` first")
+
 @pytest.mark.slow
 def test_an_undecodable_file_in_the_holdout_is_named_too(tmp_path, faces_dir, capsys):
     """The holdout is read only after the fits: its broken file is still the one-line error naming it."""
