@@ -19,6 +19,8 @@ class ModelError(Exception):
     """The model or its record cannot be used, reported as one line."""
 
 
+EXPORTS_CANNOT_MARK = ("this export computes probabilities only, so no image is marked \"fits no class\": the mark "
+                       "needs the Keras model (.h5 or .keras) that happysad.train saved")
 EXPORTS_CANNOT_EXPLAIN = ("heatmaps need the Keras model (.h5 or .keras) that happysad.train saved: an export "
                           "computes probabilities only")
 
@@ -74,6 +76,17 @@ class Classifier:
     @property
     def class_names(self) -> list:
         return self.record.class_names
+
+    @property
+    def marks_far(self) -> bool:
+        """Whether "fits no class" is marked: the record knows the training photos' domain and the network gives
+        the features it was measured on (an export does not)."""
+        return self.domain is not None
+
+    @property
+    def missing_mark_note(self) -> str:
+        """What predict and serve say when the record has a domain that this network cannot measure."""
+        return EXPORTS_CANNOT_MARK if self.record.domain and not self.marks_far else ""
 
     @property
     def preprocessing(self) -> images.Preprocessing:

@@ -57,7 +57,7 @@ import numpy as np
 
 from happysad import cache, console, images, near_copies, quarantine
 from happysad.quarantine import QUARANTINE, Finding
-from happysad.data import DataError, class_folders as subfolders, walk_class
+from happysad.data import DataError, class_folders as subfolders, clean_command, walk_class
 from happysad.runtime import enable_memory_growth, tf
 
 with warnings.catch_warnings():
@@ -322,8 +322,8 @@ def report(summary: Summary) -> str:
     elif summary.dry_run:
         lines.append(f"dry run: {moved} files would move to {quarantine_dir}; nothing was changed")
     else:
-        lines.append(f"moved {moved} files to {quarantine_dir} (undo: python -m happysad.clean "
-                     f"{summary.data_dir} --restore)")
+        lines.append(f"moved {moved} files to {quarantine_dir} (undo: "
+                     f"{clean_command(summary.data_dir, '--restore')})")
         if totals["converted"]:
             lines.append(f"{totals['kept'] + totals['converted']} images left to train on: {totals['kept']} kept "
                          f"as they were and {totals['converted']} readable copies")

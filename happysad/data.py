@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,10 +96,15 @@ def walk_class(class_dir) -> tuple:
     return files, hidden
 
 
+def clean_command(data_dir, *options) -> str:
+    """The clean command for data_dir, quoted for the shell (a folder name may hold spaces)."""
+    return shlex.join(["python", "-m", "happysad.clean", str(data_dir), *options])
+
+
 def skipped_note(skipped: list, data_dir) -> str:
     """What train and review say of the files list_images skipped."""
     return (f"note: {len(skipped)} file(s) with extensions training does not read are ignored (e.g. {skipped[0]}): "
-            f"run `python -m happysad.clean {data_dir}` to convert or quarantine them")
+            f"run `{clean_command(data_dir)}` to convert or quarantine them")
 
 
 def list_images(data_dir, class_names) -> tuple:
@@ -131,7 +137,7 @@ def check_readable(paths, data_dir) -> None:
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise DataError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:5])}{more}; "
-                        f"run `python -m happysad.clean {data_dir}` first")
+                        f"run `{clean_command(data_dir)}` first")
 
 
 def split(files: Files, fractions=(0.7, 0.2, 0.1), seed: int = defaults.SEED, groups=None) -> dict:
@@ -356,7 +362,7 @@ def undecodable_explained(data_dir):
         listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise DataError(f"{len(bad)} file(s) cannot be decoded by TensorFlow: {listing}{more}; "
-                        f"run `python -m happysad.clean {data_dir}` first") from None
+                        f"run `{clean_command(data_dir)}` first") from None
 
 
 def find_undecodable(paths) -> list:

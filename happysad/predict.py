@@ -89,6 +89,8 @@ def main(argv=None) -> None:
         sys.exit(f"happysad.predict: error: {error}")
     if args.explain and not model.can_explain:
         sys.exit(f"happysad.predict: error: --explain: {classifier.EXPORTS_CANNOT_EXPLAIN}")
+    if model.missing_mark_note:
+        print(f"note: {model.missing_mark_note}", file=sys.stderr)
     paths, other = expand(args.paths)
     if other:
         print(f"note: {len(other)} file(s) in the folders are not in a format training reads and are skipped "

@@ -281,7 +281,7 @@ def review(config: ReviewConfig) -> dict:
     moves = []
     if config.move_to_suggested or config.quarantine:
         moves = act(Path(config.data), rows, digests, config)
-        print(f"moved {len(moves)} file(s)" + (f" (undo: python -m happysad.clean {config.data} --restore)"
+        print(f"moved {len(moves)} file(s)" + (f" (undo: {data.clean_command(config.data, '--restore')})"
                                                if moves else "") + "".join(f"\n  {a} -> {b}" for a, b in moves))
     seconds["total"] = time.perf_counter() - started
     print(f"took {seconds['total']:.1f} s: features {seconds['features']:.1f} s, near copies "

@@ -145,7 +145,8 @@ def model_info(model: classifier.Classifier, model_path, limits: Limits) -> dict
             # what the model measured of itself: out of fold when cross-validated, else on its test partition
             "metrics_kind": "cross_validation" if "cross_validation" in saved.metrics else "test",
             "metrics": saved.metrics.get("cross_validation", saved.metrics.get("test", {})),
-            "architecture": saved.hyperparameters.get("arch", ""), "limits": asdict(limits)}
+            "architecture": saved.hyperparameters.get("arch", ""), "limits": asdict(limits),
+            "marks_fits_no_class": model.marks_far}
 
 
 def create_app(model: classifier.Classifier, model_path, limits: Limits) -> FastAPI:
@@ -241,6 +242,8 @@ def main(argv=None) -> None:
     except OSError as error:
         sys.exit(f"happysad.serve: error: cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     host, port = server_socket.getsockname()[:2]
+    if model.missing_mark_note:
+        print(f"note: {model.missing_mark_note}", flush=True)
     print(f"happysad.serve: {args.model} on http://{host}:{port}/ (API docs: /docs)", flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(model, args.model, limits), log_level="info"))
     server.run(sockets=[server_socket])

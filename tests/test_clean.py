@@ -415,3 +415,11 @@ def test_a_dot_or_a_strip_is_checked_without_a_crash(tmp_path, width, height):
     kept = clean.clean(data, min_size=1, dry_run=True).findings == []
     reasons = {found.path: found.reason for found in clean.clean(data, dry_run=True).findings}
     assert kept and reasons.get("happy/strip.png") == ("too-small" if min(width, height) < 32 else None)
+
+
+def test_the_undo_command_is_quoted_for_a_folder_name_with_a_space(tmp_path, capsys):
+    data = tmp_path / "my photos"
+    sample.write_faces(data, per_class=3, size=48, seed=2)
+    (data / "sad" / "empty.jpg").write_bytes(b"")
+    clean.main([str(data)])
+    assert f"(undo: python -m happysad.clean '{data}' --restore)" in capsys.readouterr().out

@@ -92,9 +92,13 @@ def test_predict_runs_tflite_and_savedmodel_exports(source, exports, test_images
     rows = {}
     for model in (exports["tflite"], exports["savedmodel"]):
         predict.main([*map(str, paths[:6]), "--model", str(model), "--json"])
-        rows[model.name] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        captured = capsys.readouterr()
+        rows[model.name] = [json.loads(line) for line in captured.out.splitlines()]
+        assert captured.err.count("no image is marked \"fits no class\"") == 1  # said, not silently dropped
     predict.main([*map(str, paths[:6]), "--model", str(source), "--json"])
-    want = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    want = [json.loads(line) for line in captured.out.splitlines()]
+    assert "fits no class" not in captured.err
     for got in rows.values():
         assert [r["label"] for r in got] == [r["label"] for r in want]
         assert [r["probability"] for r in got] == pytest.approx([r["probability"] for r in want], abs=2e-6)
