@@ -96,6 +96,13 @@ class Classifier:
     def load_image(self, path) -> np.ndarray:
         return self.preprocessing.load(str(path)).numpy()
 
+    def prepared(self, path) -> np.ndarray:
+        """load_image, with a file that cannot be read as an image a ValueError naming it."""
+        try:
+            return self.load_image(path)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as error:
+            raise ValueError(f"{path}: {images.error_reason(error)}") from None
+
     def decode(self, encoded: bytes) -> np.ndarray:
         return self.preprocessing.decode(tf.constant(encoded)).numpy()
 
@@ -148,10 +155,15 @@ class Classifier:
         return explain.heatmaps(self.network, batch, [self.class_names.index(label) for label in labels])
 
     def predict(self, batch) -> list:
-        """A Prediction per image: `batch` is a list of image file paths, or images prepared as
-        load_image prepares them ((n, size, size, channels) in [0, 1])."""
+        """A Prediction per image: `batch` is an image file path, a list of them, or images prepared as
+        load_image prepares them ((n, size, size, channels) in [0, 1], or a list of (size, size, channels)).
+        A file that cannot be read as an image is a ValueError naming it."""
+        if isinstance(batch, (str, Path)):
+            batch = [batch]
         if not isinstance(batch, np.ndarray):
-            batch = np.stack([self.load_image(path) for path in batch])
+            if not len(batch):
+                return []
+            batch = np.stack([item if isinstance(item, np.ndarray) else self.prepared(item) for item in batch])
         probabilities, features = self.scores(batch)
         return [self.label(row, None if features is None else features[i]) for i, row in enumerate(probabilities)]
 

@@ -49,15 +49,15 @@ def read_category_names(path) -> dict:
 
 
 def expand(paths) -> tuple:
-    """(files as given, and in folders their image files (the extensions training reads), sorted; the other
-    files found in folders). Hidden files and folders (clean's .quarantine, macOS's ._ files) are left out, as
+    """(files as given, and in folders their image files (the extensions training reads, links to nothing
+    included so that they are reported), sorted; the other files found in folders). Hidden files and folders (clean's .quarantine, macOS's ._ files) are left out, as
     training leaves them out."""
     found, other = [], []
     for path in map(Path, paths):
         if not path.is_dir():
             found.append(path)
             continue
-        inside = sorted(p for p in path.rglob("*") if p.is_file()
+        inside = sorted(p for p in path.rglob("*") if (p.is_file() or p.is_symlink() and not p.exists())
                         and not any(part.startswith(".") for part in p.relative_to(path).parts))
         found += [p for p in inside if images.is_trainable_name(p.name)]
         other += [p for p in inside if not images.is_trainable_name(p.name)]
@@ -69,7 +69,7 @@ def load_images(paths, model: classifier.Classifier):
     good, pixels, failed = [], [], []
     for path in paths:
         if not path.is_file():
-            failed.append((path, "no such file"))
+            failed.append((path, "a link to nothing" if path.is_symlink() else "no such file"))
             continue
         try:
             pixels.append(model.load_image(path))

@@ -24,6 +24,17 @@ def test_train_returns_the_saved_model_and_load_predicts_files_as_the_command_do
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [p.label for p in loaded] == [row["label"] for row in printed]
     np.testing.assert_allclose([p.probability for p in loaded], [row["probability"] for row in printed], atol=1e-6)
+    # One path, or images load_image prepared, give the same; nothing gives nothing; a non-image is named.
+    model = happysad.load(tmp_path / "m.h5")
+    assert model.predict(str(paths[0]))[0].probability == pytest.approx(loaded[0].probability, abs=1e-6)
+    prepared = model.predict([model.load_image(path) for path in paths[:2]])
+    assert [p.probability for p in prepared] == pytest.approx([p.probability for p in loaded[:2]], abs=1e-6)
+    assert model.predict([]) == []
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'notes.jpg'}: "):
+        model.predict([paths[0], tmp_path / "notes.jpg"])
+    with pytest.raises(ValueError, match="nowhere.jpg: "):
+        model.predict(tmp_path / "nowhere.jpg")
 
 
 def test_a_wrong_setting_is_a_value_error_that_names_the_setting(tmp_path):

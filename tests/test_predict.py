@@ -71,6 +71,12 @@ def test_unreadable_files_are_reported_and_the_rest_still_predicted(trained, tmp
     assert out.startswith(f"{good}: ")
     assert "notes.jpg: not an image" in err and "missing.jpg: no such file" in err
     assert "Traceback" not in err
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy(good, folder / "good.jpg")
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # in a folder too: said, not passed over
+    code, out, err = run_predict([str(folder), "--model", str(trained["model"])], capsys)
+    assert code == 1 and out.startswith(f"{folder / 'good.jpg'}: ") and "gone.jpg: a link to nothing" in err
 
 
 def test_folder_argument_and_missing_model(trained, tmp_path, capsys):
