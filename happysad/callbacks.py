@@ -91,18 +91,43 @@ class EpochTiming(keras.callbacks.Callback):
             logs["images_per_second"] = self.train_images / elapsed
 
 
-class HeldOutCurve(keras.callbacks.Callback):
-    """A cross-validation fold's own images scored after every epoch of the fit on the other folds: their
-    probabilities, in file order (`probabilities`: epochs × images × classes), what
-    crossval.epochs_cross_validated chooses the epoch count from."""
+class AveragedWeights(keras.callbacks.Callback):
+    """Keeps the trainable weights after each of the last `window` epochs; `average()` puts their mean in the
+    network (stochastic weight averaging). Adam at a fixed learning rate leaves a few hundred photos' CNN
+    wandering from epoch to epoch (one fold's accuracy moved between 0.59 and 0.69 over ten epochs); the
+    mean of its last epochs sits in the middle of where it wandered."""
 
-    def __init__(self, dataset, order):
+    def __init__(self, window: int):
         super().__init__()
+        self.window = window
+        self.kept = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.kept = [*self.kept, [variable.numpy() for variable in self.model.trainable_weights]][-self.window:]
+
+    def average(self) -> None:
+        for variable, values in zip(self.model.trainable_weights, zip(*self.kept)):
+            variable.assign(np.mean(values, axis=0))
+
+
+class HeldOutCurve(AveragedWeights):
+    """A cross-validation fold's own images scored after every epoch of the fit on the other folds, by the
+    mean of the weights of the last `window` epochs (AveragedWeights; 1: the weights as they are): their
+    probabilities, in file order (`probabilities`: epochs × images × classes), what
+    crossval.epochs_cross_validated chooses the epoch count from. The fit goes on from its own weights."""
+
+    def __init__(self, dataset, order, window: int = 1):
+        super().__init__(window)
         self.dataset, self.back = dataset, np.argsort(order)
         self.probabilities = []
 
     def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        current = self.kept[-1]
+        self.average()
         self.probabilities.append(metrics.class_probabilities(models.outputs(self.model, self.dataset))[self.back])
+        for variable, values in zip(self.model.trainable_weights, current):
+            variable.assign(values)
 
 
 class TrainingSummaries(keras.callbacks.Callback):

@@ -211,6 +211,9 @@ class Recipe:
 # LARGE_FOLDER photos on, the partitions' test tenth holds 1,000 photos or more, whose 95 % interval is within
 # about ±3 points, so one fit does.
 CNN_FOLDS = 3
+# The CNN, fitted on folds, is scored and saved with the mean of its weights over its last epochs
+# (callbacks.AveragedWeights): README, *The CNN measures itself on every photo*.
+CNN_AVERAGED_EPOCHS = 3
 LARGE_FOLDER = 10_000
 RECIPES = {"cnn": Recipe(image_size=128, epochs=60, folds=None), **{arch: Recipe(image_size=224) for arch in BACKBONES}}
 

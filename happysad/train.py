@@ -234,7 +234,7 @@ def train_images_with_folds(config: TrainConfig) -> dict:
             network.summary(print_fn=print)
         held = folds == k
         _, held_out, _, order = fold_data(k, global_batch)
-        curve = callbacks.HeldOutCurve(held_out, order)
+        curve = callbacks.HeldOutCurve(held_out, order, models.CNN_AVERAGED_EPOCHS)
         mark = time.time()
         fit(network, k, fold_epochs(config, curves, labels, folds), [curve], verbose=0)
         curves.append(np.stack(curve.probabilities))
@@ -250,22 +250,26 @@ def train_images_with_folds(config: TrainConfig) -> dict:
     pooled = [loss for _, loss in sorted(measurement.scores.items())]
     warn_if_nothing_learnt(pooled, "the folds' pooled held-out loss")
     epochs_text = f"{choice.epochs} epoch{'s' * (choice.epochs > 1)}"
-    print(f"chosen on every fold: {epochs_text} (the lowest pooled held-out log loss, {min(pooled):.3f}), "
-          f"{scaling_text(choice.scaling, len(class_names))}")
+    averaged_text = f"the mean of the weights of its last {min(choice.epochs, models.CNN_AVERAGED_EPOCHS)}"
+    print(f"chosen on every fold: {epochs_text} (the lowest pooled held-out log loss, {min(pooled):.3f}, of "
+          f"{averaged_text}), {scaling_text(choice.scaling, len(class_names))}")
     print(cross_validation_line(cross_validated, class_names))
 
     # -- the saved network: trained on every photo for the chosen epochs, with TensorBoard -------------------
     run_dir = run_folder(config.logdir, config.run_name)  # one machine: multiworker trains on partitions
     hyperparameters = {**config.hyperparameters(), "folds": config.folds, "data": config.data, "strategy": setup.name,
                        "replicas": setup.replicas, "global_batch_size": global_batch, "precision": precision,
-                       "epochs_chosen": choice.epochs, "calibration": choice.scaling.to_record()}
+                       "epochs_chosen": choice.epochs, "averaged_epochs": models.CNN_AVERAGED_EPOCHS,
+                       "calibration": choice.scaling.to_record()}
     history = keras.callbacks.History()
     network = new_network()
+    averaged = callbacks.AveragedWeights(models.CNN_AVERAGED_EPOCHS)
     mark = time.time()
     fit(network, None, choice.epochs,
         [callbacks.EpochTiming(len(files)),
          *callbacks.tensorboard(run_dir, hyperparameters, files, None, [], class_names, preprocessing, config.seed),
-         history], verbose=2)
+         history, averaged], verbose=2)
+    averaged.average()  # what the folds were scored with
     final_seconds = time.time() - mark
     summaries.write_held_out_curve(run_dir, pooled)
     calibration.apply_to_network(network, choice.scaling)
@@ -293,7 +297,8 @@ def train_images_with_folds(config: TrainConfig) -> dict:
         history={key: [float(value) for value in values] for key, values in history.history.items()},
         hyperparameters=hyperparameters,
     )
-    save_run(network, run_record, config, f"trained on all {len(files)} photos for {epochs_text}")
+    save_run(network, run_record, config, f"trained on all {len(files)} photos for {epochs_text}, "
+                                          f"{averaged_text}")
     return {"record": run_record, "measurement": measurement, "run_dir": run_dir, "network": network,
             "history": history.history}
 

@@ -315,3 +315,32 @@ def test_the_held_out_curve_gives_back_each_folds_probabilities_in_file_order(tm
         grey = 20 * np.flatnonzero(folds == k) / 255
         expected = 1 / (1 + np.exp(-(12 * grey - 2)))
         np.testing.assert_allclose(curve.probabilities[0][:, 1], expected, rtol=1e-5)
+
+
+def test_the_held_out_curve_scores_the_mean_of_the_last_epochs_weights_and_the_fit_goes_on_from_its_own(
+        tmp_path):
+    """callbacks.AveragedWeights: the folds are scored, and the saved CNN keeps, the mean of the weights of
+    the last `window` epochs; between epochs the fit's own weights are back in place."""
+    from happysad import callbacks
+    from happysad.runtime import keras
+
+    paths = [str(tmp_path / f"{i}.png") for i in range(4)]
+    for i, path in enumerate(paths):
+        cv2.imwrite(path, np.full((8, 8, 3), 60 * i, np.uint8))
+    files = data.Files(paths, [0, 1, 0, 1])
+    held_out = data.make_dataset(files, images.Preprocessing(8), 4, binary=True)
+    network = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
+                                keras.layers.Dense(1, activation="sigmoid")])
+    curve, kept = callbacks.HeldOutCurve(held_out, np.arange(4), window=2), callbacks.AveragedWeights(2)
+    grey = 60 * np.arange(4) / 255
+    for epoch, bias in enumerate([-2.0, 0.0, 2.0]):  # what each epoch of a fit leaves
+        network.set_weights([np.full((3, 1), 4.0, np.float32), np.array([bias], np.float32)])
+        for callback in (curve, kept):
+            callback.set_model(network)
+            callback.on_epoch_end(epoch)
+        assert network.get_weights()[1][0] == bias  # the fit goes on from its own weights
+        mean_bias = np.mean([-2.0, 0.0, 2.0][max(0, epoch - 1):epoch + 1])
+        np.testing.assert_allclose(curve.probabilities[epoch][:, 1], 1 / (1 + np.exp(-(12 * grey + mean_bias))),
+                                   rtol=1e-5)
+    kept.average()
+    assert network.get_weights()[1][0] == pytest.approx(1.0)

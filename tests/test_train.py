@@ -293,6 +293,7 @@ def test_the_cnn_measures_itself_on_every_photo_and_saves_a_network_trained_on_a
     assert saved.calibration["fitted_on"] == "out-of-fold predictions"
     # The saved network trained on all 240 photos for the epochs the folds chose, and no more.
     assert len(saved.history["loss"]) == chosen == saved.hyperparameters["epochs_chosen"]
+    assert saved.hyperparameters["averaged_epochs"] == models.CNN_AVERAGED_EPOCHS  # as the folds were scored
     assert epoch_steps(cnn_on_folds["run_dir"] / "train") == set(range(chosen))
     assert epoch_steps(cnn_on_folds["run_dir"] / "folds") == set(range(max(saved.metrics["fold_epochs"])))
     assert not (cnn_on_folds["run_dir"] / "validation").exists()
