@@ -84,9 +84,14 @@ class Classifier:
         return self.domain is not None
 
     @property
+    def is_export(self) -> bool:
+        """A SavedModel or TFLite export: probabilities only, no features and no heatmaps."""
+        return not isinstance(self.network, keras.Model)
+
+    @property
     def missing_mark_note(self) -> str:
         """What predict and serve say when the record has a domain that this network cannot measure."""
-        return EXPORTS_CANNOT_MARK if self.record.domain and not self.marks_far else ""
+        return EXPORTS_CANNOT_MARK if self.record.domain and self.is_export else ""
 
     @property
     def preprocessing(self) -> images.Preprocessing:
@@ -100,7 +105,7 @@ class Classifier:
         """load_image, with a file that cannot be read as an image a ValueError naming it."""
         try:
             return self.load_image(path)
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as error:
+        except tf.errors.OpError as error:  # not an image, no such file, no permission, a folder...
             raise ValueError(f"{path}: {images.error_reason(error)}") from None
 
     def decode(self, encoded: bytes) -> np.ndarray:
@@ -161,7 +166,8 @@ class Classifier:
         if isinstance(batch, (str, Path)):
             batch = [batch]
         if not isinstance(batch, np.ndarray):
-            if not len(batch):
+            batch = list(batch)  # any iterable: a generator, Path.glob(...)
+            if not batch:
                 return []
             batch = np.stack([item if isinstance(item, np.ndarray) else self.prepared(item) for item in batch])
         probabilities, features = self.scores(batch)

@@ -21,7 +21,7 @@ folder for one of these reasons:
                     under the right extension where TensorFlow reads them, else a lossless PNG re-encoded by
                     OpenCV (8-bit colour, as training sees it)
     duplicate       the same bytes as another file of the same class (the first in sorted order stays,
-                    preferring a file that needs no conversion, then a file over a link to one); it would
+                    preferring a file over a link to one, then a file that needs no conversion); it would
                     also leak across the splits
     label-conflict  the same image filed under two classes: no way to know which label is right, so all
                     copies go. The same bytes, or a near copy: the same photo resized, re-encoded, lightly
@@ -215,8 +215,8 @@ def scan(data_dir, listing: dict, min_size: int = 32, progress: bool = False) ->
                 others = ", ".join(other for other, _ in group if other != path)
                 mark(findings, path, label, key, "label-conflict", f"same image also in {others}")
         elif len(group) > 1:
-            (kept, _), *copies = sorted(group, key=lambda item: (item[0] in findings,
-                                                                 (data_dir / item[0]).is_symlink(), item[0]))
+            (kept, _), *copies = sorted(group, key=lambda item: ((data_dir / item[0]).is_symlink(),
+                                                                 item[0] in findings, item[0]))
             for path, label in copies:
                 mark(findings, path, label, key, "duplicate", f"same image as {kept}")
     near = mark_near_copies(findings, usable)

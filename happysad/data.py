@@ -371,6 +371,6 @@ def find_undecodable(paths) -> list:
     for path in paths:
         try:
             images.decode_pixels(tf.io.read_file(path))
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError) as error:
+        except tf.errors.OpError as error:  # damaged, gone, no permission to read...
             bad.append((path, images.error_reason(error)))
     return bad

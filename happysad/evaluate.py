@@ -14,6 +14,7 @@ import argparse
 import datetime
 import html
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,7 @@ def seen_in_training(model_record: record.Record, paths) -> int:
     where those files still are), under any name or folder: their figures say how well it remembers, not how
     well it does on photos it has never seen."""
     trained = [Path(model_record.data_dir) / relative for relative in model_record.split.get("train", [])]
-    trained_digests = set(sha256_each([path for path in trained if path.is_file()]))
+    trained_digests = set(sha256_each([path for path in trained if os.access(path, os.R_OK)]))
     return sum(digest in trained_digests for digest in sha256_each(paths))
 
 

@@ -146,7 +146,7 @@ def model_info(model: classifier.Classifier, model_path, limits: Limits) -> dict
             "metrics_kind": "cross_validation" if "cross_validation" in saved.metrics else "test",
             "metrics": saved.metrics.get("cross_validation", saved.metrics.get("test", {})),
             "architecture": saved.hyperparameters.get("arch", ""), "limits": asdict(limits),
-            "marks_fits_no_class": model.marks_far}
+            "marks_fits_no_class": model.marks_far, "export": model.is_export}
 
 
 def create_app(model: classifier.Classifier, model_path, limits: Limits) -> FastAPI:

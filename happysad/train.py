@@ -209,6 +209,9 @@ def train_images_with_folds(config: TrainConfig) -> dict:
     fold_data = data.fold_datasets(files, folds, preprocessing, binary=binary, shuffle_seed=config.seed,
                                    cache=cache.choose_caches(config.cache, {"train": files}, preprocessing)["train"])
     global_batch = setup.global_batch(config.batch_size)
+    # The CNN's weights are averaged over its last epochs; a backbone from scratch keeps its last epoch's, as
+    # its BatchNormalization statistics would not match an average of its weights.
+    window = models.CNN_AVERAGED_EPOCHS if config.arch == "cnn" else 1
 
     def new_network():
         with setup.strategy.scope():
@@ -234,7 +237,7 @@ def train_images_with_folds(config: TrainConfig) -> dict:
             network.summary(print_fn=print)
         held = folds == k
         _, held_out, _, order = fold_data(k, global_batch)
-        curve = callbacks.HeldOutCurve(held_out, order, models.CNN_AVERAGED_EPOCHS)
+        curve = callbacks.HeldOutCurve(held_out, order, window)
         mark = time.time()
         fit(network, k, fold_epochs(config, curves, labels, folds), [curve], verbose=0)
         curves.append(np.stack(curve.probabilities))
@@ -242,6 +245,7 @@ def train_images_with_folds(config: TrainConfig) -> dict:
         print(f"fold {k + 1}/{config.folds}: {len(losses)} epochs on {len(files) - int(held.sum())} images in "
               f"{time.time() - mark:.0f} s; its {int(held.sum())} images' lowest log loss {min(losses):.3f}, "
               f"after epoch {int(np.argmin(losses)) + 1}")
+        curve.average()  # the fold network as its fold was scored, and as the saved one will be
         widening.append(domain_widening(network, fold_data, k, labels, global_batch, len(class_names),
                                         config.far_share))
     measurement = crossval.epochs_cross_validated(curves, labels, folds, config.arch, config.threshold)
@@ -250,7 +254,8 @@ def train_images_with_folds(config: TrainConfig) -> dict:
     pooled = [loss for _, loss in sorted(measurement.scores.items())]
     warn_if_nothing_learnt(pooled, "the folds' pooled held-out loss")
     epochs_text = f"{choice.epochs} epoch{'s' * (choice.epochs > 1)}"
-    averaged_text = f"the mean of the weights of its last {min(choice.epochs, models.CNN_AVERAGED_EPOCHS)}"
+    averaged = min(choice.epochs, window)
+    averaged_text = f"the mean of the weights of its last {averaged}" if averaged > 1 else "its last weights"
     print(f"chosen on every fold: {epochs_text} (the lowest pooled held-out log loss, {min(pooled):.3f}, of "
           f"{averaged_text}), {scaling_text(choice.scaling, len(class_names))}")
     print(cross_validation_line(cross_validated, class_names))
@@ -259,17 +264,17 @@ def train_images_with_folds(config: TrainConfig) -> dict:
     run_dir = run_folder(config.logdir, config.run_name)  # one machine: multiworker trains on partitions
     hyperparameters = {**config.hyperparameters(), "folds": config.folds, "data": config.data, "strategy": setup.name,
                        "replicas": setup.replicas, "global_batch_size": global_batch, "precision": precision,
-                       "epochs_chosen": choice.epochs, "averaged_epochs": models.CNN_AVERAGED_EPOCHS,
+                       "epochs_chosen": choice.epochs, "averaged_epochs": averaged,
                        "calibration": choice.scaling.to_record()}
     history = keras.callbacks.History()
     network = new_network()
-    averaged = callbacks.AveragedWeights(models.CNN_AVERAGED_EPOCHS)
+    averaging = callbacks.AveragedWeights(window)
     mark = time.time()
     fit(network, None, choice.epochs,
         [callbacks.EpochTiming(len(files)),
          *callbacks.tensorboard(run_dir, hyperparameters, files, None, [], class_names, preprocessing, config.seed),
-         history, averaged], verbose=2)
-    averaged.average()  # what the folds were scored with
+         history, averaging], verbose=2)
+    averaging.average()  # what the folds were scored with
     final_seconds = time.time() - mark
     summaries.write_held_out_curve(run_dir, pooled)
     calibration.apply_to_network(network, choice.scaling)

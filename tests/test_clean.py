@@ -385,6 +385,18 @@ def test_a_link_to_a_file_of_the_class_goes_and_the_file_stays(dataset):
     assert clean.clean(data, dry_run=True).findings == []  # nothing left dangling for a second run
 
 
+
+def test_a_link_goes_even_when_the_file_it_points_to_needs_converting(tmp_path):
+    data = tmp_path / "data"
+    sample.write_faces(data, per_class=3, size=48, seed=2)
+    png = cv2.imencode(".png", np.full((48, 48, 3), 90, np.uint8))[1].tobytes()
+    (data / "sad" / "z.jpg").write_bytes(png)  # a PNG named .jpg: it gets a readable copy, z.png
+    (data / "sad" / "a.png").symlink_to("z.jpg")  # the same bytes, under the right extension, sorted first
+    reasons = {found.path: found.reason for found in clean.clean(data).findings}
+    assert reasons == {"sad/a.png": "duplicate", "sad/z.jpg": "mis-extended"}
+    assert (data / "sad" / "z.png").read_bytes() == png and not os.path.lexists(data / "sad" / "a.png")
+
+
 def test_a_link_to_nothing_is_unreadable_and_restore_puts_the_link_back(dataset):
     data, _ = dataset
     (data / "happy" / "gone.jpg").symlink_to(data / "nowhere.jpg")

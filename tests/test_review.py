@@ -176,6 +176,14 @@ def test_an_undecodable_file_is_one_line_naming_it(tmp_path, weights_file):
     message = str(exited.value)
     assert message.startswith("happysad.review: error: 1 file(s) cannot be decoded") and "\n" not in message
     assert str(broken) in message and "happysad.clean" in message
+    broken.unlink()
+    (folder / "sad" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(SystemExit) as exited:
+        review.main([str(folder), "--arch", "mobilenet025", "--weights", str(weights_file), "--image-size",
+                     str(SIZE), "--cache", "none", "--html", str(tmp_path / "r.html"), "--png", str(tmp_path / "r.png"),
+                     *FAST])
+    assert str(exited.value) == (f"happysad.review: error: 1 file(s) cannot be read: {folder / 'sad' / 'gone.jpg'} "
+                                 f"(a link to nothing); run `python -m happysad.clean {folder}` first")
 
 @pytest.mark.slow
 def test_quarantine_with_the_backbone_round_trips(tmp_path, weights_file):

@@ -142,7 +142,7 @@ def test_health_model_and_page(server, trained):
     assert info["image_size"] == saved.preprocessing.image_size and info["threshold"] == saved.threshold
     assert info["metrics"] == saved.metrics["test"] and info["metrics"]["count"] > 0
     assert info["limits"] == {"max_bytes": MAX_BYTES, "max_pixels": MAX_PIXELS, "max_files": MAX_FILES}
-    assert info["marks_fits_no_class"] is True  # the Keras model; an export says false (and predict says why)
+    assert info["marks_fits_no_class"] is True and info["export"] is False  # an export: false, true
     page = httpx.get(server.url)
     assert page.status_code == 200 and 'id="files"' in page.text
     for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):

@@ -293,7 +293,7 @@ def test_the_cnn_measures_itself_on_every_photo_and_saves_a_network_trained_on_a
     assert saved.calibration["fitted_on"] == "out-of-fold predictions"
     # The saved network trained on all 240 photos for the epochs the folds chose, and no more.
     assert len(saved.history["loss"]) == chosen == saved.hyperparameters["epochs_chosen"]
-    assert saved.hyperparameters["averaged_epochs"] == models.CNN_AVERAGED_EPOCHS  # as the folds were scored
+    assert saved.hyperparameters["averaged_epochs"] == min(chosen, models.CNN_AVERAGED_EPOCHS)
     assert epoch_steps(cnn_on_folds["run_dir"] / "train") == set(range(chosen))
     assert epoch_steps(cnn_on_folds["run_dir"] / "folds") == set(range(max(saved.metrics["fold_epochs"])))
     assert not (cnn_on_folds["run_dir"] / "validation").exists()
@@ -321,6 +321,29 @@ def test_the_cnn_measures_itself_on_every_photo_and_saves_a_network_trained_on_a
     assert domain.limit == pytest.approx(own * np.median(saved.metrics["domain_widening"]), rel=1e-4)
     assert np.mean(marks.distances(vectors, domain.centres) > domain.limit) <= marks.FAR_SHARE
 
+
+@pytest.mark.slow
+def test_the_saved_cnn_holds_the_mean_of_its_last_epochs_weights_as_its_folds_were_scored(
+        tmp_path, faces_dir, monkeypatch):
+    from happysad import callbacks
+    from happysad.runtime import keras
+
+    kept = []  # what each averaging had, the final fit's last
+    average = callbacks.AveragedWeights.average
+    monkeypatch.setattr(callbacks.AveragedWeights, "average",
+                        lambda self: (kept.append([[v.copy() for v in w] for w in self.kept]), average(self)))
+    small = tmp_path / "data"
+    copy_faces(faces_dir, small, 15)
+    result = train.train(train.parse_args([
+        "--data", str(small), "--folds", "3", "--epochs", "5", "--patience", "0", "--image-size", "32",
+        "--model", str(tmp_path / "m.h5"), "--logdir", str(tmp_path / "logs")]))
+    window = min(result["measurement"].final.epochs, models.CNN_AVERAGED_EPOCHS)
+    assert window > 1 and len(kept[-1]) == window
+    saved = keras.models.load_model(tmp_path / "m.h5", compile=False)
+    convolutions = [layer for layer in saved.layers if isinstance(layer, keras.layers.Conv2D)]
+    for layer, index in zip(convolutions, (0, 2, 4)):  # the kernels: trainable weights 0, 2, 4
+        np.testing.assert_allclose(layer.get_weights()[0], np.mean([w[index] for w in kept[-1]], axis=0),
+                                   rtol=1e-5, atol=1e-6)
 
 @pytest.mark.slow
 def test_the_cnn_prints_its_cross_validated_figure_and_what_it_chose(tmp_path, faces_dir, capsys, monkeypatch):

@@ -27,7 +27,7 @@ async function showModel() {
     fact(facts, "Image size", `${info.image_size} × ${info.image_size} px`);
     if (info.class_names.length === 2) fact(facts, "Threshold", String(info.threshold));
     if (info.created) fact(facts, "Trained", info.created);
-    if (!info.marks_fits_no_class) fact(facts, "Fits no class", "not marked: this model gives probabilities only");
+    if (info.export) fact(facts, "Fits no class", "not marked: an export gives probabilities only");
     const rows = Object.entries(info.metrics).filter(([, value]) => typeof value === "number");
     const table = document.getElementById("metrics");
     if (info.metrics_kind === "cross_validation") {
