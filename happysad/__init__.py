@@ -16,7 +16,7 @@ import importlib
 
 from happysad import defaults
 
-__version__ = "0.11.0"
+__version__ = "0.12.0"
 
 
 def load(model: str = defaults.MODEL):
