@@ -245,7 +245,7 @@ def train_images_with_folds(config: TrainConfig) -> dict:
         print(f"fold {k + 1}/{config.folds}: {len(losses)} epochs on {len(files) - int(held.sum())} images in "
               f"{time.time() - mark:.0f} s; its {int(held.sum())} images' lowest log loss {min(losses):.3f}, "
               f"after epoch {int(np.argmin(losses)) + 1}")
-        curve.average()  # the fold network as its fold was scored, and as the saved one will be
+        curve.average()  # its last epochs averaged, as each fold was scored and as the saved network will be
         widening.append(domain_widening(network, fold_data, k, labels, global_batch, len(class_names),
                                         config.far_share))
     measurement = crossval.epochs_cross_validated(curves, labels, folds, config.arch, config.threshold)
