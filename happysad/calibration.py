@@ -40,6 +40,15 @@ class Scaling:
 IDENTITY = Scaling()
 
 
+def describe(scaling: Scaling, num_classes: int) -> str:
+    """The calibration in words, as train prints it and runs compares it."""
+    if scaling == IDENTITY:
+        return "none (the held-out predictions ranked the classes no better than chance)"
+    if num_classes == 2:
+        return f"logit x {scaling.scale:.2f} {scaling.shift:+.2f} (Platt scaling: so that p=0.8 means right about 8 times in 10)"
+    return f"temperature {1 / scaling.scale:.2f}"
+
+
 def logits(probabilities) -> np.ndarray:
     """Two classes: (n,) the log-odds of the second class. More: (n, classes) log-probabilities, logits up to
     a constant per row, which softmax ignores."""

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from happysad import console, defaults, record
+from happysad import calibration, console, defaults, record
 
 KEY_HYPERPARAMETERS = ("arch", "epochs", "batch_size", "image_size", "learning_rate", "seed")
 COMPARED_METRICS = (
@@ -180,6 +180,14 @@ def list_runs(logdir, as_json: bool = False) -> None:
     print(f"view them: {command}")
 
 
+def shown(key: str, value, run_record: record.Record) -> str:
+    """A hyper-parameter as the run printed it: the calibration in train's words, not its two numbers."""
+    if key == "calibration" and isinstance(value, dict):
+        scaling = calibration.Scaling(value.get("scale", 1.0), value.get("shift", 0.0))
+        return calibration.describe(scaling, len(run_record.class_names)).split(" (")[0]
+    return fmt(value)
+
+
 def settings(run_record: record.Record) -> dict:
     """The hyper-parameters, the seed and the preprocessing settings (older records list all as hyper-parameters)."""
     return {**run_record.hyperparameters, "seed": run_record.seed, **dataclasses.asdict(run_record.preprocessing)}
@@ -209,7 +217,8 @@ def compare(logdir, names, as_json: bool = False) -> None:
     print()
     if result["differing_hyperparameters"]:
         print(console.table([["hyper-parameter", run_a.name, run_b.name]] + [
-            [key, fmt(a), fmt(b)] for key, (a, b) in result["differing_hyperparameters"].items()]))
+            [key, shown(key, a, run_a.record), shown(key, b, run_b.record)]
+            for key, (a, b) in result["differing_hyperparameters"].items()]))
     else:
         print("same hyper-parameters")
 

@@ -365,12 +365,7 @@ def cross_validation_line(summary: dict, class_names) -> str:
 
 
 def scaling_text(scaling: calibration.Scaling, num_classes: int) -> str:
-    if scaling == calibration.IDENTITY:
-        return "calibration: none (the held-out predictions ranked the classes no better than chance)"
-    if num_classes == 2:
-        return (f"calibration: logit x {scaling.scale:.2f} {scaling.shift:+.2f} (Platt scaling: so that p=0.8 means "
-                "right about 8 times in 10)")
-    return f"calibration: temperature {1 / scaling.scale:.2f}"
+    return f"calibration: {calibration.describe(scaling, num_classes)}"
 
 
 def train_on_partitions(config: TrainConfig) -> dict:

@@ -82,6 +82,15 @@ def test_compare_shows_metrics_side_by_side_and_only_differing_hyperparameters(l
     assert "batch_size" in out and "epochs" not in out
 
 
+
+def test_compare_names_the_calibration_as_train_printed_it(logdir, capsys):
+    write_run(logdir, "platt", "2024-01-04T10:00:00", calibration={"scale": 0.8, "shift": 0.19})
+    write_run(logdir, "plain", "2024-01-05T10:00:00", calibration={"scale": 1.0, "shift": 0.0})
+    runs.main(["--logdir", str(logdir), "--compare", "platt", "plain"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("calibration"))
+    assert row.split("  ")[0] == "calibration" and "logit x 0.80 +0.19" in row and row.rstrip().endswith("none")
+
+
 def test_errors_are_one_line(logdir, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         runs.main(["--logdir", str(logdir), "--compare", "best", "nope"])
