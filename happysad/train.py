@@ -4,8 +4,9 @@ A pretrained backbone (--arch mobilenet, a '+' list, or auto): folder → near-c
 stored once per image → nested cross-validation of a logistic-regression head (happysad.crossval): every photo
 scored by a head that never saw it nor its near copies → the same choices on every photo → models/happysad.h5
 + models/happysad.json. The CNN: folder → near-copy groups → folds → one cached tf.data decode → a fit per
-fold, its fold scored after every epoch → the epoch count and calibration chosen out of fold → a fit on every
-photo with TensorBoard → the same files. With --split, to fine-tune, and for the CNN on 10,000 photos or more:
+fold, its fold scored after every epoch by the mean of its last 3 epochs' weights → the epoch count and
+calibration chosen out of fold → a fit on every photo with TensorBoard, its last 3 epochs' weights averaged
+→ the same files. With --split, to fine-tune, and for the CNN on 10,000 photos or more:
 folder → leak-free split (file lists) → cached tf.data pipelines → fit with TensorBoard → test metrics on the
 held-out partition → the same files.
 Every way, a run folder logs/<run>/ gets TensorBoard events and a copy of the record.
