@@ -163,8 +163,8 @@ class Classifier:
         """A Prediction per image: `batch` is an image file path, a list of them, or images prepared as
         load_image prepares them ((n, size, size, channels) in [0, 1], or a list of (size, size, channels)).
         A file that cannot be read as an image is a ValueError naming it."""
-        if isinstance(batch, (str, Path)):
-            batch = [batch]
+        if isinstance(batch, (str, Path)) or isinstance(batch, np.ndarray) and batch.ndim == 3:
+            batch = [batch]  # one file, or one image as load_image prepares it
         if not isinstance(batch, np.ndarray):
             batch = list(batch)  # any iterable: a generator, Path.glob(...)
             if not batch:

@@ -287,6 +287,10 @@ class TrainConfig(FeatureConfig):
             yield f"`holdout` must be 0 or from 0.05 to 0.5, got {self.holdout}"
         if self.resume and self.strategy == "multiworker":
             yield "`resume` works on one machine (one or several GPUs), not with `strategy` multiworker"
+        if self.run_name is not None and (not self.run_name or Path(self.run_name).name != self.run_name
+                                          or self.run_name in (".", "..") or self.run_name.startswith(".")):
+            yield (f"`run_name` names one folder inside `logdir` (no '/', not starting with '.'), got "
+                   f"{self.run_name!r}")
         if Path(self.model).suffix not in (".h5", ".keras"):  # as Keras checks: case matters
             yield (f"`model` must end in .h5 or .keras (Keras' two formats), got {self.model}; "
                    "happysad.export writes the other formats")

@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.mistakes < 0:
+        parser.error(f"--mistakes must be 0 or more, got {args.mistakes}")
     if args.store_threshold is not None and not 0 < args.store_threshold < 1:
         parser.error(f"--store-threshold must be between 0 and 1, got {args.store_threshold}")
     return args

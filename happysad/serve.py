@@ -65,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="largest image, width × height (× frames for a GIF), read from its header")
     parser.add_argument("--max-files", type=int, default=Limits.max_files, help="most images per request")
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be from 0 to 65535, got {args.port}")
     for name in ("max_bytes", "max_pixels", "max_files"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

@@ -213,6 +213,10 @@ def train_images_with_folds(config: TrainConfig) -> dict:
     # The CNN's weights are averaged over its last epochs; a backbone from scratch keeps its last epoch's, as
     # its BatchNormalization statistics would not match an average of its weights.
     window = models.CNN_AVERAGED_EPOCHS if config.arch == "cnn" else 1
+    class_weight = data.class_weights(labels, len(class_names)) if config.class_weights else None
+    if class_weight:
+        print("class weights (from every photo; each fold's fit weighs its own photos so): " + "  ".join(
+            f"{name}={class_weight[i]:.3f}" for i, name in enumerate(class_names)))
 
     def new_network():
         with setup.strategy.scope():
@@ -225,10 +229,9 @@ def train_images_with_folds(config: TrainConfig) -> dict:
         count = len(files) - int(np.sum(folds == k))
         training = distribute.training_input(setup, config.batch_size, count, lambda batch_size, drop: fold_data(
             k, batch_size, drop)[0])
-        class_weight = (data.class_weights(labels[folds != k], len(class_names)) if config.class_weights
-                        else None)
+        weights = data.class_weights(labels[folds != k], len(class_names)) if config.class_weights else None
         distribute.fit(network, setup, training, None, epochs=epochs, callbacks=fit_callbacks,
-                       class_weight=class_weight, verbose=verbose)
+                       class_weight=weights, verbose=verbose)
 
     # -- measure: K fits, each fold scored after every epoch by the network that never saw it ----------------
     curves, widening = [], []
@@ -265,7 +268,7 @@ def train_images_with_folds(config: TrainConfig) -> dict:
     run_dir = run_folder(config.logdir, config.run_name)  # one machine: multiworker trains on partitions
     hyperparameters = {**config.hyperparameters(), "folds": config.folds, "data": config.data, "strategy": setup.name,
                        "replicas": setup.replicas, "global_batch_size": global_batch, "precision": precision,
-                       "epochs_chosen": choice.epochs, "averaged_epochs": averaged,
+                       "epochs_chosen": choice.epochs, "averaged_epochs": averaged, "class_weight": class_weight,
                        "calibration": choice.scaling.to_record()}
     history = keras.callbacks.History()
     network = new_network()
@@ -449,7 +452,8 @@ def train_on_partitions(config: TrainConfig) -> dict:
     else:
         distribute.fit(network, setup, datasets["train"], datasets["validation"], epochs=config.epochs,
                        callbacks=image_callbacks, class_weight=class_weight)
-    warn_if_nothing_learnt(history.history.get("val_loss", []), "the validation loss")
+    if config.patience:  # early stopping kept the best epoch; without it the last one is saved
+        warn_if_nothing_learnt(history.history.get("val_loss", []), "the validation loss")
     stage_start = len(history.history["loss"]) if fine_tuning else 0
     if fine_tuning:
         summaries_callback.watch(datasets["validation"])
@@ -670,16 +674,25 @@ def resume_backup(config: TrainConfig) -> Backup:
     model = Path(config.model)
     folder = model.with_name(f".{model.name}.resume")
     state_file = folder / "state.json"
+    settings_file = folder / "settings.json"  # the command's settings: a resumed run must be the same one
+    settings = {name: value for name, value in config.to_record().items() if name != "resume"}
     if config.resume:
         if not state_file.exists():
             raise data.DataError(f"`resume`: there is no interrupted run to continue ({folder} does not exist; "
                                  "it is removed when a run ends)")
+        started = json.loads(settings_file.read_text()) if settings_file.exists() else settings
+        differ = [f"`{name}` {started.get(name)!r}, not {value!r}" for name, value in settings.items()
+                  if started.get(name) != value]
+        if differ:  # another seed or split would train on the first run's test photos; another size, crash
+            raise data.DataError(f"`resume`: the interrupted run was started with {'; '.join(differ)}: resume it "
+                                 "with its own settings, or leave out `resume` to start over")
         print(f"resuming the interrupted run from {folder}")
         return Backup(folder, json.loads(state_file.read_text()))
     if folder.exists():
         print(f"note: {folder} holds the backup of an interrupted run; starting over (add --resume to continue it)")
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+    write_atomic(settings_file, json.dumps(settings))
     return Backup(folder, {})
 
 

@@ -30,6 +30,7 @@ def test_train_returns_the_saved_model_and_load_predicts_files_as_the_command_do
     prepared = model.predict([model.load_image(path) for path in paths[:2]])
     assert [p.probability for p in prepared] == pytest.approx([p.probability for p in loaded[:2]], abs=1e-6)
     assert model.predict([]) == []
+    assert model.predict(model.load_image(paths[0]))[0].probability == pytest.approx(loaded[0].probability, abs=1e-6)
     from_glob = model.predict(path for path in paths[:2])  # any iterable, a generator or Path.glob(...)
     assert [p.probability for p in from_glob] == pytest.approx([p.probability for p in loaded[:2]], abs=1e-6)
     (tmp_path / "notes.jpg").write_text("not a picture")

@@ -84,6 +84,9 @@ def test_a_wrong_setting_is_named_as_a_setting_and_worded_as_a_flag_by_the_comma
     (dict(model="models/mine"), "model must end in .h5 or .keras"),
     (dict(model="out.tflite"), "model must end in .h5 or .keras"),
     (dict(model="out.H5"), "model must end in .h5 or .keras"),  # Keras' save would refuse it after training
+    (dict(run_name="../escape"), "run_name names one folder inside logdir"),  # it wrote beside logdir
+    (dict(run_name="a/b"), "run_name names one folder inside logdir"),
+    (dict(run_name=".hidden"), "run_name names one folder inside logdir"),
 ])
 def test_each_check_names_its_setting(settings, message):
     with pytest.raises(ConfigError) as error:

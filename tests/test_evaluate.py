@@ -254,3 +254,13 @@ def test_a_record_of_an_unknown_format_version_is_a_clear_error(trained, tmp_pat
     values = json.loads(record.sidecar_path(trained["model"]).read_text())
     record.sidecar_path(model_path).write_text(json.dumps({**values, "format_version": record.FORMAT_VERSION + 1}))
     assert "upgrade happysad" in error_of(["--model", str(model_path)])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mistakes", "-1"], "--mistakes must be 0 or more, got -1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+])
+def test_option_values_out_of_range_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(argv)
+    assert f"error: {message} (--help lists the options)" in capsys.readouterr().err

@@ -326,3 +326,10 @@ def test_browser_upload_shows_each_label(server, model, trained, tmp_path):
         shutil.copy(tmp_path / "serve.png", "/tmp/serve-screenshot.png")
     finally:
         browser.quit()
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_port_out_of_range_is_one_line_before_the_model_loads(port, capsys):
+    with pytest.raises(SystemExit):
+        serve.parse_args(["--port", port])
+    assert f"error: --port must be from 0 to 65535, got {port} (--help lists the options)" in capsys.readouterr().err

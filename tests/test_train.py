@@ -171,6 +171,13 @@ def test_a_killed_run_resumes_at_its_next_epoch_with_the_same_split(tmp_path, fa
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not model_path.exists() and (tmp_path / ".m.h5.resume" / "state.json").exists()
 
+    # Another seed would cut another split, and train on the first run's test photos: refused, backup kept.
+    other = [*flags[:flags.index("--seed")], "--seed", "6", *flags[flags.index("--seed") + 2:], "--image-size", "48"]
+    message = run_train([*other, "--resume"], capsys)
+    assert message.startswith("happysad.train: error: --resume: the interrupted run was started with ")
+    assert "--image-size 32, not 48" in message and "--seed 5, not 6" in message
+    assert (tmp_path / ".m.h5.resume" / "state.json").exists()
+
     train.main([*flags, "--resume"])
     out = capsys.readouterr().out
     assert "Epoch 3/4" in out and "Epoch 1/4" not in out and "Epoch 2/4" not in out
@@ -294,6 +301,7 @@ def test_the_cnn_measures_itself_on_every_photo_and_saves_a_network_trained_on_a
     # The saved network trained on all 240 photos for the epochs the folds chose, and no more.
     assert len(saved.history["loss"]) == chosen == saved.hyperparameters["epochs_chosen"]
     assert saved.hyperparameters["averaged_epochs"] == min(chosen, models.CNN_AVERAGED_EPOCHS)
+    assert set(saved.hyperparameters["class_weight"]) == {"0", "1"}  # printed and kept, as on partitions
     assert epoch_steps(cnn_on_folds["run_dir"] / "train") == set(range(chosen))
     assert epoch_steps(cnn_on_folds["run_dir"] / "folds") == set(range(max(saved.metrics["fold_epochs"])))
     assert not (cnn_on_folds["run_dir"] / "validation").exists()
