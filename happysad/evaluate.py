@@ -93,10 +93,13 @@ def partition_target(model_record: record.Record, partition: str) -> Target:
     relative_paths = model_record.split.get(partition)
     if not relative_paths:
         cross_validated = "cross_validation" in model_record.metrics
-        raise EvaluateError(
-            f"the model's record lists no {partition} images" + (
-                " (train cross-validated it on every photo, and its record holds those figures; train with "
-                "--holdout F to keep a test partition)" if cross_validated else "") + "; pass --data DIR")
+        why = ""
+        if cross_validated and partition == "test":
+            why = (" (train cross-validated it on every photo, and its record holds those figures; train with "
+                   "--holdout F to keep a test partition)")
+        elif cross_validated:
+            why = " (a cross-validated model has no validation partition: its folds played that part)"
+        raise EvaluateError(f"the model's record lists no {partition} images{why}; pass --data DIR")
     data_dir = Path(model_record.data_dir)
     if not data_dir.is_dir():
         raise EvaluateError(f"the model's data folder {data_dir} is gone; pass --data DIR")

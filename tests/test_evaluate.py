@@ -264,3 +264,13 @@ def test_option_values_out_of_range_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit):
         evaluate.parse_args(argv)
     assert f"error: {message} (--help lists the options)" in capsys.readouterr().err
+
+
+def test_a_cross_validated_model_says_why_it_has_no_validation_or_test_partition(forced, tmp_path):
+    model_path = copy_model(forced["model"], tmp_path / "models")
+    record.update(model_path, split={"train": record.read(model_path).split["train"], "validation": [], "test": []},
+                  metrics={"cross_validation": {"accuracy": 0.7}})
+    assert "train with --holdout F" in error_of(["--model", str(model_path)])
+    message = error_of(["--model", str(model_path), "--partition", "validation"])
+    assert "lists no validation images (a cross-validated model has no validation partition" in message
+    assert "--holdout" not in message
