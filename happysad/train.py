@@ -25,7 +25,7 @@ import numpy as np
 
 from happysad import (cache, calibration, classifier, console, crossval, data, defaults, distribute, errors,
                       features, marks, metrics, model as models, near_copies, record, reports, summaries)
-from happysad.config import TrainConfig, add_options, from_command_line
+from happysad.config import ConfigError, TrainConfig, add_options, from_command_line
 from happysad.files import sha256_each, write_atomic
 from happysad.runtime import deferred, enable_memory_growth, keras
 
@@ -69,6 +69,9 @@ class Folder:
 
 def read_folder(config: TrainConfig) -> Folder:
     class_names = data.find_classes(config.data)
+    if config.threshold != "auto" and len(class_names) > 2:
+        raise ConfigError(f"`threshold` applies to two classes; {config.data} has {len(class_names)}, and the "
+                          "label is the most probable one: leave `threshold` out")
     files, skipped = data.list_images(config.data, class_names)
     if skipped:
         print(data.skipped_note(skipped, config.data))

@@ -92,6 +92,13 @@ def test_clear_errors(tmp_path, capsys):
     assert "no images" in run_train(["--data", str(tmp_path / "one")], capsys)
 
 
+def test_a_threshold_for_more_than_two_classes_is_refused_before_training(tmp_path, capsys):
+    sample.write_faces(tmp_path / "three", per_class=3, size=32, seed=1, classes=("happy", "sad", "neutral"))
+    message = run_train(["--data", str(tmp_path / "three"), "--threshold", "0.7", "--model", str(tmp_path / "m.h5"),
+                         "--logdir", str(tmp_path / "logs")], capsys)
+    assert message.startswith("happysad.train: error: --threshold applies to two classes;") and "has 3" in message
+    assert not (tmp_path / "logs").exists()
+
 def test_undecodable_file_is_named_with_a_pointer_to_clean(tmp_path, faces_dir, capsys):
     folder = tmp_path / "data"
     copy_faces(faces_dir, folder, 6)
