@@ -106,8 +106,11 @@ class AveragedWeights(keras.callbacks.Callback):
         self.kept = [*self.kept, [variable.numpy() for variable in self.model.trainable_weights]][-self.window:]
 
     def average(self) -> None:
-        for variable, values in zip(self.model.trainable_weights, zip(*self.kept)):
-            variable.assign(np.mean(values, axis=0))
+        self.put([np.mean(values, axis=0) for values in zip(*self.kept)])
+
+    def put(self, weights: list) -> None:
+        for variable, values in zip(self.model.trainable_weights, weights):
+            variable.assign(values)
 
 
 class HeldOutCurve(AveragedWeights):
@@ -126,8 +129,7 @@ class HeldOutCurve(AveragedWeights):
         current = self.kept[-1]
         self.average()
         self.probabilities.append(metrics.class_probabilities(models.outputs(self.model, self.dataset))[self.back])
-        for variable, values in zip(self.model.trainable_weights, current):
-            variable.assign(values)
+        self.put(current)
 
 
 class TrainingSummaries(keras.callbacks.Callback):

@@ -132,12 +132,17 @@ def list_images(data_dir, class_names) -> tuple:
 def check_readable(paths, data_dir) -> None:
     """Raise a DataError naming the files a run could not read (a link to nothing, no permission to read),
     before it starts; clean moves them aside."""
-    bad = [f"{path} ({'a link to nothing' if not os.path.exists(path) else 'no permission to read it'})"
+    bad = [(path, "a link to nothing" if not os.path.exists(path) else "no permission to read it")
            for path in paths if not os.access(path, os.R_OK)]
     if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise DataError(f"{len(bad)} file(s) cannot be read: {'; '.join(bad[:5])}{more}; "
-                        f"run `{clean_command(data_dir)}` first")
+        raise files_error(bad, "be read", data_dir)
+
+
+def files_error(bad: list, cannot: str, data_dir) -> DataError:
+    """One line naming the first files of (path, reason) that a run cannot use, with the clean command."""
+    listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return DataError(f"{len(bad)} file(s) cannot {cannot}: {listing}{more}; run `{clean_command(data_dir)}` first")
 
 
 def split(files: Files, fractions=(0.7, 0.2, 0.1), seed: int = defaults.SEED, groups=None) -> dict:
@@ -359,10 +364,7 @@ def undecodable_explained(data_dir):
         bad = find_undecodable(list_images(data_dir, find_classes(data_dir))[0].paths)
         if not bad:
             raise
-        listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise DataError(f"{len(bad)} file(s) cannot be decoded by TensorFlow: {listing}{more}; "
-                        f"run `{clean_command(data_dir)}` first") from None
+        raise files_error(bad, "be decoded by TensorFlow", data_dir) from None
 
 
 def find_undecodable(paths) -> list:

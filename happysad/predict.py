@@ -50,8 +50,8 @@ def read_category_names(path) -> dict:
 
 def expand(paths) -> tuple:
     """(files as given, and in folders their image files (the extensions training reads, links to nothing
-    included so that they are reported), sorted; the other files found in folders). Hidden files and folders (clean's .quarantine, macOS's ._ files) are left out, as
-    training leaves them out."""
+    included so that they are reported), sorted; the other files found in folders). Hidden files and folders
+    (clean's .quarantine, macOS's ._ files) are left out, as training leaves them out."""
     found, other = [], []
     for path in map(Path, paths):
         if not path.is_dir():
